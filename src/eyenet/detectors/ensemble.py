@@ -1,0 +1,166 @@
+"""Ensemble over calibrated member scores.
+
+Each member is a detector with its own calibrator fitted on held-out data, so
+its output is on the common [0, 1] scale; the ensemble combines them by
+``mean``, ``max``, ``weighted`` mean or ``vote`` (fraction of members at or
+above ``vote_threshold``) and reports the members' spread as uncertainty.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from eyenet.detectors.base import Detector, one_of
+from eyenet.errors import InvalidParameterError
+
+#: three forecasters with different inductive biases (attention, recurrence, convolution);
+#: chosen on the NAB subset in bench/RESULTS.md, where their mean beats each of them
+DEFAULT_MEMBERS: tuple[dict[str, Any], ...] = (
+    {"family": "transformer", "params": {}},
+    {"family": "lstm", "params": {}},
+    {"family": "cnn", "params": {}},
+)
+
+
+def _members_ok(v: Any) -> bool:
+    return v is None or isinstance(v, (list, tuple)) and len(v) >= 1 and all(
+        isinstance(m, dict) and isinstance(m.get("family"), str) and m["family"] != "ensemble" for m in v
+    )
+
+
+_members_ok.__doc__ = "None (the default members) or a non-empty list of {'family': name, 'params': {...}} (no nested ensembles)"
+
+
+def _weights_ok(v: Any) -> bool:
+    return v is None or (isinstance(v, (list, tuple)) and all(isinstance(w, (int, float)) and w >= 0 for w in v))
+
+
+_weights_ok.__doc__ = "None or a list of non-negative numbers, one per member"
+
+
+def _fraction(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v < 1.0
+
+
+_fraction.__doc__ = "a number in (0, 1)"
+
+
+class Ensemble(Detector):
+    """Combines the calibrated scores of member detectors (mean, max, weighted, vote)."""
+
+    family = "ensemble"
+    _constraints = {
+        "members": _members_ok,
+        "combine": one_of("mean", "max", "weighted", "vote"),
+        "weights": _weights_ok,
+        "vote_threshold": _fraction,
+        "holdout": _fraction,
+    }
+
+    def __init__(
+        self,
+        *,
+        members: list[dict[str, Any]] | None = None,
+        combine: str = "mean",
+        weights: list[float] | None = None,
+        vote_threshold: float = 0.5,
+        holdout: float = 0.3,
+    ) -> None:
+        self.members = members
+        self.combine = combine
+        self.weights = weights
+        self.vote_threshold = vote_threshold
+        self.holdout = holdout
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        if self.combine == "weighted":
+            if self.weights is None or len(self.weights) != len(self.member_configs) or sum(self.weights) <= 0:
+                raise InvalidParameterError(
+                    f"ensemble: combine='weighted' needs {len(self.member_configs)} weights with a positive sum, got {self.weights}"
+                )
+
+    def _build(self) -> list:
+        from eyenet import detectors
+        from eyenet.model import AnomalyModel
+
+        return [AnomalyModel(detectors.from_dict(m), holdout=self.holdout, rank=None) for m in self.member_configs]
+
+    @property
+    def member_configs(self) -> list[dict[str, Any]]:
+        return [dict(m) for m in (self.members if self.members is not None else DEFAULT_MEMBERS)]
+
+    @property
+    def min_history(self) -> int:
+        models = getattr(self, "members_", None) or self._build()
+        return max(m.detector.min_history for m in models)
+
+    @property
+    def min_fit(self) -> int:
+        models = getattr(self, "members_", None) or self._build()
+        need = max(m.detector.min_fit for m in models)
+        return int(np.ceil(need / (1 - self.holdout))) + 10
+
+    def _fit(self, x: np.ndarray) -> None:
+        self.members_ = [m.fit(x) for m in self._build()]
+
+    def member_raw(self, x: np.ndarray) -> np.ndarray:
+        """Raw scores of every member, shape (len(x), members); NaN where a member is not ready."""
+        return np.column_stack([m.detector.score(x) for m in self.members_])
+
+    def member_scores(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated member scores, shape (len(x), members); NaN where a member is not ready."""
+        return self.calibrate_members(self.member_raw(x))
+
+    def calibrate_members(self, raw: np.ndarray) -> np.ndarray:
+        return np.column_stack([m.calibrator_.transform(raw[:, j]) for j, m in enumerate(self.members_)])
+
+    def combine_scores(self, s: np.ndarray) -> np.ndarray:
+        """One score per row of a (points, members) matrix of [0, 1] scores."""
+        if self.combine == "max":
+            return s.max(axis=1)
+        if self.combine == "vote":
+            return (s >= self.vote_threshold).mean(axis=1)
+        if self.combine == "weighted":
+            w = np.asarray(self.weights, dtype=float)
+            return s @ (w / w.sum())
+        return s.mean(axis=1)
+
+    def combine_raw(self, raw: np.ndarray) -> np.ndarray:
+        """Ensemble score from members' raw scores; NaN until every member is ready."""
+        s = self.calibrate_members(raw)
+        out = np.full(len(s), np.nan)
+        ok = np.isfinite(s).all(axis=1)
+        out[ok] = self.combine_scores(s[ok])
+        return out
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        return self.combine_raw(self.member_raw(x))[self.min_history - 1 :]
+
+    def uncertainty(self, x: np.ndarray) -> np.ndarray:
+        """Spread (standard deviation) of the members' calibrated scores per point."""
+        return np.std(self.member_scores(x), axis=1)
+
+    def _state(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for i, m in enumerate(self.members_):
+            for k, v in m.detector._state().items():
+                out[f"m{i}.det.{k}"] = v
+            for k, v in m.calibrator_.state().items():
+                out[f"m{i}.cal.{k}"] = v
+            out[f"m{i}.reference"] = m.reference_
+        return out
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        from eyenet.calibration import TailCalibrator
+
+        models = self._build()
+        for i, m in enumerate(models):
+            det = {k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"m{i}.det.")}
+            cal = {k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"m{i}.cal.")}
+            m.detector._set_state(det)
+            m.detector.fitted_ = True
+            m.calibrator_ = TailCalibrator.from_state(cal)
+            m.reference_ = state[f"m{i}.reference"]
+        self.members_ = models

@@ -1,0 +1,61 @@
+"""One exception family for EyeNet, mapped to CLI exit codes and HTTP statuses here only."""
+from __future__ import annotations
+
+
+class EyenetError(Exception):
+    """Base of every error EyeNet raises on purpose. The message names the problem."""
+
+    exit_code: int = 1
+    http_status: int = 500
+
+
+class InvalidInputError(EyenetError, ValueError):
+    """Input data is malformed: NaN/inf values, wrong shape, unsorted or duplicate timestamps."""
+
+    exit_code = 2
+    http_status = 422
+
+
+class NotEnoughDataError(InvalidInputError):
+    """A series is empty or shorter than what the operation needs."""
+
+
+class InvalidParameterError(EyenetError, ValueError):
+    """A detector or command parameter has a value outside its declared constraints."""
+
+    exit_code = 2
+    http_status = 422
+
+
+class UnknownNameError(EyenetError, KeyError):
+    """An unknown detector family, model, series or corpus file was named."""
+
+    exit_code = 2
+    http_status = 404
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class NotFittedError(EyenetError, RuntimeError):
+    """A detector was asked to score before it was fitted."""
+
+    exit_code = 3
+    http_status = 409
+
+
+class ArtifactError(EyenetError):
+    """A saved model is missing, corrupt, or not in a safe format."""
+
+    exit_code = 4
+    http_status = 500
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """CLI exit code for an exception (1 for anything not in the family)."""
+    return exc.exit_code if isinstance(exc, EyenetError) else 1
+
+
+def http_status_for(exc: BaseException) -> int:
+    """HTTP status for an exception (500 for anything not in the family)."""
+    return exc.http_status if isinstance(exc, EyenetError) else 500

@@ -1,0 +1,255 @@
+"""A deployable anomaly model: detector -> calibrator -> running rank -> alarm policy.
+
+The same :meth:`AnomalyModel.score_stream` serves a whole file offline, a window
+behind HTTP, and one point at a time with per-series state, so all three give
+the same numbers.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eyenet import detectors
+from eyenet.alarms import AlarmPolicy, AlarmState
+from eyenet.calibration import RunningRank, TailCalibrator
+from eyenet.detectors.base import Detector, as_series, load_npz
+from eyenet.detectors.ensemble import Ensemble
+from eyenet.errors import ArtifactError, InvalidParameterError, NotEnoughDataError, NotFittedError
+
+
+@dataclass
+class Scores:
+    """Per-point output. NaN in ``score`` means the model is not ready yet."""
+
+    raw: np.ndarray
+    calibrated: np.ndarray
+    score: np.ndarray
+    alarm: np.ndarray
+
+    @property
+    def ready(self) -> np.ndarray:
+        return np.isfinite(self.score)
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+
+@dataclass
+class StreamState:
+    """What a stream must remember between calls: recent values, raw scores and ranks."""
+
+    values: np.ndarray = field(default_factory=lambda: np.empty(0))
+    scores: list[np.ndarray] = field(default_factory=list)  # per member, oldest first
+    ranks: np.ndarray = field(default_factory=lambda: np.empty(0))
+    alarm: AlarmState = field(default_factory=AlarmState)
+    seen: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "values": self.values.tolist(),
+            "scores": [h.tolist() for h in self.scores],
+            "ranks": self.ranks.tolist(),
+            "alarm": self.alarm.to_dict(),
+            "seen": self.seen,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StreamState":
+        return cls(
+            values=np.asarray(d["values"], dtype=float),
+            scores=[np.asarray(h, dtype=float) for h in d["scores"]],
+            ranks=np.asarray(d.get("ranks", []), dtype=float),
+            alarm=AlarmState.from_dict(d["alarm"]),
+            seen=int(d["seen"]),
+        )
+
+
+class AnomalyModel:
+    """Detector + calibration fitted on held-out data + running rank + alarms.
+
+    ``holdout`` is the trailing fraction of the training series kept out of the
+    detector's fit; the calibrator learns the detector's score distribution on
+    it, so the calibration reflects unseen data. ``rank=None`` uses the
+    calibrated score directly as the final score.
+    """
+
+    def __init__(
+        self,
+        detector: Detector,
+        *,
+        holdout: float = 0.3,
+        tail_quantile: float = 0.9,
+        rank: RunningRank | None = RunningRank(),
+        alarm: AlarmPolicy = AlarmPolicy(),
+    ) -> None:
+        self.detector = detector
+        self.holdout = holdout
+        self.tail_quantile = tail_quantile
+        self.rank = rank
+        self.alarm = alarm
+
+    @property
+    def name(self) -> str:
+        return self.detector.family
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector.to_dict(),
+            "holdout": self.holdout,
+            "tail_quantile": self.tail_quantile,
+            "rank": asdict(self.rank) if self.rank else None,
+            "alarm": asdict(self.alarm),
+        }
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "AnomalyModel":
+        try:
+            kw: dict[str, Any] = {}
+            for key in ("holdout", "tail_quantile"):
+                if key in config:
+                    kw[key] = float(config[key])
+            if "rank" in config:
+                kw["rank"] = RunningRank(**config["rank"]) if config["rank"] is not None else None
+            if "alarm" in config:
+                kw["alarm"] = AlarmPolicy(**config["alarm"])
+            return cls(detectors.from_dict(config["detector"]), **kw)
+        except (KeyError, TypeError) as exc:
+            raise InvalidParameterError(f"model config: {exc}") from None
+
+    # -- fitting -------------------------------------------------------------------
+    def fit(self, values: Any) -> "AnomalyModel":
+        """Fit the detector on the head of ``values``, calibrate on its held-out tail."""
+        if not 0.05 <= self.holdout <= 0.8:
+            raise InvalidParameterError(f"holdout={self.holdout} must be in [0.05, 0.8]")
+        if self.rank:
+            self.rank.validate()
+        self.alarm.validate()
+        x = as_series(values)
+        det = self.detector
+        n_hold = int(round(len(x) * self.holdout))
+        split = len(x) - n_hold
+        if split < det.min_fit or n_hold < 10:
+            raise NotEnoughDataError(
+                f"{det.family}: training needs at least {det.min_fit + max(10, det.min_fit // 2)} points "
+                f"({det.min_fit} to fit, the rest held out for calibration), got {len(x)}"
+            )
+        det.fit(x[:split])
+        held_x = x[max(split - det.min_history + 1, 0) :]
+        held = det.score(held_x)
+        self.calibrator_ = TailCalibrator(tail_quantile=self.tail_quantile).fit(held)
+        # each member's held-out raw scores seed its running rank's history
+        self.reference_ = [r[np.isfinite(r)] for r in self._member_raw(held_x).T]
+        return self
+
+    def _members(self) -> list[Detector]:
+        """The detectors whose scores are ranked: an ensemble's members, else the detector."""
+        if isinstance(self.detector, Ensemble):
+            return [m.detector for m in self.detector.members_]
+        return [self.detector]
+
+    def _member_raw(self, x: np.ndarray) -> np.ndarray:
+        """Raw scores of every member, shape (len(x), members)."""
+        if not len(x):
+            return np.empty((0, len(self._members())))
+        return np.column_stack([d.score(x) for d in self._members()])
+
+    def _combine(self, ranks: np.ndarray) -> np.ndarray:
+        """One rank per point from the members' ranks (NaN until every member is ready)."""
+        if ranks.shape[1] == 1:
+            return ranks[:, 0]
+        out = np.full(len(ranks), np.nan)
+        ok = np.isfinite(ranks).all(axis=1)
+        if ok.any():
+            out[ok] = self.detector.combine_scores(ranks[ok])
+        return out
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "calibrator_")
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"{self.name}: model is not fitted")
+
+    # -- scoring -------------------------------------------------------------------
+    def calibrated(self, values: Any) -> np.ndarray:
+        """Pointwise calibrated scores in [0, 1] (NaN = not ready); no running state."""
+        self._check_fitted()
+        return self.calibrator_.transform(self.detector.score(values))
+
+    def new_state(self) -> StreamState:
+        self._check_fitted()
+        keep = self.rank.history if self.rank else 0
+        return StreamState(scores=[r[-keep:] if keep else np.empty(0) for r in self.reference_])
+
+    def score_stream(self, values: Any, state: StreamState | None = None) -> tuple[Scores, StreamState]:
+        """Score new points of a stream given what came before; returns the new state."""
+        self._check_fitted()
+        st = state if state is not None else self.new_state()
+        x = as_series(values)
+        det = self.detector
+        ctx = np.concatenate((st.values, x))
+        member_raw = self._member_raw(ctx)[len(st.values) :]
+        raw = det.combine_raw(member_raw) if isinstance(det, Ensemble) else member_raw[:, 0]
+        cal = self.calibrator_.transform(raw)
+        if self.rank:
+            # ranks need only the order of scores: rank raw ones, which never saturate
+            ranks, new_hist = [], []
+            for j, hist in enumerate(st.scores):
+                r, h = self.rank.rank(member_raw[:, j], hist)
+                ranks.append(r)
+                new_hist.append(h)
+            score, new_ranks = self.rank.novelty(self._combine(np.column_stack(ranks)), st.ranks)
+        else:
+            score, new_hist, new_ranks = cal, [np.empty(0) for _ in st.scores], np.empty(0)
+        alarm, alarm_state = self.alarm.decide(score, st.alarm)
+        keep = det.min_history - 1
+        new_state = StreamState(
+            values=ctx[max(len(ctx) - keep, 0) :] if keep else np.empty(0),
+            scores=new_hist,
+            ranks=new_ranks,
+            alarm=alarm_state,
+            seen=st.seen + len(x),
+        )
+        return Scores(raw=raw, calibrated=cal, score=score, alarm=alarm), new_state
+
+    def score(self, values: Any) -> Scores:
+        """Score a whole series from a fresh stream."""
+        return self.score_stream(values)[0]
+
+    # -- persistence ---------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        self._check_fitted()
+        d = Path(path)
+        self.detector.save(d / "detector")
+        (d / "model.json").write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        refs = {f"reference.{j}": r for j, r in enumerate(self.reference_)}
+        np.savez(d / "calibration.npz", **refs, **self.calibrator_.state())
+        return d
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AnomalyModel":
+        d = Path(path)
+        try:
+            config = json.loads((d / "model.json").read_text())
+        except FileNotFoundError:
+            raise ArtifactError(f"{d / 'model.json'}: missing model config") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{d / 'model.json'}: corrupt model config ({exc})") from None
+        model = cls.from_dict(config)
+        model.detector = detectors.load(d / "detector")
+        cal = load_npz(d / "calibration.npz")
+        try:
+            model.calibrator_ = TailCalibrator.from_state(cal)
+            refs = sorted((k for k in cal if k.startswith("reference.")), key=lambda k: int(k.split(".")[1]))
+            model.reference_ = [np.asarray(cal[k], dtype=float) for k in refs]
+            if len(model.reference_) != len(model._members()):
+                raise ValueError(f"{len(model.reference_)} score histories for {len(model._members())} members")
+        except (KeyError, ValueError) as exc:
+            raise ArtifactError(f"{d / 'calibration.npz'}: incomplete calibration ({exc})") from None
+        return model
+
