@@ -93,20 +93,6 @@ def bad_values(family: str) -> dict[str, Any]:
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny networks: one intra-op thread is faster, and far steadier on a busy two-core machine."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=FAMILY_PARAMS)
 def family(request: pytest.FixtureRequest) -> str:
     return request.param

@@ -109,21 +109,24 @@ class RunningRank:
     def rank(self, scores: np.ndarray, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Ranks of ``scores`` given the previous finite scores ``history`` (oldest first);
         returns ``(ranks, new history)``. NaN inputs give NaN and are not remembered."""
-        fifo = deque(np.asarray(history, dtype=float)[-self.history :].tolist())
-        ranked = sorted(fifo)
+        s = np.asarray(scores, dtype=float)
+        h = np.asarray(history, dtype=float)[-self.history :]
+        seen = np.concatenate((h, s[np.isfinite(s)]))  # every remembered score, oldest first
+        ranked = np.sort(h).tolist()  # numpy sorts ~10x faster than sorted() on a list
+        oldest = 0  # index in `seen` of the oldest score still in `ranked`
         scale = math.log10(self.history + 1)
-        out = np.full(len(scores), np.nan)
-        for i, v in enumerate(np.asarray(scores, dtype=float).tolist()):
+        out = np.full(len(s), np.nan)
+        for i, v in enumerate(s.tolist()):
             if v != v:  # NaN: not ready
                 continue
             m = len(ranked)
             if m >= self.learning:
                 out[i] = -math.log10((m - bisect.bisect_left(ranked, v) + 1) / (m + 1)) / scale
             bisect.insort(ranked, v)
-            fifo.append(v)
-            if len(fifo) > self.history:
-                del ranked[bisect.bisect_left(ranked, fifo.popleft())]
-        return out, np.asarray(fifo, dtype=float)
+            if m + 1 > self.history:
+                del ranked[bisect.bisect_left(ranked, seen[oldest])]
+                oldest += 1
+        return out, seen[-self.history :]
 
     def novelty(self, ranks: np.ndarray, recent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Keep a rank only where it beats every rank of the previous ``suppress`` ready
