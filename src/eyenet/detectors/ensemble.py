@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from eyenet.detectors.base import Detector, one_of
+from eyenet.detectors.base import Detector, as_series, one_of
 from eyenet.errors import InvalidParameterError
 
 #: three forecasters with different inductive biases (attention, recurrence, convolution);
@@ -137,6 +137,16 @@ class Ensemble(Detector):
 
     def _score(self, x: np.ndarray) -> np.ndarray:
         return self.combine_raw(self.member_raw(x))[self.min_history - 1 :]
+
+    def score_last(self, window: Any) -> float:
+        """The real-time path: each member scores only its own last window."""
+        if not self.is_fitted:
+            return super().score_last(window)  # raises NotFittedError
+        x = as_series(window)
+        if len(x) < self.min_history:
+            return float("nan")
+        raw = np.array([[m.detector.score_last(x) for m in self.members_]])
+        return float(self.combine_raw(raw)[0])
 
     def uncertainty(self, x: np.ndarray) -> np.ndarray:
         """Spread (standard deviation) of the members' calibrated scores per point."""
