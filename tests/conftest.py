@@ -16,3 +16,29 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance for every test that needs Ray (starting one costs 10-25 s here).
+
+    Logical resources exceed the cores on purpose: tests run small trainers,
+    tasks and replicas side by side; one logical GPU lets GPU placement be tested.
+    """
+    from eyenet import cluster
+
+    ray = cluster.connect(num_cpus=8, num_gpus=1)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory):
+    """One embedded MLflow store (SQLite + local artifacts) for the session; creating its tables takes seconds."""
+    from eyenet import registry
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    reg = registry.Registry(uri, artifact_root=(root / "artifacts").as_uri())
+    reg.check()
+    return reg

@@ -365,3 +365,38 @@ def test_real_corpus_scores_and_evaluates_with_zscore(tmp_path: Path, capsys: py
     assert report["n_files"] == n_files
     for profile in report["profiles"].values():
         assert 0.0 < profile["score"] <= 100.0  # better than never firing
+
+
+# -- train / tune / models: errors before any Ray or MLflow work -------------------------------
+def test_train_with_bad_data_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.csv").write_text(_csv(_rows(100) + ["2024-03-04 08:20:00,nan"] + _rows(300, 101)))
+    code, out, err = _run(capsys, "train", "--detector", "zscore", "--input", "bad.csv")
+    assert code == 2 and out == ""
+    assert err.startswith("eyenet: error: bad.csv: column 'value'") and "NaN" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [('{"windw": {"choice": [1]}}', "'windw' is not a parameter"), ("{not json", "not valid JSON")],
+)
+def test_tune_with_a_bad_space_is_one_line(space, message, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.json").write_text(space)
+    code, out, err = _run(capsys, "tune", "--detector", "zscore", "--space", "space.json")
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_unreachable_mlflow_is_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EYENET_MLFLOW_URI", "http://127.0.0.1:9")
+    for argv in (["models"], ["train", "--detector", "zscore"]):
+        code, out, err = _run(capsys, *argv)
+        assert code == 5, err
+        assert err.startswith("eyenet: error: MLflow at http://127.0.0.1:9") and err.count("\n") == 1
+
+
+def test_train_unknown_detector_is_one_line(capsys) -> None:
+    code, _, err = _run(capsys, "train", "--detector", "zscore,nope")
+    assert code == 2 and "nope" in err and err.count("\n") == 1

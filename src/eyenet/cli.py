@@ -29,9 +29,6 @@ PROG = "eyenet"
 PENDING = {
     "down": "stop the services started by 'eyenet up'",
     "status": "show the running services and the models they serve",
-    "train": "train detectors on Ray Train and register them in MLflow",
-    "tune": "search detector hyper-parameters with Ray Tune",
-    "models": "list, promote, roll back registered model versions",
     "bench": "run the benchmarks",
 }
 
@@ -150,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     det = sub.add_parser("detectors", help="list the registered detector families and their default parameters")
     det.set_defaults(func=cmd_detectors)
+
+    from eyenet import cli_train
+
+    cli_train.add_parsers(sub)
 
     for name, text in PENDING.items():
         p = sub.add_parser(name, help=f"{text} (not available yet)", description=f"{text} (not available yet)")

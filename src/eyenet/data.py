@@ -495,3 +495,34 @@ def read_frame(path: str | Path, *, timestamp_col: str = "timestamp", min_rows: 
         _check_finite(x, context=ctx, where=where)
         cols[str(c)] = x
     return pd.DataFrame(cols, index=pd.DatetimeIndex(ts, name=timestamp_col))
+
+
+#: optional column naming the series of each row in a multi-series file
+SERIES_COL = "series"
+
+
+def frame_series(
+    frame: pd.DataFrame, source: str | Path, *, timestamp_col: str = "timestamp", value_col: str = "value",
+    min_rows: int = 2, where: _Where = _row,
+) -> list[Series]:
+    """Validated series of a frame with ``timestamp`` and ``value`` columns; a ``series`` column
+    splits it into one series per distinct name (each sorted and checked on its own)."""
+    p = Path(source)
+    if SERIES_COL not in frame.columns:
+        return [_series_from_frame(frame, p, timestamp_col=timestamp_col, value_col=value_col,
+                                   min_rows=min_rows, where=where, require_increasing=True)]
+    out = []
+    for name, g in frame.groupby(SERIES_COL, sort=True):
+        s = _series_from_frame(g.reset_index(drop=True), Path(f"{p}[series={name}]"), timestamp_col=timestamp_col,
+                               value_col=value_col, min_rows=min_rows, where=_row, require_increasing=True)
+        out.append(Series(name=str(name), timestamps=s.timestamps, values=s.values))
+    return out
+
+
+def read_many(path: str | Path, *, timestamp_col: str = "timestamp", value_col: str = "value",
+              min_rows: int = 2) -> list[Series]:
+    """The series of a local ``.csv`` / Parquet file: one, or one per name in its ``series`` column."""
+    kind = _kind(path)
+    p = _existing_file(path)
+    frame, where = (_read_csv_frame(p), _csv_row) if kind == "csv" else (_read_parquet_frame(p), _row)
+    return frame_series(frame, p, timestamp_col=timestamp_col, value_col=value_col, min_rows=min_rows, where=where)

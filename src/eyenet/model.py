@@ -143,6 +143,7 @@ class AnomalyModel:
         self.calibrator_ = TailCalibrator(tail_quantile=self.tail_quantile).fit(held)
         # each member's held-out raw scores seed its running rank's history
         self.reference_ = [r[np.isfinite(r)] for r in self._member_raw(held_x).T]
+        self.fit_tail_ = x[-min(len(x), max(4 * det.min_history, 200)) :]  # probe for artifact checks; not saved
         return self
 
     def _members(self) -> list[Detector]:
@@ -220,6 +221,46 @@ class AnomalyModel:
     def score(self, values: Any) -> Scores:
         """Score a whole series from a fresh stream."""
         return self.score_stream(values)[0]
+
+    # -- descriptions (recorded with every registered version) ------------------------------
+    def calibration_summary(self) -> dict[str, Any]:
+        """The fitted calibration in numbers: tail model and held-out score quantiles per member."""
+        self._check_fitted()
+        cal = self.calibrator_
+        q = [0.5, 0.9, 0.99]
+        return {
+            "tail_quantile": cal.tail_quantile,
+            "tail_threshold": cal.threshold_,
+            "tail_scale": cal.tail_scale_,
+            "held_out_scores": len(cal.body_),
+            "held_out_quantiles": dict(zip(map(str, q), np.quantile(cal.body_, q).tolist())),
+            "rank": asdict(self.rank) if self.rank else None,
+            "alarm": asdict(self.alarm),
+            "members": [
+                {"family": d.family, "reference_scores": len(r), "reference_median": float(np.median(r)) if len(r) else None}
+                for d, r in zip(self._members(), self.reference_)
+            ],
+        }
+
+    def feature_config(self) -> dict[str, Any]:
+        """What each member reads from the series: history length and its window parameters."""
+        members = []
+        for d in self._members():
+            params = d.get_params()
+            members.append({"family": d.family, "min_history": d.min_history,
+                            **{k: params[k] for k in ("window", "normalisation") if k in params}})
+        return {"input": "univariate values in timestamp order", "min_history": self.detector.min_history,
+                "members": members}
+
+    def training_history(self) -> dict[str, list[dict[str, Any]]]:
+        """Per-epoch training records of every torch member, keyed by a metric-name prefix."""
+        members = self._members()
+        out = {}
+        for i, d in enumerate(members):
+            history = getattr(d, "history_", None)
+            if history:
+                out["" if len(members) == 1 else f"m{i}.{d.family}."] = list(history)
+        return out
 
     # -- persistence ---------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

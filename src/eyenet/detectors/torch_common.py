@@ -22,8 +22,10 @@ file that loads with ``weights_only=True``. Neither needs pickle.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
@@ -47,6 +49,47 @@ MIN_REL_IMPROVEMENT = 1e-3
 SCALE_FLOOR = 1e-3
 
 EpochCallback = Callable[[dict[str, Any]], None]
+
+
+# -- pluggable training backends ---------------------------------------------------------------
+@dataclass
+class TrainJob:
+    """Everything needed to train one network anywhere: the detector config and its (input, target) pairs.
+
+    The last ``n_val`` rows are the chronological validation split.
+    """
+
+    detector: dict[str, Any]
+    inputs: np.ndarray
+    targets: np.ndarray
+    n_val: int
+
+
+@dataclass
+class TrainOutcome:
+    """Trained weights (``net.<param>`` arrays), per-epoch records and the best epoch."""
+
+    weights: dict[str, np.ndarray]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+TrainBackend = Callable[[TrainJob, "EpochCallback | None"], TrainOutcome]
+_BACKEND: contextvars.ContextVar[TrainBackend | None] = contextvars.ContextVar("eyenet_train_backend", default=None)
+
+
+@contextlib.contextmanager
+def training_backend(backend: TrainBackend | None) -> Iterator[None]:
+    """Train every torch network fitted inside the block with ``backend`` (e.g. Ray Train).
+
+    Ensemble members and plain detectors alike; ``None`` trains in-process.
+    """
+    token = _BACKEND.set(backend)
+    try:
+        yield
+    finally:
+        _BACKEND.reset(token)
 
 
 # -- devices and seeding ---------------------------------------------------------------
@@ -290,6 +333,23 @@ class TorchDetector(Detector):
         inputs, targets = self._pairs(self.norm_.transform(x))
         n_val = validation_size(len(inputs), float(self.val_fraction))
         self.history_: list[dict[str, Any]] = []
+        backend = _BACKEND.get()
+        if backend is not None:
+            outcome = backend(TrainJob(self.to_dict(), inputs, targets, n_val), self.on_epoch)
+            net = self._build_net()
+            try:
+                net.load_state_dict(arrays_to_state_dict(outcome.weights, "net."), strict=True)
+            except RuntimeError as exc:
+                raise ArtifactError(f"{self.family}: trained weights do not match the parameters: {exc}") from None
+            self.net_ = net.to(self.device_).eval()
+            self.history_, self.best_epoch_ = list(outcome.history), int(outcome.best_epoch)
+            self.train_info_ = dict(outcome.info)
+        else:
+            self._fit_local(inputs, targets, n_val)
+        errors = self._errors(inputs[-n_val:], targets[-n_val:])
+        self.score_scale_ = max(float(np.sqrt(np.mean(errors**2))), SCALE_FLOOR)
+
+    def _fit_local(self, inputs: np.ndarray, targets: np.ndarray, n_val: int) -> None:
         with seeded(int(self.seed), self.device_) as rng:
             net = self._build_net().to(self.device_)
             self.best_epoch_ = train_network(
@@ -307,8 +367,6 @@ class TorchDetector(Detector):
                 on_epoch=self.on_epoch,
             )
         self.net_ = net
-        errors = self._errors(inputs[-n_val:], targets[-n_val:])
-        self.score_scale_ = max(float(np.sqrt(np.mean(errors**2))), SCALE_FLOOR)
 
     def _errors(self, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
         out = np.empty(len(inputs))
@@ -435,12 +493,16 @@ __all__ = [
     "SCORE_CHUNK",
     "TORCH_CONSTRAINTS",
     "TorchDetector",
+    "TrainBackend",
+    "TrainJob",
+    "TrainOutcome",
     "arrays_to_state_dict",
     "predict",
     "resolve_device",
     "seeded",
     "state_dict_to_arrays",
     "train_network",
+    "training_backend",
     "validation_size",
     "windows",
 ]

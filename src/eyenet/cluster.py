@@ -1,0 +1,41 @@
+"""Connecting to Ray: a local instance with laptop-friendly defaults, or an existing cluster."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from eyenet.errors import EyenetError
+
+#: quiet Ray Data progress bars in training jobs (set before Ray is imported by a command)
+QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_DEDUP_LOGS": "1", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+
+
+class ClusterError(EyenetError):
+    """Ray could not be started or reached."""
+
+    exit_code = 5
+    http_status = 503
+
+
+def connect(address: str | None = None, *, num_cpus: float | None = None, num_gpus: float | None = None,
+            quiet: bool = True) -> Any:
+    """``ray.init`` once: ``address`` (``auto`` or ``ray://host:10001``) joins a running cluster,
+    otherwise a local instance starts with ``num_cpus`` logical CPUs (default: twice the cores, so
+    that small trainers, tasks and their data pipelines can share a laptop)."""
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    kw: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING" if quiet else "INFO"}
+    try:
+        if address:
+            ray.init(address=address, **kw)
+        else:
+            cpus = num_cpus if num_cpus is not None else 2 * (os.cpu_count() or 1)
+            ray.init(num_cpus=cpus, **({"num_gpus": num_gpus} if num_gpus is not None else {}), **kw)
+    except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, timeouts
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise ClusterError(f"could not start or reach {where}: {str(exc).splitlines()[0][:200]}") from None
+    return ray
