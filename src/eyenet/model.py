@@ -192,22 +192,68 @@ class AnomalyModel:
         self._check_fitted()
         st = state if state is not None else self.new_state()
         x = as_series(values)
-        det = self.detector
-        ctx = np.concatenate((st.values, x))
+        ctx = self.context(x, st)
         member_raw = self._member_raw(ctx)[len(st.values) :]
-        raw = det.combine_raw(member_raw) if isinstance(det, Ensemble) else member_raw[:, 0]
-        cal = self.calibrator_.transform(raw)
+        return self.finish_stream(member_raw, x, st)
+
+    def context(self, values: np.ndarray, state: StreamState) -> np.ndarray:
+        """The values the members score to produce the new points' scores: remembered history + new points."""
+        return np.concatenate((state.values, values))
+
+    @property
+    def member_families(self) -> list[str]:
+        return [d.family for d in self._members()]
+
+    def member_calibrated(self, member_raw: np.ndarray) -> np.ndarray:
+        """Each member's calibrated [0, 1] score, shape like ``member_raw``."""
+        if isinstance(self.detector, Ensemble):
+            return self.detector.calibrate_members(member_raw)
+        return self.calibrator_.transform(member_raw[:, 0])[:, None]
+
+    def finish_stream(
+        self, member_raw: np.ndarray, values: np.ndarray, state: StreamState, *, missing: tuple[int, ...] = ()
+    ) -> tuple[Scores, StreamState]:
+        """Everything after the members' raw scores: calibration, ranks, combination, alarms, new state.
+
+        ``member_raw`` has one row per new point and one column per member
+        (what :meth:`score_stream` computes in-process, or what remote member
+        deployments returned). Members listed in ``missing`` (column indices)
+        did not answer: the combination uses the others (mean of their ranks)
+        and their histories are kept unchanged.
+        """
+        st, x, det = state, values, self.detector
+        present = [j for j in range(member_raw.shape[1]) if j not in missing]
+        if not present:
+            raise InvalidParameterError(f"{self.name}: no member answered")
+        if missing:
+            s = self.member_calibrated(member_raw)[:, present]
+            raw = np.where(np.isfinite(s).all(axis=1), s.mean(axis=1), np.nan)
+            cal = raw
+        else:
+            raw = det.combine_raw(member_raw) if isinstance(det, Ensemble) else member_raw[:, 0]
+            cal = self.calibrator_.transform(raw)
         if self.rank:
             # ranks need only the order of scores: rank raw ones, which never saturate
             ranks, new_hist = [], []
             for j, hist in enumerate(st.scores):
+                if j in missing:
+                    ranks.append(np.full(len(x), np.nan))
+                    new_hist.append(hist)
+                    continue
                 r, h = self.rank.rank(member_raw[:, j], hist)
                 ranks.append(r)
                 new_hist.append(h)
-            score, new_ranks = self.rank.novelty(self._combine(np.column_stack(ranks)), st.ranks)
+            stacked = np.column_stack(ranks)
+            if missing:
+                sub = stacked[:, present]
+                combined = np.where(np.isfinite(sub).all(axis=1), sub.mean(axis=1), np.nan)
+            else:
+                combined = self._combine(stacked)
+            score, new_ranks = self.rank.novelty(combined, st.ranks)
         else:
             score, new_hist, new_ranks = cal, [np.empty(0) for _ in st.scores], np.empty(0)
         alarm, alarm_state = self.alarm.decide(score, st.alarm)
+        ctx = np.concatenate((st.values, x))
         keep = det.min_history - 1
         new_state = StreamState(
             values=ctx[max(len(ctx) - keep, 0) :] if keep else np.empty(0),

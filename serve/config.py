@@ -1,0 +1,69 @@
+"""Typed configuration of the Serve application (pydantic), shared by the builder and serve_config.yaml."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TORCH_FAMILIES = ("lstm", "gru", "cnn", "transformer", "lstm_ae")
+
+
+class Autoscaling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(4.0, gt=0)
+    upscale_delay_s: float = 2.0
+    downscale_delay_s: float = 30.0
+
+
+class DeploymentSettings(BaseModel):
+    """Resources and limits of one deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(0.25, gt=0)
+    num_gpus: float = Field(0.0, ge=0, description="fraction of a GPU per replica (torch families, when the cluster has GPUs)")
+    max_ongoing_requests: int = Field(16, ge=1)
+    max_queued_requests: int = Field(64, ge=-1, description="beyond this the proxy answers 503 with Retry-After")
+    autoscaling: Autoscaling = Autoscaling()
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    max_models_per_replica: int = Field(8, ge=1, description="multiplexed models kept per replica (LRU)")
+
+
+class AppConfig(BaseModel):
+    """The whole application: which families are deployed and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "eyenet"
+    route_prefix: str = "/"
+    families: list[str] = Field(default_factory=lambda: ["zscore", "mad", "iqr", "iforest", *TORCH_FAMILIES])
+    mlflow_uri: str | None = Field(None, description="default: EYENET_MLFLOW_URI, else the embedded store")
+    state_dir: str | None = Field(None, description="where stream state is snapshotted (default .eyenet/state)")
+    member_timeout_s: float = Field(2.0, gt=0, description="a member slower than this is left out (degraded)")
+    alias: str = "champion"
+    alias_ttl_s: float = Field(2.0, ge=0, description="how long a resolved alias is reused")
+    gpu_fraction: float = Field(0.25, gt=0, le=1, description="GPU share of a torch replica when GPUs exist")
+    use_gpus: bool | None = Field(None, description="None: use GPUs when the cluster has some")
+    router: DeploymentSettings = DeploymentSettings(num_cpus=0.25, max_ongoing_requests=64, max_queued_requests=256)
+    family: DeploymentSettings = DeploymentSettings()
+    overrides: dict[str, DeploymentSettings] = Field(default_factory=dict, description="per-family settings")
+
+    def settings(self, family: str) -> DeploymentSettings:
+        return self.overrides.get(family, self.family)
+
+    def deployment_options(self, family: str, cluster_gpus: float) -> dict[str, Any]:
+        """Ray Serve options of a family's deployment (GPU fraction only for torch families with GPUs)."""
+        s = self.settings(family)
+        use_gpu = (cluster_gpus > 0) if self.use_gpus is None else self.use_gpus
+        gpus = (s.num_gpus or self.gpu_fraction) if (use_gpu and family in TORCH_FAMILIES) else 0.0
+        return {
+            "name": f"family-{family}",
+            "ray_actor_options": {"num_cpus": s.num_cpus, **({"num_gpus": gpus} if gpus else {})},
+            "max_ongoing_requests": s.max_ongoing_requests,
+            "max_queued_requests": s.max_queued_requests,
+            "autoscaling_config": s.autoscaling.model_dump(),
+        }

@@ -1,0 +1,255 @@
+"""The Serve deployments: one stateless scorer per detector family, and the router (FastAPI ingress).
+
+A request flows: proxy -> ``Router`` (validates, resolves the ``champion``
+version of ``<tenant>.<group>.ensemble``, reads the series' stream state) ->
+every member's family deployment in parallel (multiplexed by model version,
+dynamically batched) -> ``Router`` combines the members' raw scores with the
+ensemble's calibration, ranks and alarm policy (``AnomalyModel.finish_stream``,
+the code ``eyenet score`` runs) and stores the new state.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from ray import serve
+
+from eyenet import registry as reg
+from eyenet import service
+from eyenet.errors import EyenetError, InvalidInputError, UnknownNameError
+from eyenet.serve.config import AppConfig
+
+
+def _model_id(name: str, version: int) -> str:
+    return f"{name}/{version}"
+
+
+def _parse_model_id(model_id: str) -> tuple[str, int]:
+    name, _, version = model_id.rpartition("/")
+    return name, int(version)
+
+
+class FamilyScorer:
+    """Raw scores of one family's detectors, for any registered model holding such a detector."""
+
+    def __init__(self, family: str, mlflow_uri: str | None, max_batch_size: int, batch_wait_timeout_s: float,
+                 max_models: int) -> None:
+        import torch
+
+        torch.set_num_threads(1)  # tiny networks: one thread is fastest and steadiest
+        self.family = family
+        self.registry = reg.Registry(mlflow_uri)
+        self.score_batch.set_max_batch_size(max_batch_size)
+        self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    @serve.multiplexed(max_num_models_per_replica=8)
+    async def get_model(self, model_id: str) -> Any:
+        name, version = _parse_model_id(model_id)
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: self.registry.load(name, version=version))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def score_batch(self, requests: list[tuple[int, np.ndarray, int]]) -> list[np.ndarray]:
+        model = await self.get_model(serve.get_multiplexed_model_id())
+        members = model._members()
+        out = []
+        for member, ctx, n_new in requests:
+            det = members[member]
+            if det.family != self.family:
+                raise UnknownNameError(f"member {member} of this model is {det.family!r}, not {self.family!r}")
+            out.append(det.score(ctx)[len(ctx) - n_new :])
+        return out
+
+    async def warm(self) -> str:
+        """Load the request's model into this replica (the router calls it before first use)."""
+        model = await self.get_model(serve.get_multiplexed_model_id())
+        return model.name
+
+    async def raw(self, member: int, ctx: np.ndarray, n_new: int) -> np.ndarray:
+        return await self.score_batch((member, ctx, n_new))
+
+    async def forecast(self, ctx: np.ndarray) -> float:
+        model = await self.get_model(serve.get_multiplexed_model_id())
+        det = model._members()[0]
+        if not hasattr(det, "forecast_next"):
+            raise InvalidInputError(f"{self.family} is not a forecaster")
+        return float(det.forecast_next(ctx))
+
+
+app = FastAPI(
+    title="EyeNet",
+    description="Real-time anomaly scores for operational time series.",
+    version="1",
+)
+
+
+@app.exception_handler(RequestValidationError)
+async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    err = exc.errors()[0] if exc.errors() else {}
+    loc = ""
+    for part in err.get("loc", ())[1:] if err.get("loc", ("",))[0] == "body" else err.get("loc", ()):
+        loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+    return JSONResponse({"error": f"{loc or 'body'}: {err.get('msg', 'invalid request')}"}, status_code=422)
+
+
+@app.exception_handler(EyenetError)
+async def _eyenet_error(request: Request, exc: EyenetError) -> JSONResponse:
+    status = exc.http_status if exc.http_status < 500 else 503
+    return JSONResponse({"error": str(exc)}, status_code=status)
+
+
+@serve.ingress(app)
+class Router:
+    """The HTTP API and the ensemble: fans out to the member families, combines, keeps stream state."""
+
+    def __init__(self, config: dict[str, Any], scorers: dict[str, Any]) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+        self.config = AppConfig(**config)
+        self.scorers = scorers
+        self.registry = reg.Registry(self.config.mlflow_uri)
+        self._aliases: dict[str, tuple[float, int]] = {}
+        self._models: dict[str, Any] = {}
+        from eyenet.serve.state import get_store
+
+        self.store = get_store(self.config.state_dir or str(reg.home() / "state"))
+
+    # -- models ----------------------------------------------------------------------------------
+    async def _resolve(self, name: str) -> int:
+        now = time.monotonic()
+        hit = self._aliases.get(name)
+        if hit and now - hit[0] < self.config.alias_ttl_s:
+            return hit[1]
+        loop = asyncio.get_running_loop()
+        info = await loop.run_in_executor(None, lambda: self.registry.version(name, alias=self.config.alias))
+        self._aliases[name] = (now, info.version)
+        return info.version
+
+    async def _model(self, tenant: str, group: str) -> tuple[str, int, Any]:
+        service.check_names(group, tenant)
+        name = reg.model_name("ensemble", group=group, tenant=tenant)
+        version = await self._resolve(name)
+        key = _model_id(name, version)
+        if key not in self._models:
+            loop = asyncio.get_running_loop()
+            model = await loop.run_in_executor(None, lambda: self.registry.load(name, version=version))
+            # load the version into the member deployments before it answers requests
+            warm = [self.scorers[f].options(multiplexed_model_id=key).warm.remote()
+                    for f in set(model.member_families) if f in self.scorers]
+            await asyncio.gather(*(asyncio.wait_for(w, timeout=120) for w in warm), return_exceptions=True)
+            self._models[key] = model
+        return name, version, self._models[key]
+
+    async def _members_raw(self, key: str, model: Any, ctx: np.ndarray, n_new: int) -> tuple[np.ndarray, list[str]]:
+        """Every member's raw scores for the new points, in parallel; members that fail or time out are NaN."""
+        families = model.member_families
+        calls = []
+        for j, fam in enumerate(families):
+            handle = self.scorers.get(fam)
+            if handle is None:
+                calls.append(None)
+                continue
+            calls.append(handle.options(multiplexed_model_id=key).raw.remote(j, ctx, n_new))
+        out = np.full((n_new, len(families)), np.nan)
+        missing: list[str] = []
+
+        async def one(j: int, call: Any) -> None:
+            if call is None:
+                missing.append(families[j])
+                return
+            try:
+                out[:, j] = await asyncio.wait_for(call, timeout=self.config.member_timeout_s)
+            except Exception:  # noqa: BLE001 - a member's fault or timeout degrades, never fails, the answer
+                missing.append(families[j])
+
+        await asyncio.gather(*(one(j, c) for j, c in enumerate(calls)))
+        return out, missing
+
+    async def _score(self, tenant: str, group: str, x: np.ndarray, state: Any | None) -> tuple[dict[str, Any], Any]:
+        name, version, model = await self._model(tenant, group)
+        st = state if state is not None else model.new_state()
+        ctx = model.context(x, st)
+        member_raw, missing = await self._members_raw(_model_id(name, version), model, ctx, len(x))
+        families = model.member_families
+        if len(missing) == len(families):
+            raise EyenetError(f"{name} v{version}: no member deployment answered")
+        idx = tuple(families.index(f) for f in missing)
+        scores, new_state = model.finish_stream(member_raw, x, st, missing=idx)
+        per_member = model.member_calibrated(member_raw)
+        points = []
+        for i in range(len(x)):
+            ready = bool(np.isfinite(scores.score[i]))
+            points.append({
+                "score": float(scores.score[i]) if ready else None,
+                "calibrated": float(scores.calibrated[i]) if np.isfinite(scores.calibrated[i]) else None,
+                "alarm": bool(scores.alarm[i]),
+                "ready": ready,
+                "detectors": {f: (float(per_member[i, j]) if np.isfinite(per_member[i, j]) else None)
+                              for j, f in enumerate(families) if f not in missing},
+            })
+        body = {"model": name, "version": version, "degraded": bool(missing), "missing": sorted(missing), "points": points}
+        return body, new_state
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    @app.post("/v1/detect")
+    async def detect(self, req: service.DetectRequest) -> dict[str, Any]:
+        """Score windows of one or many series, each from a fresh stream (no stored state)."""
+        data = service.check_series(req.series)
+        results = await asyncio.gather(*(self._score(req.tenant, req.group, s.values, None) for s in data))
+        return {"results": [{"id": s.id, **body} for s, (body, _) in zip(data, results)]}
+
+    @app.post("/v1/stream")
+    async def stream(self, req: service.StreamRequest) -> dict[str, Any]:
+        """Append points to a series; its history is kept by the server between calls."""
+        (s,) = service.check_series([service.SeriesIn(id=req.id, values=req.values, timestamps=req.timestamps)],
+                                    field="body")
+        key = f"{req.tenant}/{req.group}/{req.id}"
+        if req.reset:
+            await self.store.delete.remote(key)
+        for _ in range(3):
+            version, state = await self.store.get.remote(key)
+            body, new_state = await self._score(req.tenant, req.group, s.values, state)
+            if await self.store.put.remote(key, version, new_state):
+                return {"id": req.id, "seen": new_state.seen, **body}
+        raise InvalidInputError(f"series {req.id!r} is being updated concurrently; send its points in order")
+
+    @app.post("/v1/forecast")
+    async def forecast(self, req: service.ForecastRequest) -> dict[str, Any]:
+        data = service.check_series(req.series)
+        service.check_names(req.group, req.tenant)
+        if req.detector not in self.scorers:
+            raise UnknownNameError(f"detector {req.detector!r} is not deployed (deployed: {sorted(self.scorers)})")
+        name = reg.model_name(req.detector, group=req.group, tenant=req.tenant)
+        version = await self._resolve(name)
+        handle = self.scorers[req.detector].options(multiplexed_model_id=_model_id(name, version))
+        values = await asyncio.gather(*(handle.forecast.remote(s.values) for s in data))
+        return {"model": name, "version": version,
+                "results": [{"id": s.id, "forecast": v} for s, v in zip(data, values)]}
+
+    @app.get("/v1/detectors")
+    async def detectors(self) -> dict[str, Any]:
+        from eyenet import detectors
+
+        return {"deployed": sorted(self.scorers),
+                "families": {f: detectors.get_class(f)().get_params() for f in detectors.available()}}
+
+    @app.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        versions = await loop.run_in_executor(None, self.registry.versions)
+        return {"models": [v.to_dict() for v in versions]}
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "families": sorted(self.scorers), "streams": await self.store.count.remote()}
+
+    @app.get("/metrics")
+    async def metrics(self) -> PlainTextResponse:
+        from prometheus_client import generate_latest
+
+        return PlainTextResponse(generate_latest().decode(), media_type="text/plain; version=0.0.4")
