@@ -71,6 +71,8 @@ class TorchForecaster(TorchDetector):
 
     def _pairs(self, xn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w = int(self.window)
+        if len(xn) == w + 1:  # one window (the real-time path): skip the strided view
+            return xn[None, :w], xn[w:]
         return windows(xn[:-1], w), xn[w:]
 
     def _window_errors(self, outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
