@@ -144,7 +144,11 @@ class Ensemble(Detector):
     def combine_one(self, raw: list[float]) -> float:
         """:meth:`combine_raw` of one point (one raw score per member) without arrays,
         equal to it bit for bit: the real-time path."""
-        s = [m.calibrator_.transform_one(r) for m, r in zip(self.members_, raw)]
+        return self.combine_row([m.calibrator_.transform_one(r) for m, r in zip(self.members_, raw)])
+
+    def combine_row(self, s: list[float]) -> float:
+        """:meth:`combine_scores` of one row of [0, 1] scores, without arrays and equal to it
+        bit for bit; NaN if any member is not ready."""
         if any(v != v for v in s):
             return math.nan
         if self.combine == "max":
