@@ -27,6 +27,9 @@ from eyenet.errors import InvalidParameterError, NotEnoughDataError
 
 #: tail probability that maps to a calibrated score of 1.0 (10 ** -DECADES)
 DECADES = 16.0
+#: up to this many new scores, :meth:`RunningRank.rank` and :meth:`RunningRank.novelty`
+#: scan the history with numpy instead of sorting it (the one-point stream step)
+FEW = 8
 
 
 @dataclass
@@ -68,8 +71,25 @@ class TailCalibrator:
 
     def transform(self, raw: np.ndarray) -> np.ndarray:
         """Calibrated scores in [0, 1]; NaN (not ready) stays NaN."""
+        raw = np.asarray(raw, dtype=float)
+        if raw.shape == (1,):
+            return np.array([self.transform_one(float(raw[0]))])
         with np.errstate(invalid="ignore"):
             return np.clip(-np.log10(self.tail_probability(raw)) / DECADES, 0.0, 1.0)
+
+    def transform_one(self, raw: float) -> float:
+        """:meth:`transform` of one score without arrays (the real-time path), equal bit for bit.
+
+        The same operations in the same order on floats; ``exp`` and ``log10``
+        are numpy's, as in the array path."""
+        if not math.isfinite(raw):
+            return math.nan
+        n = len(self.body_)
+        p = (n - int(np.searchsorted(self.body_, raw, side="left")) + 1) / (n + 1)
+        if raw > self.threshold_:
+            p = min(p, (1 - self.tail_quantile) * float(np.exp(-(raw - self.threshold_) / self.tail_scale_)))
+        p = min(max(p, 1e-300), 1.0)
+        return min(max(float(-np.log10(p)) / DECADES, 0.0), 1.0)
 
     def state(self) -> dict[str, np.ndarray]:
         return {
@@ -112,6 +132,8 @@ class RunningRank:
         s = np.asarray(scores, dtype=float)
         h = np.asarray(history, dtype=float)[-self.history :]
         seen = np.concatenate((h, s[np.isfinite(s)]))  # every remembered score, oldest first
+        if len(s) <= FEW:
+            return self._rank_few(s, seen, len(h)), seen[-self.history :]
         ranked = np.sort(h).tolist()  # numpy sorts ~10x faster than sorted() on a list
         oldest = 0  # index in `seen` of the oldest score still in `ranked`
         scale = math.log10(self.history + 1)
@@ -128,11 +150,38 @@ class RunningRank:
                 oldest += 1
         return out, seen[-self.history :]
 
+    def _rank_few(self, s: np.ndarray, seen: np.ndarray, m: int) -> np.ndarray:
+        """:meth:`rank` of a few scores without sorting: count the remembered scores at least
+        as high (``m - bisect_left`` of the sorted history) in ``seen[oldest : oldest + m]``."""
+        scale = math.log10(self.history + 1)
+        out = np.full(len(s), np.nan)
+        oldest = 0
+        for i, v in enumerate(s.tolist()):
+            if v != v:  # NaN: not ready
+                continue
+            if m >= self.learning:
+                at_least = int(np.count_nonzero(seen[oldest : oldest + m] >= v))
+                out[i] = -math.log10((at_least + 1) / (m + 1)) / scale
+            if m + 1 > self.history:
+                oldest += 1
+            else:
+                m += 1
+        return out
+
     def novelty(self, ranks: np.ndarray, recent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Keep a rank only where it beats every rank of the previous ``suppress`` ready
         points (else 0); returns ``(scores, new recent ranks)``."""
         if not self.suppress:
             return np.asarray(ranks, dtype=float), np.empty(0)
+        if len(ranks) <= FEW:  # a few points: no deque of the whole recent window
+            q = np.asarray(recent, dtype=float)[-self.suppress :]
+            out = np.full(len(ranks), np.nan)
+            for i, r in enumerate(np.asarray(ranks, dtype=float).tolist()):
+                if r != r:
+                    continue
+                out[i] = r if (not len(q) or r > q.max()) else 0.0
+                q = np.append(q, r)[-self.suppress :]
+            return out, q
         q = deque(np.asarray(recent, dtype=float)[-self.suppress :].tolist(), maxlen=self.suppress)
         out = np.full(len(ranks), np.nan)
         for i, r in enumerate(np.asarray(ranks, dtype=float).tolist()):

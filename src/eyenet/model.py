@@ -162,6 +162,8 @@ class AnomalyModel:
         """One rank per point from the members' ranks (NaN until every member is ready)."""
         if ranks.shape[1] == 1:
             return ranks[:, 0]
+        if len(ranks) == 1:  # one point: the real-time path
+            return np.array([self.detector.combine_row(ranks[0].tolist())])
         out = np.full(len(ranks), np.nan)
         ok = np.isfinite(ranks).all(axis=1)
         if ok.any():

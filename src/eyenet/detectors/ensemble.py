@@ -7,6 +7,7 @@ above ``vote_threshold``) and reports the members' spread as uncertainty.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -123,17 +124,45 @@ class Ensemble(Detector):
         if self.combine == "vote":
             return (s >= self.vote_threshold).mean(axis=1)
         if self.combine == "weighted":
-            w = np.asarray(self.weights, dtype=float)
-            return s @ (w / w.sum())
+            return (s * self._unit_weights()).sum(axis=1)  # not s @ w: BLAS rounds one row and many differently
         return s.mean(axis=1)
+
+    def _unit_weights(self) -> np.ndarray:
+        w = np.asarray(self.weights, dtype=float)
+        return w / w.sum()
 
     def combine_raw(self, raw: np.ndarray) -> np.ndarray:
         """Ensemble score from members' raw scores; NaN until every member is ready."""
+        if len(raw) == 1:
+            return np.array([self.combine_one(raw[0].tolist())])
         s = self.calibrate_members(raw)
         out = np.full(len(s), np.nan)
         ok = np.isfinite(s).all(axis=1)
         out[ok] = self.combine_scores(s[ok])
         return out
+
+    def combine_one(self, raw: list[float]) -> float:
+        """:meth:`combine_raw` of one point (one raw score per member) without arrays,
+        equal to it bit for bit: the real-time path."""
+        return self.combine_row([m.calibrator_.transform_one(r) for m, r in zip(self.members_, raw)])
+
+    def combine_row(self, s: list[float]) -> float:
+        """:meth:`combine_scores` of one row of [0, 1] scores, without arrays and equal to it
+        bit for bit; NaN if any member is not ready."""
+        if any(v != v for v in s):
+            return math.nan
+        if self.combine == "max":
+            return max(s)
+        if self.combine == "vote":
+            return sum(v >= self.vote_threshold for v in s) / len(s)
+        if len(s) >= 8:  # numpy sums 8 or more numbers pairwise
+            return float(self.combine_scores(np.array([s]))[0])
+        if self.combine == "weighted":
+            s = [v * w for v, w in zip(s, self._unit_weights().tolist())]
+        total = s[0]  # in order, as numpy sums fewer than 8 numbers
+        for v in s[1:]:
+            total += v
+        return total if self.combine == "weighted" else total / len(s)
 
     def _score(self, x: np.ndarray) -> np.ndarray:
         return self.combine_raw(self.member_raw(x))[self.min_history - 1 :]
@@ -143,10 +172,11 @@ class Ensemble(Detector):
         if not self.is_fitted:
             return super().score_last(window)  # raises NotFittedError
         x = as_series(window)
-        if len(x) < self.min_history:
+        h = self.min_history
+        if len(x) < h:
             return float("nan")
-        raw = np.array([[m.detector.score_last(x) for m in self.members_]])
-        return float(self.combine_raw(raw)[0])
+        x = x[-h:]
+        return self.combine_one([m.detector.score_last(x) for m in self.members_])
 
     def uncertainty(self, x: np.ndarray) -> np.ndarray:
         """Spread (standard deviation) of the members' calibrated scores per point."""

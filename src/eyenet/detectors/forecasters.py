@@ -71,10 +71,25 @@ class TorchForecaster(TorchDetector):
 
     def _pairs(self, xn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         w = int(self.window)
+        if len(xn) == w + 1:  # one window (the real-time path): skip the strided view
+            return xn[None, :w], xn[w:]
         return windows(xn[:-1], w), xn[w:]
 
     def _window_errors(self, outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
         return np.abs(targets - outputs)
+
+    def score_last(self, window: Any) -> float:
+        """Raw score of the last point of ``window``: the real-time path, the operations of
+        :meth:`score` on one window (same numbers) without its intermediate arrays."""
+        if not self.is_fitted:
+            return super().score_last(window)  # raises NotFittedError
+        x = as_series(window)
+        w = int(self.window)
+        if len(x) <= w:
+            return float("nan")
+        xn = self.norm_.transform(x[-w - 1 :])
+        forecast = float(self._forward_one(xn[None, :w])[0])
+        return abs(float(xn[w]) - forecast) / self.score_scale_
 
     # -- forecasts ---------------------------------------------------------------------------
     def forecast(self, values: Any) -> np.ndarray:
