@@ -87,6 +87,16 @@ app = FastAPI(
 )
 
 
+@app.middleware("http")
+async def _limit_body(request: Request, call_next: Any) -> Any:
+    """Refuse oversized bodies before parsing them (413 naming the limit)."""
+    limit = service.LIMITS.max_body_bytes
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return JSONResponse({"error": f"body: {int(length)} bytes, at most {limit}"}, status_code=413)
+    return await call_next(request)
+
+
 @app.exception_handler(RequestValidationError)
 async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     err = exc.errors()[0] if exc.errors() else {}
@@ -246,7 +256,10 @@ class Router:
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "families": sorted(self.scorers), "streams": await self.store.count.remote()}
+        import ray
+
+        return {"status": "ok", "families": sorted(self.scorers), "streams": await self.store.count.remote(),
+                "replica": ray.get_runtime_context().get_actor_name()}
 
     @app.get("/metrics")
     async def metrics(self) -> PlainTextResponse:

@@ -112,8 +112,9 @@ def torch_train_loop(config: dict[str, Any]) -> None:
     x_val, y_val = split(rows("val"))
     loss_fn = nn.MSELoss()
     fault = int(config.get("fault_at_epoch", 0))
+    # a series' windows fit in memory: read this worker's shard once, not once per epoch
+    x_train, y_train = split(rows("train"))
     for epoch in range(start + 1, max_epochs + 1):
-        x_train, y_train = split(rows("train"))
         order = torch.from_numpy(np.random.default_rng([seed, epoch, rank]).permutation(len(x_train)))
         net.train()
         total = 0.0

@@ -1,0 +1,163 @@
+"""The served system on a real Ray Serve instance: HTTP and handle APIs, stream state, bad input, degradation."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from eyenet import presets, registry, service, synthetic, training
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+MEMBERS = [{"family": "zscore", "params": {}}, {"family": "mad", "params": {}},
+           {"family": "cnn", "params": {"max_epochs": 3}}]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def values():
+    _, v, _ = synthetic.series("cpu_pct", n=1500, seed=1)
+    return np.asarray(v)
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, mlflow_store, values, tmp_path_factory):
+    from ray import serve
+
+    from eyenet.serve.app import build_app
+
+    trained = training.train_and_register(presets.model_config("ensemble", {"members": MEMBERS}), values[:600],
+                                          registry=mlflow_store, group="served")
+    mlflow_store.set_alias(trained.version.name, "champion", trained.version.version)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    config = {"families": ["zscore", "mad", "cnn"], "mlflow_uri": mlflow_store.uri,
+              "state_dir": str(tmp_path_factory.mktemp("state")), "member_timeout_s": 10}
+    serve.run(build_app(config), name="eyenet", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    yield {"url": url, "model": trained.model, "version": trained.version}
+    serve.delete("eyenet")
+    serve.shutdown()
+
+
+def _detect(url, values, **extra):
+    body = {"series": [{"id": "web-1", "values": [float(x) for x in values]}], "group": "served", **extra}
+    return requests.post(f"{url}/v1/detect", json=body, timeout=60)
+
+
+def _scores(points):
+    return np.array([np.nan if p["score"] is None else p["score"] for p in points])
+
+
+def test_detect_over_http_matches_offline_scoring(served, values):
+    resp = _detect(served["url"], values[:400])
+    assert resp.status_code == 200, resp.text
+    (res,) = resp.json()["results"]
+    assert res["model"] == "default.served.ensemble" and res["version"] == served["version"].version
+    assert res["degraded"] is False and res["missing"] == []
+    assert len(res["points"]) == 400
+    assert set(res["points"][-1]["detectors"]) == {"zscore", "mad", "cnn"}
+    offline = served["model"].score(values[:400])
+    np.testing.assert_allclose(_scores(res["points"]), offline.score, rtol=1e-12, equal_nan=True)
+    assert [p["alarm"] for p in res["points"]] == offline.alarm.tolist()
+    assert not res["points"][0]["ready"] and res["points"][-1]["ready"]
+
+
+def test_handle_api_gives_the_same_scores(served, values):
+    from ray import serve
+
+    handle = serve.get_app_handle("eyenet")
+    req = service.DetectRequest(series=[service.SeriesIn(id="web-1", values=values[:400].tolist())], group="served")
+    out = handle.detect.remote(req).result(timeout_s=60)
+    np.testing.assert_allclose(_scores(out["results"][0]["points"]), served["model"].score(values[:400]).score,
+                               rtol=1e-12, equal_nan=True)
+
+
+def test_stream_keeps_history_between_requests(served, values):
+    url = served["url"]
+    got = []
+    for start in range(0, 450, 150):
+        body = {"id": "stream-a", "values": values[start:start + 150].tolist(), "group": "served", "reset": start == 0}
+        resp = requests.post(f"{url}/v1/stream", json=body, timeout=60)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["seen"] == start + 150
+        got.extend(resp.json()["points"])
+    np.testing.assert_allclose(_scores(got), served["model"].score(values[:450]).score, rtol=1e-12, equal_nan=True)
+
+
+def test_stream_state_survives_a_router_replica_kill(served, values):
+    import ray
+
+    url = served["url"]
+    body = {"id": "stream-kill", "values": values[:200].tolist(), "group": "served", "reset": True}
+    assert requests.post(f"{url}/v1/stream", json=body, timeout=60).status_code == 200
+    replica = requests.get(f"{url}/healthz", timeout=30).json()["replica"]
+    ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=False)
+    deadline = time.time() + 120
+    while True:
+        body = {"id": "stream-kill", "values": values[200:300].tolist(), "group": "served"}
+        try:
+            resp = requests.post(f"{url}/v1/stream", json=body, timeout=30)
+            if resp.status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        assert time.time() < deadline, "router did not come back"
+        time.sleep(1)
+    assert resp.json()["seen"] == 300
+    assert requests.get(f"{url}/healthz", timeout=30).json()["replica"] != replica
+    want = served["model"].score(values[:300]).score[200:]
+    np.testing.assert_allclose(_scores(resp.json()["points"]), want, rtol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b'{"series": [{"id": "a", "values": [1.0, NaN]}], "group": "served"}', 422, "series[0].values[1]: not a finite number"),
+        (b'{"series": [{"id": "a", "values": [1.0, Infinity]}], "group": "served"}', 422, "not a finite number"),
+        (b'{"series": [{"id": "a", "values": "x"}]}', 422, "series[0].values"),
+        (b'{"series": []}', 422, "series"),
+        (b'{"series": [{"id": "a", "values": [1, 2]}], "colour": "red"}', 422, "colour"),
+        (b'{"series": [{"id": "a", "values": [1, 2], "timestamps": [2, 1]}], "group": "served"}', 422, "unsorted"),
+        (b'{"series": [{"id": "a", "values": [1, 2], "timestamps": [1, 1]}], "group": "served"}', 422, "duplicate timestamp"),
+        (b'{"series": [{"id": "a", "values": [1, 2], "timestamps": [1]}], "group": "served"}', 422, "1 timestamps for 2 values"),
+        (b'{"series": [{"id": "a", "values": [1, 2]}], "group": "nobody"}', 404, "default.nobody.ensemble"),
+        (b'{"series": [{"id": "a", "values": [1]}, {"id": "a", "values": [2]}], "group": "served"}', 422, "appears twice"),
+        (b'not json at all', 422, "JSON"),
+    ],
+)
+def test_malformed_requests_get_4xx_naming_the_problem(served, body, status, message):
+    resp = requests.post(f"{served['url']}/v1/detect", data=body, headers={"content-type": "application/json"}, timeout=30)
+    assert resp.status_code == status, resp.text
+    assert message.lower() in resp.json()["error"].lower()
+
+
+def test_oversized_requests_are_refused(served):
+    too_many = {"series": [{"id": "a", "values": [1.0] * (service.LIMITS.max_points + 1)}], "group": "served"}
+    resp = requests.post(f"{served['url']}/v1/detect", json=too_many, timeout=30)
+    assert resp.status_code == 422 and "at most" in resp.json()["error"]
+    big = b'{"series": [{"id": "a", "values": [' + b"1.0," * (service.LIMITS.max_body_bytes // 4) + b'1.0]}]}'
+    resp = requests.post(f"{served['url']}/v1/detect", data=big, headers={"content-type": "application/json"}, timeout=60)
+    assert resp.status_code == 413
+    # and the service is still fine afterwards
+    assert requests.get(f"{served['url']}/healthz", timeout=10).status_code == 200
+
+
+def test_models_detectors_health_and_openapi(served):
+    url = served["url"]
+    models = requests.get(f"{url}/v1/models", timeout=30).json()["models"]
+    assert any(m["name"] == "default.served.ensemble" and "champion" in m["aliases"] for m in models)
+    assert requests.get(f"{url}/v1/detectors", timeout=30).json()["deployed"] == ["cnn", "mad", "zscore"]
+    assert requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
+    paths = requests.get(f"{url}/openapi.json", timeout=30).json()["paths"]
+    assert {"/v1/detect", "/v1/stream", "/v1/forecast", "/v1/models", "/healthz", "/metrics"} <= set(paths)
+    assert requests.get(f"{url}/docs", timeout=30).status_code == 200
