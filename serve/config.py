@@ -27,6 +27,7 @@ class DeploymentSettings(BaseModel):
     num_gpus: float = Field(0.0, ge=0, description="fraction of a GPU per replica (torch families, when the cluster has GPUs)")
     max_ongoing_requests: int = Field(16, ge=1)
     max_queued_requests: int = Field(64, ge=-1, description="beyond this the proxy answers 503 with Retry-After")
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After of a 503 under overload")
     autoscaling: Autoscaling = Autoscaling()
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_s: float = Field(0.002, ge=0)
@@ -65,5 +66,17 @@ class AppConfig(BaseModel):
             "ray_actor_options": {"num_cpus": s.num_cpus, **({"num_gpus": gpus} if gpus else {})},
             "max_ongoing_requests": s.max_ongoing_requests,
             "max_queued_requests": s.max_queued_requests,
+            "backpressure_config": {"status_code": 503, "retry_after_s": s.retry_after_s},
             "autoscaling_config": s.autoscaling.model_dump(),
+        }
+
+    def router_options(self) -> dict[str, Any]:
+        r = self.router
+        return {
+            "name": "router",
+            "ray_actor_options": {"num_cpus": r.num_cpus},
+            "max_ongoing_requests": r.max_ongoing_requests,
+            "max_queued_requests": r.max_queued_requests,
+            "backpressure_config": {"status_code": 503, "retry_after_s": r.retry_after_s},
+            "autoscaling_config": r.autoscaling.model_dump(),
         }

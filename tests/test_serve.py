@@ -41,7 +41,7 @@ def served(ray_cluster, mlflow_store, values, tmp_path_factory):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = {"families": ["zscore", "mad", "cnn"], "mlflow_uri": mlflow_store.uri,
-              "state_dir": str(tmp_path_factory.mktemp("state")), "member_timeout_s": 10}
+              "state_dir": str(tmp_path_factory.mktemp("state")), "member_timeout_s": 10, "use_gpus": False}
     serve.run(build_app(config), name="eyenet", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     yield {"url": url, "model": trained.model, "version": trained.version}
@@ -161,3 +161,90 @@ def test_models_detectors_health_and_openapi(served):
     paths = requests.get(f"{url}/openapi.json", timeout=30).json()["paths"]
     assert {"/v1/detect", "/v1/stream", "/v1/forecast", "/v1/models", "/healthz", "/metrics"} <= set(paths)
     assert requests.get(f"{url}/docs", timeout=30).status_code == 200
+
+
+def _deploy(name: str, prefix: str, config: dict, mlflow_store, tmp_path) -> None:
+    from ray import serve
+
+    from eyenet.serve.app import build_app
+
+    full = {"mlflow_uri": mlflow_store.uri, "state_dir": str(tmp_path / name), **config}
+    serve.run(build_app(full), name=name, route_prefix=prefix)
+
+
+def test_a_missing_member_degrades_the_ensemble_instead_of_failing(served, values, mlflow_store, tmp_path):
+    from ray import serve
+
+    _deploy("degraded", "/degraded", {"families": ["zscore", "mad"], "member_timeout_s": 10, "use_gpus": False}, mlflow_store, tmp_path)
+    try:
+        body = {"series": [{"id": "a", "values": values[:300].tolist()}], "group": "served"}
+        resp = requests.post(f"{served['url']}/degraded/v1/detect", json=body, timeout=60)
+        assert resp.status_code == 200, resp.text
+        res = resp.json()["results"][0]
+        assert res["degraded"] is True and res["missing"] == ["cnn"]
+        assert set(res["points"][-1]["detectors"]) == {"zscore", "mad"}
+        assert res["points"][-1]["ready"] and res["points"][-1]["score"] is not None
+    finally:
+        serve.delete("degraded")
+
+
+def test_overload_gets_503_with_retry_after(served, values, mlflow_store, tmp_path):
+    import concurrent.futures as cf
+
+    from ray import serve
+
+    tight = {"num_cpus": 0.1, "max_ongoing_requests": 1, "max_queued_requests": 1, "retry_after_s": 2,
+             "autoscaling": {"min_replicas": 1, "max_replicas": 1}}
+    _deploy("tight", "/tight", {"families": ["zscore", "mad", "cnn"], "router": tight, "use_gpus": False}, mlflow_store, tmp_path)
+    try:
+        body = {"series": [{"id": f"s{i}", "values": values[:1500].tolist()} for i in range(4)], "group": "served"}
+        with cf.ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(lambda _: requests.post(f"{served['url']}/tight/v1/detect", json=body, timeout=120),
+                                  range(16)))
+        statuses = [r.status_code for r in codes]
+        assert 503 in statuses and 200 in statuses, statuses
+        assert all(s in (200, 503) for s in statuses)
+        assert all(r.headers.get("Retry-After") == "2" for r in codes if r.status_code == 503)
+    finally:
+        serve.delete("tight")
+
+
+def test_torch_replicas_take_gpu_fractions_when_the_cluster_has_gpus(ray_cluster, mlflow_store, tmp_path):
+    """Four torch deployments at 0.25 GPU each fit on the one logical GPU of the test cluster."""
+    import ray
+    from ray import serve
+
+    from eyenet.serve.config import AppConfig
+
+    cfg = AppConfig(families=["lstm", "gru", "cnn", "transformer", "zscore"])
+    assert cfg.deployment_options("cnn", cluster_gpus=1)["ray_actor_options"]["num_gpus"] == 0.25
+    assert "num_gpus" not in cfg.deployment_options("zscore", cluster_gpus=1)["ray_actor_options"]
+    assert "num_gpus" not in cfg.deployment_options("cnn", cluster_gpus=0)["ray_actor_options"]
+    before = ray.available_resources().get("GPU", 0)
+    _deploy("gpus", "/gpus", {"families": ["lstm", "gru", "cnn", "transformer"]}, mlflow_store, tmp_path)
+    try:
+        status = serve.status().applications["gpus"]
+        assert status.status == "RUNNING"
+        assert before - ray.available_resources().get("GPU", 0) == pytest.approx(1.0)
+    finally:
+        serve.delete("gpus")
+
+
+def test_serve_config_yaml_matches_the_builder():
+    import yaml
+
+    from eyenet.serve.config import AppConfig
+
+    path = __import__("pathlib").Path(__file__).resolve().parents[1] / "serve" / "serve_config.yaml"
+    doc = yaml.safe_load(path.read_text())
+    (app,) = doc["applications"]
+    assert app["import_path"] == "eyenet.serve.app:app_builder"
+    cfg = AppConfig(**app["args"])
+    assert cfg.model_dump() == AppConfig(**app["args"]).model_dump()
+    deployments = {d["name"]: d for d in app.get("deployments", [])}
+    for family in cfg.families:
+        opts = cfg.deployment_options(family, cluster_gpus=0)
+        d = deployments[opts["name"]]
+        assert d["max_ongoing_requests"] == opts["max_ongoing_requests"]
+        assert d["autoscaling_config"] == opts["autoscaling_config"]
+        assert d["ray_actor_options"]["num_cpus"] == opts["ray_actor_options"]["num_cpus"]
