@@ -45,7 +45,7 @@ def main() -> None:
     for name in detectors.available():
         model = AnomalyModel.from_dict(presets.model_config(name)).fit(train)
         det = model.detector
-        win = np.concatenate((train, live))[-det.min_history :]
+        win = np.concatenate((train, live))[-max(det.context, det.min_history) :]
         rows.append((f"{name} score_last (raw)", median_ms(lambda: det.score_last(win), args.calls)))
         if name == "ensemble":
             _, state = model.score_stream(live)
