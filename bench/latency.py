@@ -48,7 +48,7 @@ def main() -> None:
     for name in detectors.available():
         model = AnomalyModel.from_dict(presets.model_config(name)).fit(train)
         det = model.detector
-        win = np.concatenate((train, live))[-det.min_history :]
+        win = np.concatenate((train, live))[-max(det.context, det.min_history) :]
         if name == "ensemble":
             label = "ensemble score_last (members scored, calibrated, combined)"
         else:

@@ -49,6 +49,7 @@ _SMALL: dict[str, dict[str, Any]] = {
     "cnn": _TORCH,
     "transformer": _TORCH,
     "lstm_ae": _TORCH,
+    "seasonal": dict(cycles=3),
     "ensemble": dict(
         members=[
             {"family": "zscore", "params": {"window": 16}},

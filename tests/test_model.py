@@ -239,3 +239,28 @@ def test_forest_saves_and_loads_without_pickle(forest: IForest, tmp_path, monkey
     assert isinstance(loaded, IForest) and not hasattr(loaded, "sklearn_")
     x = np.sin(np.arange(400) / 6.0)
     np.testing.assert_array_equal(loaded.score(x), forest.score(x))
+
+
+def test_member_weights_make_mean_a_weighted_mean() -> None:
+    members = [{**m, "weight": w} for m, w in zip(MEMBERS, (3.0, 1.0, 0.0))]
+    ens = detectors.create("ensemble", members=members)
+    np.testing.assert_allclose(ens.combine_scores(S), S @ np.array([0.75, 0.25, 0.0]), rtol=1e-12)
+    assert detectors.from_dict(ens.to_dict()).member_weights.tolist() == [3.0, 1.0, 0.0]
+
+
+@pytest.mark.parametrize("weights", [(-1.0, 1.0, 1.0), (0.0, 0.0, 0.0), ("x", 1.0, 1.0)], ids=["negative", "zero_sum", "not_a_number"])
+def test_bad_member_weights_are_rejected(weights: tuple) -> None:
+    with pytest.raises(InvalidParameterError, match="members"):
+        detectors.create("ensemble", members=[{**m, "weight": w} for m, w in zip(MEMBERS, weights)])
+
+
+def test_ensemble_model_fits_members_on_the_whole_fit_part() -> None:
+    x = np.sin(np.arange(1000) / 5.0) + 0.05 * np.random.default_rng(4).standard_normal(1000)
+    model = AnomalyModel(Ensemble(members=[{"family": "zscore", "params": {"window": 16}}]), holdout=0.3).fit(x)
+    member = model.detector.members_[0]
+    # the model holds out the last 30 %; the member must not hold out part of the rest again
+    alone = detectors.create("zscore", window=16).fit(x[:700])
+    assert member.detector.spread_floor_ == alone.spread_floor_
+    held = alone.score(x[700 - 16 :])[16:]
+    np.testing.assert_allclose(np.sort(member.reference_[0]), np.sort(held[np.isfinite(held)]))
+    np.testing.assert_allclose(model.reference_[0], held[np.isfinite(held)])

@@ -28,7 +28,8 @@ def test_apply_sets_detector_params_model_settings_and_member_weights():
     config = tuning.apply("ensemble", base, {"weights.0": 0.5, "holdout": 0.25, "rank.suppress": 200,
                                              "alarm.threshold": np.float64(0.8)})
     model = AnomalyModel.from_dict(config)
-    assert model.detector.combine == "weighted" and model.detector.weights == [0.5, 1.0, 1.0]
+    n = len(model.detector.member_configs)
+    assert model.detector.combine == "weighted" and model.detector.weights == [0.5] + [1.0] * (n - 1)
     assert model.holdout == 0.25 and model.rank.suppress == 200 and model.alarm.threshold == 0.8
     assert model.rank.history == 5000  # untouched settings keep their defaults
     with pytest.raises(InvalidParameterError):

@@ -29,9 +29,8 @@ DEFAULT_SPACES: dict[str, dict[str, Any]] = {
     "transformer": {**_TORCH, **_POST},
     "lstm_ae": {**_TORCH, "tail": {"choice": [1, 4, 8]}, **_POST},
     "ensemble": {
-        "weights.0": {"uniform": [0.2, 1.0]},
-        "weights.1": {"uniform": [0.2, 1.0]},
-        "weights.2": {"uniform": [0.2, 1.0]},
+        "weights.0": {"uniform": [0.5, 4.0]},  # default members: seasonal, lstm (3 : 1)
+        "weights.1": {"uniform": [0.5, 2.0]},
         "holdout": {"uniform": [0.2, 0.4]},
         **_POST,
     },

@@ -137,13 +137,18 @@ class AnomalyModel:
                 f"{det.family}: training needs at least {det.min_fit + max(10, det.min_fit // 2)} points "
                 f"({det.min_fit} to fit, the rest held out for calibration), got {len(x)}"
             )
-        det.fit(x[:split])
-        held_x = x[max(split - det.min_history + 1, 0) :]
-        held = det.score(held_x)
+        if isinstance(det, Ensemble):
+            # members learn from all of the fit part and calibrate on the same held-out tail
+            det.fit_split(x, split)
+        else:
+            det.fit(x[:split])
+        # score the held-out tail with the history before it that its scores may use
+        start = max(split - max(det.context, det.min_history) + 1, 0)
+        held = det.score(x[start:])[split - start :]
         self.calibrator_ = TailCalibrator(tail_quantile=self.tail_quantile).fit(held)
         # each member's held-out raw scores seed its running rank's history
-        self.reference_ = [r[np.isfinite(r)] for r in self._member_raw(held_x).T]
-        self.fit_tail_ = x[-min(len(x), max(4 * det.min_history, 200)) :]  # probe for artifact checks; not saved
+        self.reference_ = [r[np.isfinite(r)] for r in self._member_raw(x[start:])[split - start :].T]
+        self.fit_tail_ = x[-min(len(x), max(4 * det.context, 4 * det.min_history, 200)) :]  # probe; not saved
         return self
 
     def _members(self) -> list[Detector]:
@@ -256,7 +261,7 @@ class AnomalyModel:
             score, new_hist, new_ranks = cal, [np.empty(0) for _ in st.scores], np.empty(0)
         alarm, alarm_state = self.alarm.decide(score, st.alarm)
         ctx = np.concatenate((st.values, x))
-        keep = det.min_history - 1
+        keep = max(det.context, det.min_history) - 1
         new_state = StreamState(
             values=ctx[max(len(ctx) - keep, 0) :] if keep else np.empty(0),
             scores=new_hist,

@@ -14,7 +14,7 @@ from eyenet.errors import InvalidParameterError
 from eyenet.synthetic import METRICS
 
 #: families trained and compared by ``eyenet up`` (the ensemble is added on top)
-DEFAULT_SUITE: list[str] = ["zscore", "mad", "iqr", "iforest", "lstm", "gru", "cnn", "transformer", "lstm_ae"]
+DEFAULT_SUITE: list[str] = ["zscore", "mad", "iqr", "seasonal", "iforest", "lstm", "gru", "cnn", "transformer", "lstm_ae"]
 
 #: ``eyenet up``: synthetic telemetry of seven days at five minutes, fixed seed,
 #: the first quarter anomaly-free (training data), three anomalies per metric after it

@@ -104,6 +104,15 @@ class Detector:
         raise NotImplementedError
 
     @property
+    def context(self) -> int:
+        """Points a score may depend on (the scored one included): at least ``min_history``.
+
+        A stream keeps the last ``context - 1`` values so that scoring point by
+        point gives the same numbers as scoring the whole series.
+        """
+        return self.min_history
+
+    @property
     def min_fit(self) -> int:
         return self.min_history + self._min_fit_extra
 
@@ -139,7 +148,7 @@ class Detector:
         x = as_series(window)
         if len(x) < self.min_history:
             return float("nan")
-        return float(self._score(x[-self.min_history :])[-1])
+        return float(self._score(x[-max(self.context, self.min_history) :])[-1])
 
     def _fit(self, x: np.ndarray) -> None:
         raise NotImplementedError

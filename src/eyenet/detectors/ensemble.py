@@ -2,8 +2,9 @@
 
 Each member is a detector with its own calibrator fitted on held-out data, so
 its output is on the common [0, 1] scale; the ensemble combines them by
-``mean``, ``max``, ``weighted`` mean or ``vote`` (fraction of members at or
-above ``vote_threshold``) and reports the members' spread as uncertainty.
+``mean`` (weighted by each member's optional ``weight``), ``max``, ``weighted``
+mean (explicit ``weights``) or ``vote`` (fraction of members at or above
+``vote_threshold``) and reports the members' spread as uncertainty.
 """
 from __future__ import annotations
 
@@ -15,22 +16,33 @@ import numpy as np
 from eyenet.detectors.base import Detector, as_series, one_of
 from eyenet.errors import InvalidParameterError
 
-#: three forecasters with different inductive biases (attention, recurrence, convolution);
-#: chosen on the NAB subset in bench/RESULTS.md, where their mean beats each of them
+#: a seasonal baseline (distance from the same phase of past cycles, or from the usual level)
+#: and a one-step forecaster (distance from what the last values predict), the baseline
+#: weighted 3:1; chosen on the NAB subset in bench/RESULTS.md, where it beats each member
 DEFAULT_MEMBERS: tuple[dict[str, Any], ...] = (
-    {"family": "transformer", "params": {}},
-    {"family": "lstm", "params": {}},
-    {"family": "cnn", "params": {}},
+    {"family": "seasonal", "params": {}, "weight": 3.0},
+    {"family": "lstm", "params": {}, "weight": 1.0},
 )
+
+
+def _weight_ok(w: Any) -> bool:
+    return isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf")
 
 
 def _members_ok(v: Any) -> bool:
     return v is None or isinstance(v, (list, tuple)) and len(v) >= 1 and all(
-        isinstance(m, dict) and isinstance(m.get("family"), str) and m["family"] != "ensemble" for m in v
-    )
+        isinstance(m, dict)
+        and isinstance(m.get("family"), str)
+        and m["family"] != "ensemble"
+        and _weight_ok(m.get("weight", 1.0))
+        for m in v
+    ) and sum(float(m.get("weight", 1.0)) for m in v) > 0
 
 
-_members_ok.__doc__ = "None (the default members) or a non-empty list of {'family': name, 'params': {...}} (no nested ensembles)"
+_members_ok.__doc__ = (
+    "None (the default members) or a non-empty list of {'family': name, 'params': {...}, 'weight': w} "
+    "(weight optional, default 1, non-negative with a positive sum; no nested ensembles)"
+)
 
 
 def _weights_ok(v: Any) -> bool:
@@ -86,7 +98,15 @@ class Ensemble(Detector):
         from eyenet import detectors
         from eyenet.model import AnomalyModel
 
-        return [AnomalyModel(detectors.from_dict(m), holdout=self.holdout, rank=None) for m in self.member_configs]
+        return [
+            AnomalyModel(detectors.from_dict({"family": m["family"], "params": m.get("params") or {}}), holdout=self.holdout, rank=None)
+            for m in self.member_configs
+        ]
+
+    @property
+    def member_weights(self) -> np.ndarray:
+        """Each member's weight in ``mean`` (the members' ``weight`` keys, default 1)."""
+        return np.array([float(m.get("weight", 1.0)) for m in self.member_configs])
 
     @property
     def member_configs(self) -> list[dict[str, Any]]:
@@ -98,6 +118,11 @@ class Ensemble(Detector):
         return max(m.detector.min_history for m in models)
 
     @property
+    def context(self) -> int:
+        models = getattr(self, "members_", None) or self._build()
+        return max(m.detector.context for m in models)
+
+    @property
     def min_fit(self) -> int:
         models = getattr(self, "members_", None) or self._build()
         need = max(m.detector.min_fit for m in models)
@@ -105,6 +130,25 @@ class Ensemble(Detector):
 
     def _fit(self, x: np.ndarray) -> None:
         self.members_ = [m.fit(x) for m in self._build()]
+
+    def fit_split(self, values: Any, split: int) -> "Ensemble":
+        """Fit every member's detector on ``values[:split]`` and its calibrator on its
+        scores of ``values[split:]``: for a caller that holds out that tail itself, so
+        members learn from all of the fit part instead of holding out a part of it again."""
+        from eyenet.calibration import TailCalibrator
+
+        self._validate_params()
+        x = as_series(values)
+        models = self._build()
+        for m in models:
+            det = m.detector.fit(x[:split])
+            start = max(split - max(det.context, det.min_history) + 1, 0)
+            held = det.score(x[start:])[split - start :]
+            m.calibrator_ = TailCalibrator(tail_quantile=m.tail_quantile).fit(held)
+            m.reference_ = [held[np.isfinite(held)]]
+        self.members_ = models
+        self.fitted_ = True
+        return self
 
     def member_raw(self, x: np.ndarray) -> np.ndarray:
         """Raw scores of every member, shape (len(x), members); NaN where a member is not ready."""
@@ -125,6 +169,9 @@ class Ensemble(Detector):
             return (s >= self.vote_threshold).mean(axis=1)
         if self.combine == "weighted":
             return (s * self._unit_weights()).sum(axis=1)  # not s @ w: BLAS rounds one row and many differently
+        w = self.member_weights
+        if len(w) == s.shape[1] and not np.allclose(w, w[0]):
+            return (s * (w / w.sum())).sum(axis=1)
         return s.mean(axis=1)
 
     def _unit_weights(self) -> np.ndarray:
@@ -157,12 +204,16 @@ class Ensemble(Detector):
             return sum(v >= self.vote_threshold for v in s) / len(s)
         if len(s) >= 8:  # numpy sums 8 or more numbers pairwise
             return float(self.combine_scores(np.array([s]))[0])
+        w = self.member_weights
+        weighted = self.combine == "weighted" or (len(w) == len(s) and not np.allclose(w, w[0]))
         if self.combine == "weighted":
-            s = [v * w for v, w in zip(s, self._unit_weights().tolist())]
+            s = [v * x for v, x in zip(s, self._unit_weights().tolist())]
+        elif weighted:  # a mean with member weights
+            s = [v * x for v, x in zip(s, (w / w.sum()).tolist())]
         total = s[0]  # in order, as numpy sums fewer than 8 numbers
         for v in s[1:]:
             total += v
-        return total if self.combine == "weighted" else total / len(s)
+        return total if weighted else total / len(s)
 
     def _score(self, x: np.ndarray) -> np.ndarray:
         return self.combine_raw(self.member_raw(x))[self.min_history - 1 :]
