@@ -41,7 +41,7 @@ class AppConfig(BaseModel):
 
     name: str = "eyenet"
     route_prefix: str = "/"
-    families: list[str] = Field(default_factory=lambda: ["zscore", "mad", "iqr", "iforest", *TORCH_FAMILIES])
+    families: list[str] = Field(default_factory=lambda: ["zscore", "mad", "iqr", "iforest", "seasonal", *TORCH_FAMILIES])
     mlflow_uri: str | None = Field(None, description="default: EYENET_MLFLOW_URI, else the embedded store")
     state_dir: str | None = Field(None, description="where stream state is snapshotted (default .eyenet/state)")
     member_timeout_s: float = Field(2.0, gt=0, description="a member slower than this is left out (degraded)")

@@ -36,9 +36,9 @@ def server(tmp_path_factory):
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
-            if requests.get(f"{url}/health", timeout=1).ok:
+            if requests.get(f"{url}/health", timeout=5).ok:
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:
             pass
         if proc.poll() is not None:
             pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
