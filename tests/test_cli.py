@@ -294,10 +294,10 @@ def test_detectors_lists_every_family_with_default_params(capsys: pytest.Capture
             assert f"{key}=" in params, (name, key)
 
 
-# -- up --------------------------------------------------------------------------------------------
+# -- demo --------------------------------------------------------------------------------------------
 @pytest.mark.torch
-def test_up_reports_each_detector(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _run(capsys, "up", "--rows", "800", "--detectors", "zscore,iforest,cnn", "--metrics", "cpu_pct,latency_ms")
+def test_demo_reports_each_detector(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "demo", "--rows", "800", "--detectors", "zscore,iforest,cnn", "--metrics", "cpu_pct,latency_ms")
     assert code == 0
     for family in ("zscore", "iforest", "cnn"):
         assert f"== {family}: detected " in out
@@ -310,8 +310,8 @@ def test_up_reports_each_detector(capsys: pytest.CaptureFixture[str]) -> None:
     assert "epochs" in err  # torch training progress
 
 
-def test_up_rejects_unknown_detector_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _run(capsys, "up", "--detectors", "zscore,nope")
+def test_demo_rejects_unknown_detector_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "demo", "--detectors", "zscore,nope")
     _assert_one_line_error(code, err, "unknown detector")
     assert out == ""
 
@@ -346,7 +346,7 @@ def test_console_script_bad_input_has_no_traceback(tmp_path: Path) -> None:
     assert res.stderr.startswith("eyenet: error: ") and res.stderr.count("\n") == 1, res.stderr
     help_ = _subprocess("--help", cwd=tmp_path)
     assert help_.returncode == 0
-    for command in ("up", "down", "status", "score", "evaluate", "train", "tune", "models", "bench", "detectors"):
+    for command in ("up", "down", "status", "demo", "score", "evaluate", "train", "tune", "models", "bench", "detectors"):
         assert command in help_.stdout
 
 

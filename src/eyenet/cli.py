@@ -27,8 +27,6 @@ from eyenet.errors import EyenetError, InvalidParameterError, NotEnoughDataError
 PROG = "eyenet"
 #: subcommands registered now, implemented with the serving / registry work
 PENDING = {
-    "down": "stop the services started by 'eyenet up'",
-    "status": "show the running services and the models they serve",
     "bench": "run the benchmarks",
 }
 
@@ -83,21 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
     up = sub.add_parser(
-        "up",
-        help="train the default detectors on synthetic telemetry and report what each flags",
+        "demo",
+        help="offline: train the default detectors on synthetic telemetry and report what each flags",
         description=(
             "Generate seeded synthetic telemetry (seven days at five-minute resolution with "
             "injected anomalies), train every default detector family and the ensemble on the "
             "anomaly-free start of each metric, score the rest causally and report, per detector, "
-            "which anomalies it flagged, its false alarms, and a summary table. "
-            "(Starting the served system arrives with the serving work.)"
+            "which anomalies it flagged, its false alarms, and a summary table. No Ray, no server."
         ),
     )
     up.add_argument("--rows", type=_positive_int, default=presets.UP_ROWS, help=argparse.SUPPRESS)
     up.add_argument("--detectors", type=_names, default=None, help=argparse.SUPPRESS)
     up.add_argument("--metrics", type=_names, default=None, help=argparse.SUPPRESS)
     up.add_argument("--seed", type=int, default=presets.UP_SEED, help=argparse.SUPPRESS)
-    up.set_defaults(func=cmd_up)
+    up.set_defaults(func=cmd_demo)
 
     score = sub.add_parser(
         "score",
@@ -148,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     det = sub.add_parser("detectors", help="list the registered detector families and their default parameters")
     det.set_defaults(func=cmd_detectors)
 
-    from eyenet import cli_train
+    from eyenet import cli_serve, cli_train
 
     cli_train.add_parsers(sub)
+    cli_serve.add_parsers(sub)
 
     for name, text in PENDING.items():
         p = sub.add_parser(name, help=f"{text} (not available yet)", description=f"{text} (not available yet)")
@@ -345,7 +343,7 @@ def cmd_pending(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# eyenet up
+# eyenet demo
 
 
 @dataclass(frozen=True)
@@ -456,7 +454,7 @@ class _Progress:
         self.stream.flush()
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from eyenet import synthetic
     from eyenet.model import AnomalyModel
 
@@ -474,7 +472,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     step = telemetry.frame["timestamp"].iloc[1] - telemetry.frame["timestamp"].iloc[0]
     n_anomalies = sum(len(v) for v in telemetry.anomalies.values())
     print(
-        f"eyenet up: offline run on synthetic telemetry (serving arrives later)\n"
+        f"eyenet demo: offline run on synthetic telemetry\n"
         f"  {args.rows:,} rows every {_duration(step)} ({_duration(step * args.rows)}), seed {args.seed}, "
         f"metrics: {', '.join(metrics)}\n"
         f"  {n_anomalies} injected anomalies after row {first}; each detector trains on rows 0..{first - 1} "

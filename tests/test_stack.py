@@ -1,0 +1,62 @@
+"""`eyenet up` / `status` / `down` as a user runs them: separate processes, a real port, nothing left behind."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _eyenet(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    exe = str(Path(sys.executable).with_name("eyenet"))
+    return subprocess.run([exe, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_up_serves_status_reports_and_down_leaves_nothing_running(tmp_path):
+    from eyenet import stack
+
+    port = _free_port()
+    env = {**os.environ, "EYENET_PORT": str(port)}
+    env.pop("EYENET_MLFLOW_URI", None)
+    up = _eyenet("up", "--families", "seasonal,lstm,transformer", cwd=tmp_path, env=env)
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert f"EyeNet is up at http://127.0.0.1:{port}" in up.stdout
+        assert "seasonal" in up.stdout and "ensemble" in up.stdout  # per-detector scores of the example
+        body = {"series": [{"id": "a", "values": [float(i % 7) for i in range(200)]}]}
+        resp = requests.post(f"http://127.0.0.1:{port}/v1/detect", json=body, timeout=60)
+        assert resp.status_code == 200, resp.text
+        res = resp.json()["results"][0]
+        assert res["model"] == "default.default.ensemble" and res["version"] == 1
+        assert set(res["points"][-1]["detectors"]) == {"seasonal", "lstm"}
+        status = _eyenet("status", "--json", cwd=tmp_path, env=env)
+        assert status.returncode == 0, status.stderr[-2000:]
+        st = json.loads(status.stdout)
+        assert st["app"] == "RUNNING"
+        assert {"router", "family-seasonal", "family-lstm", "family-transformer"} <= set(st["deployments"])
+        assert st["champions"]["default.default.ensemble"] == 1
+        # a second `up` reuses what is there
+        again = _eyenet("up", "--families", "seasonal,lstm,transformer", cwd=tmp_path, env=env)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert "training" not in again.stderr
+    finally:
+        record = stack.read_stack(tmp_path)
+        down = _eyenet("down", cwd=tmp_path, env=env)
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert record is not None and stack.cluster_processes(record.ray_address) == []
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert _eyenet("down", cwd=tmp_path, env=env).stdout.strip() == "nothing was running"
