@@ -159,12 +159,12 @@ class Router:
         """Every member's raw scores for the new points, in parallel; members that fail or time out are NaN."""
         families = model.member_families
         calls = []
-        for j, fam in enumerate(families):
+        for j, (fam, inputs) in enumerate(zip(families, model.member_inputs(ctx, n_new))):
             handle = self.scorers.get(fam)
             if handle is None:
                 calls.append(None)
                 continue
-            calls.append(handle.options(multiplexed_model_id=key).raw.remote(j, ctx, n_new))
+            calls.append(handle.options(multiplexed_model_id=key).raw.remote(j, inputs, n_new))
         out = np.full((n_new, len(families)), np.nan)
         missing: list[str] = []
 

@@ -200,8 +200,19 @@ class AnomalyModel:
         st = state if state is not None else self.new_state()
         x = as_series(values)
         ctx = self.context(x, st)
-        member_raw = self._member_raw(ctx)[len(st.values) :]
+        inputs = self.member_inputs(ctx, len(x))
+        member_raw = np.column_stack([d.score(v)[len(v) - len(x) :] for d, v in zip(self._members(), inputs)]) \
+            if len(x) else np.empty((0, len(inputs)))
         return self.finish_stream(member_raw, x, st)
+
+    def member_inputs(self, ctx: np.ndarray, n_new: int) -> list[np.ndarray]:
+        """What each member must score to produce the last ``n_new`` points of ``ctx``: only as much
+        history as its scores can depend on (``context``), so one new point costs one window."""
+        out = []
+        for d in self._members():
+            need = n_new + max(d.context, d.min_history) - 1
+            out.append(ctx[-need:] if need < len(ctx) else ctx)
+        return out
 
     def context(self, values: np.ndarray, state: StreamState) -> np.ndarray:
         """The values the members score to produce the new points' scores: remembered history + new points."""
