@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from ray import serve
 
+from eyenet import metrics as m
 from eyenet import registry as reg
 from eyenet import service
 from eyenet.errors import EyenetError, InvalidInputError, UnknownNameError
@@ -61,7 +62,7 @@ class FamilyScorer:
             det = members[member]
             if det.family != self.family:
                 raise UnknownNameError(f"member {member} of this model is {det.family!r}, not {self.family!r}")
-            out.append(det.score(ctx)[len(ctx) - n_new :])
+            out.append((det.score(ctx)[len(ctx) - n_new :], len(requests)))
         return out
 
     async def warm(self) -> str:
@@ -88,13 +89,18 @@ app = FastAPI(
 
 
 @app.middleware("http")
-async def _limit_body(request: Request, call_next: Any) -> Any:
-    """Refuse oversized bodies before parsing them (413 naming the limit)."""
+async def _limit_and_measure(request: Request, call_next: Any) -> Any:
+    """Refuse oversized bodies before parsing them (413 naming the limit); time every request."""
     limit = service.LIMITS.max_body_bytes
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
+        m.ERRORS.labels("bad_input").inc()
         return JSONResponse({"error": f"body: {int(length)} bytes, at most {limit}"}, status_code=413)
-    return await call_next(request)
+    t0 = time.perf_counter()
+    response = await call_next(request)
+    if request.url.path.startswith("/v1/"):
+        m.REQUEST_LATENCY.labels(request.url.path).observe(1000 * (time.perf_counter() - t0))
+    return response
 
 
 @app.exception_handler(RequestValidationError)
@@ -103,12 +109,15 @@ async def _bad_request(request: Request, exc: RequestValidationError) -> JSONRes
     loc = ""
     for part in err.get("loc", ())[1:] if err.get("loc", ("",))[0] == "body" else err.get("loc", ()):
         loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+    m.ERRORS.labels("bad_input").inc()
     return JSONResponse({"error": f"{loc or 'body'}: {err.get('msg', 'invalid request')}"}, status_code=422)
 
 
 @app.exception_handler(EyenetError)
 async def _eyenet_error(request: Request, exc: EyenetError) -> JSONResponse:
     status = exc.http_status if exc.http_status < 500 else 503
+    m.ERRORS.labels("unknown_name" if isinstance(exc, UnknownNameError) else
+                    "bad_input" if status < 500 else "internal").inc()
     return JSONResponse({"error": str(exc)}, status_code=status)
 
 
@@ -172,10 +181,15 @@ class Router:
             if call is None:
                 missing.append(families[j])
                 return
+            t0 = time.perf_counter()
             try:
-                out[:, j] = await asyncio.wait_for(call, timeout=self.config.member_timeout_s)
+                raw, batch = await asyncio.wait_for(call, timeout=self.config.member_timeout_s)
+                out[:, j] = raw
+                m.DETECTOR_LATENCY.labels(families[j]).observe(1000 * (time.perf_counter() - t0))
+                m.BATCH_SIZE.labels(families[j]).observe(batch)
             except Exception:  # noqa: BLE001 - a member's fault or timeout degrades, never fails, the answer
                 missing.append(families[j])
+                m.ERRORS.labels("member_failed").inc()
 
         await asyncio.gather(*(one(j, c) for j, c in enumerate(calls)))
         return out, missing
@@ -202,6 +216,12 @@ class Router:
                 "detectors": {f: (float(per_member[i, j]) if np.isfinite(per_member[i, j]) else None)
                               for j, f in enumerate(families) if f not in missing},
             })
+        m.POINTS.labels(name).inc(len(x))
+        m.ANOMALIES.labels(name).inc(int(scores.alarm.sum()))
+        if missing:
+            m.DEGRADED.labels(name).inc()
+        for f in families:
+            m.MODEL_VERSION.labels(name, f).set(version)
         body = {"model": name, "version": version, "degraded": bool(missing), "missing": sorted(missing), "points": points}
         return body, new_state
 
@@ -263,6 +283,4 @@ class Router:
 
     @app.get("/metrics")
     async def metrics(self) -> PlainTextResponse:
-        from prometheus_client import generate_latest
-
-        return PlainTextResponse(generate_latest().decode(), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(m.exposition().decode(), media_type="text/plain; version=0.0.4")

@@ -248,3 +248,24 @@ def test_serve_config_yaml_matches_the_builder():
         assert d["max_ongoing_requests"] == opts["max_ongoing_requests"]
         assert d["autoscaling_config"] == opts["autoscaling_config"]
         assert d["ray_actor_options"]["num_cpus"] == opts["ray_actor_options"]["num_cpus"]
+
+
+def test_metrics_expose_latency_points_alarms_errors_and_versions(served, values):
+    url = served["url"]
+    assert _detect(url, values[:300]).status_code == 200
+    requests.post(f"{url}/v1/detect", data=b'{"series": []}', headers={"content-type": "application/json"}, timeout=30)
+    text = requests.get(f"{url}/metrics", timeout=30).text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("eyenet_request_latency_ms", "eyenet_detector_latency_ms", "eyenet_batch_size",
+                 "eyenet_points_scored", "eyenet_anomalies_flagged", "eyenet_errors", "eyenet_model_version"):
+        assert name in families, sorted(families)
+    points = [s.value for s in families["eyenet_points_scored"].samples
+              if s.name.endswith("_total") and s.labels["model"] == "default.served.ensemble"]
+    assert points and points[0] >= 300
+    versions = {s.labels["detector"]: s.value for s in families["eyenet_model_version"].samples}
+    assert versions == {"zscore": served["version"].version, "mad": served["version"].version,
+                        "cnn": served["version"].version}
+    assert any(s.labels.get("kind") == "bad_input" and s.value >= 1 for s in families["eyenet_errors"].samples)
+    assert any(s.labels.get("detector") == "cnn" for s in families["eyenet_detector_latency_ms"].samples)

@@ -34,7 +34,8 @@ def connect(address: str | None = None, *, num_cpus: float | None = None, num_gp
             ray.init(address=address, **kw)
         else:
             cpus = num_cpus if num_cpus is not None else 2 * (os.cpu_count() or 1)
-            ray.init(num_cpus=cpus, **({"num_gpus": num_gpus} if num_gpus is not None else {}), **kw)
+            # "local": always a new instance, never a cluster that `ray start` left running here
+            ray.init(address="local", num_cpus=cpus, **({"num_gpus": num_gpus} if num_gpus is not None else {}), **kw)
     except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, timeouts
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise ClusterError(f"could not start or reach {where}: {str(exc).splitlines()[0][:200]}") from None

@@ -261,4 +261,19 @@ def stop_cluster(address: str, timeout: float = 20.0) -> int:
         except psutil.Error:
             pass
     psutil.wait_procs(alive, timeout=5)
+    _forget_address(address)
     return len(procs)
+
+
+def _forget_address(address: str) -> None:
+    """Ray remembers the last cluster `ray start` made (so `ray.init()` joins it); forget a stopped one."""
+    import tempfile
+
+    port = address.rsplit(":", 1)[-1]
+    for root in {Path(tempfile.gettempdir()) / "ray", Path("/tmp/ray")}:
+        f = root / "ray_current_cluster"
+        try:
+            if f.read_text().strip().rsplit(":", 1)[-1] == port:
+                f.unlink()
+        except OSError:
+            pass
