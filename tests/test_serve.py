@@ -269,3 +269,24 @@ def test_metrics_expose_latency_points_alarms_errors_and_versions(served, values
                         "cnn": served["version"].version}
     assert any(s.labels.get("kind") == "bad_input" and s.value >= 1 for s in families["eyenet_errors"].samples)
     assert any(s.labels.get("detector") == "cnn" for s in families["eyenet_detector_latency_ms"].samples)
+
+
+def test_ray_data_job_scores_a_parquet_dataset_through_the_handle(served, values, tmp_path):
+    import importlib.util
+
+    import pandas as pd
+
+    path = __import__("pathlib").Path(__file__).resolve().parents[1] / "examples" / "score_parquet_job.py"
+    spec = importlib.util.spec_from_file_location("score_parquet_job", path)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    ts = pd.date_range("2026-01-01", periods=300, freq="5min")
+    frame = pd.concat([pd.DataFrame({"series": name, "timestamp": ts, "value": values[k:k + 300]})
+                       for name, k in (("host-a", 0), ("host-b", 500))])
+    frame.sample(frac=1.0, random_state=0).to_parquet(tmp_path / "points.parquet")  # shuffled on purpose
+    out = job.score_dataset(str(tmp_path / "points.parquet"), group="served").to_pandas()
+    assert len(out) == 600 and set(out["series"]) == {"host-a", "host-b"}
+    for name, k in (("host-a", 0), ("host-b", 500)):
+        got = out[out.series == name].sort_values("timestamp")["score"].to_numpy()
+        want = served["model"].score(values[k:k + 300]).score
+        np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)

@@ -67,6 +67,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     score = last["score"]
     print(f"  {'ensemble':<12} {score:.3f}  alarm: {'YES' if last['alarm'] else 'no'}" if score is not None
           else "  ensemble     not ready")
+    if s.dashboard:
+        print(f"Ray dashboard and job API: {s.dashboard}  (e.g. ray job submit --address {s.dashboard} ...)")
     print("stop everything with: eyenet down")
     return 0
 

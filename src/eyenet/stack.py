@@ -47,6 +47,7 @@ class Stack:
     mlflow_uri: str
     started_ray: bool
     started: float
+    dashboard: str = ""  # Ray dashboard and job API (`ray job submit --address ...`)
 
     @property
     def url(self) -> str:
@@ -85,21 +86,22 @@ def _ray_bin() -> str:
     return str(found) if found.exists() else (shutil.which("ray") or "ray")
 
 
-def start_ray(say: Say) -> tuple[str, bool]:
-    """A Ray head in the background; returns its address (reusing one ``up`` started earlier)."""
+def start_ray(say: Say) -> tuple[str, bool, str]:
+    """A Ray head in the background; returns its address, whether ``up`` started it, and the
+    dashboard URL (reusing the cluster an earlier ``up`` started)."""
     import ray
 
     old = read_stack()
     if old and old.started_ray:
         try:
             ray.init(address=old.ray_address, logging_level="WARNING")
-            return old.ray_address, True
+            return old.ray_address, True, old.dashboard
         except Exception:  # noqa: BLE001 - gone: start a new one
             pass
-    port = _free_port()
+    port, dash = _free_port(), _free_port()
     cpus = max(4, 2 * (os.cpu_count() or 1))  # deployments take fractions of a CPU
-    cmd = [_ray_bin(), "start", "--head", f"--port={port}", f"--num-cpus={cpus}", "--include-dashboard=false",
-           "--disable-usage-stats"]
+    cmd = [_ray_bin(), "start", "--head", f"--port={port}", f"--num-cpus={cpus}", "--include-dashboard=true",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats"]
     say(f"starting Ray (head on 127.0.0.1:{port}, {cpus} logical CPUs)")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=os.environ.copy())
     if res.returncode != 0:
@@ -107,7 +109,7 @@ def start_ray(say: Say) -> tuple[str, bool]:
         raise ClusterError(f"'ray start' failed: {last[0][:300]}")
     address = f"127.0.0.1:{port}"
     ray.init(address=address, logging_level="WARNING")
-    return address, True
+    return address, True, f"http://127.0.0.1:{dash}"
 
 
 def ensure_models(registry: reg.Registry, say: Say, *, group: str = "default", tenant: str = "default") -> dict[str, int]:
@@ -148,14 +150,14 @@ def up(*, port: int | None = None, host: str | None = None, families: list[str] 
     old = read_stack()
     if not (old and old.port == port) and not _port_free(host, port):
         raise ClusterError(f"port {port} on {host} is in use; set {PORT_ENV} to another port")
-    address, started = start_ray(say)
+    address, started, dashboard = start_ray(say)
     versions = ensure_models(registry, say)
     say(f"deploying the app on {host}:{port}")
     serve.start(http_options={"host": host, "port": port})
     config = AppConfig(mlflow_uri=registry.uri, state_dir=str(reg.home() / "state"),
                        **({"families": families} if families else {}))
     serve.run(build_app(config), name=APP, route_prefix="/")
-    stack = Stack(address, port, host, registry.uri, started, time.time())
+    stack = Stack(address, port, host, registry.uri, started, time.time(), dashboard)
     _record().parent.mkdir(parents=True, exist_ok=True)
     _record().write_text(json.dumps(asdict(stack), indent=2))
     say(f"champion versions: {versions}")
