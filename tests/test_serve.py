@@ -290,3 +290,41 @@ def test_ray_data_job_scores_a_parquet_dataset_through_the_handle(served, values
         got = out[out.series == name].sort_values("timestamp")["score"].to_numpy()
         want = served["model"].score(values[k:k + 300]).score
         np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
+
+
+def test_autoscaling_adds_replicas_under_load(served, values, mlflow_store, tmp_path):
+    import concurrent.futures as cf
+    import threading
+
+    from ray import serve
+
+    eager = {"num_cpus": 0.1, "max_ongoing_requests": 2, "max_queued_requests": -1,
+             "autoscaling": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                             "upscale_delay_s": 0.5, "downscale_delay_s": 600}}
+    _deploy("scale", "/scale", {"families": ["zscore", "mad", "cnn"], "family": eager, "use_gpus": False,
+                                "member_timeout_s": 30}, mlflow_store, tmp_path)
+
+    def running(name: str) -> int:
+        d = serve.status().applications["scale"].deployments[name]
+        return int(d.replica_states.get("RUNNING", 0))
+
+    stop = threading.Event()
+    body = {"series": [{"id": f"s{i}", "values": values[:1500].tolist()} for i in range(8)], "group": "served"}
+
+    def hammer() -> None:
+        while not stop.is_set():
+            requests.post(f"{served['url']}/scale/v1/detect", json=body, timeout=120)
+
+    try:
+        assert running("family-cnn") == 1
+        with cf.ThreadPoolExecutor(8) as pool:
+            for _ in range(8):
+                pool.submit(hammer)
+            deadline = time.time() + 150
+            while running("family-cnn") < 2 and time.time() < deadline:
+                time.sleep(2)
+            stop.set()
+        assert running("family-cnn") == 2
+    finally:
+        stop.set()
+        serve.delete("scale")

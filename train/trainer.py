@@ -74,6 +74,9 @@ class RayTrainBackend:
         import ray.train
         from ray.train.torch import TorchTrainer
 
+        # the controller collects each epoch's report when it polls the workers (every 2 s by
+        # default); small networks finish an epoch far sooner, so poll often
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
         index, self.calls = self.calls, self.calls + 1
         family = job.detector["family"]
         x = job.inputs.reshape(len(job.inputs), -1)
