@@ -54,7 +54,7 @@ def suite(families: list[str], reg: registry.Registry) -> list[tuple]:
 def scaling(family: str, rows: int, reg: registry.Registry) -> list[tuple]:
     ts, values, _ = synthetic.series("cpu_pct", n=rows, seed=3, anomalies_per_metric=0)
     series = Series("scaling", ts, np.asarray(values))
-    config = presets.model_config(family, {"max_epochs": 10, "patience": 10**6})
+    config = presets.model_config(family, {"max_epochs": 10, "patience": 100_000})
     out = []
     for workers in (1, 2):
         s = _ray_train(family, config, series, reg, workers)

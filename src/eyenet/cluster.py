@@ -9,7 +9,7 @@ from eyenet.errors import EyenetError
 #: settings for every process of a cluster we start (set before Ray starts): quiet Ray Data
 #: progress bars, and Ray Train controllers that collect epoch reports every 0.2 s instead of
 #: every 2 s (an epoch of a small network takes far less)
-QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_DEDUP_LOGS": "1", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+QUIET_ENV = {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_DEDUP_LOGS": "1",
              "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
