@@ -1,7 +1,6 @@
 """The served system on a real Ray Serve instance: HTTP and handle APIs, stream state, bad input, degradation."""
 from __future__ import annotations
 
-import json
 import socket
 import time
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 import requests
 
-from eyenet import presets, registry, service, synthetic, training
+from eyenet import presets, service, synthetic, training
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

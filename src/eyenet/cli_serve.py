@@ -3,14 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
-import numpy as np
-
-
-def _info(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+from eyenet.cli import _info
 
 
 def add_parsers(sub: Any) -> None:
@@ -95,5 +90,3 @@ def cmd_down(args: argparse.Namespace) -> int:
     print("stopped" if stack.down(say=_info) else "nothing was running")
     return 0
 
-
-__all__ = ["add_parsers", "np"]

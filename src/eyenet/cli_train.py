@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,25 +15,12 @@ from typing import Any, Callable
 import numpy as np
 
 from eyenet import presets
+from eyenet.cli import _info, _positive_int
 from eyenet.errors import InvalidParameterError
 
 TORCH_FAMILIES = ("lstm", "gru", "cnn", "transformer", "lstm_ae")
 #: `eyenet train` without --input: the anomaly-free head of this synthetic metric
 DEFAULT_TRAIN_METRIC = "cpu_pct"
-
-
-def _info(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def add_parsers(sub: Any) -> None:
@@ -154,7 +140,7 @@ def _epoch_printer(label: str) -> Callable[[dict[str, Any]], None]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from eyenet import cluster, registry, training
+    from eyenet import cluster, registry
     from eyenet.cli import _parse_params
 
     families = _families(args.detector)
@@ -215,7 +201,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from eyenet import cluster, detectors, tuning, training
+    from eyenet import cluster, detectors, tuning
 
     detectors.get_class(args.detector)
     space = None
