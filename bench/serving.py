@@ -62,6 +62,8 @@ def wrk(url: str, kind: str, values: str, conns: int, seconds: int) -> dict:
         f.write(LUA.format(kind=kind, values=values))
     out = subprocess.run(["wrk", "-t", str(min(conns, 2)), "-c", str(conns), "-d", f"{seconds}s", "--latency",
                           "-s", f.name, url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    if re.search(r"50%\s+(\S+)", out) is None:  # no request completed
+        return {"p50": float("nan"), "p99": float("nan"), "rps": 0.0, "non2xx": -1, "socket_errors": out[-300:]}
     p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
     p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))

@@ -1,7 +1,12 @@
 """Shared test configuration."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# before any test module imports MLflow (see eyenet.registry)
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -48,8 +48,11 @@ def test_up_serves_status_reports_and_down_leaves_nothing_running(tmp_path):
         assert st["app"] == "RUNNING"
         assert {"router", "family-seasonal", "family-lstm", "family-transformer"} <= set(st["deployments"])
         assert st["champions"]["default.default.ensemble"] == 1
-        dashboard = stack.read_stack(tmp_path).dashboard
-        assert requests.get(f"{dashboard}/api/version", timeout=30).status_code == 200  # `ray job submit` target
+        dashboard = stack.read_stack(tmp_path).dashboard  # the `ray job submit` target, behind Ray's token auth
+        assert requests.get(f"{dashboard}/api/version", timeout=30).status_code == 401
+        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        assert requests.get(f"{dashboard}/api/version", headers=auth, timeout=30).status_code == 200
         # a second `up` reuses what is there
         again = _eyenet("up", "--families", "seasonal,lstm,transformer", cwd=tmp_path, env=env)
         assert again.returncode == 0, again.stderr[-2000:]

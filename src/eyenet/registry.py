@@ -34,6 +34,11 @@ import pandas as pd
 from eyenet import __version__
 from eyenet.errors import ArtifactError, EyenetError, InvalidParameterError, UnknownNameError
 
+# MLflow's usage telemetry races on its own session variable when several runs and threads
+# share a process (seen as KeyError '_MLFLOW_TELEMETRY_SESSION_ID'); it is read when MLflow is
+# imported, so it is switched off here, before that
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 ENV_URI = "EYENET_MLFLOW_URI"
 HOME = ".eyenet"
 EXPERIMENT = "eyenet"
@@ -300,6 +305,9 @@ class Registry:
                 self.log_metrics(run_id, metrics or {})
                 with self._calling("logging the model"):
                     mlflow.set_tracking_uri(self.uri)
+                    # the fluent run must belong to the active experiment, whatever another
+                    # caller (a Tune callback, a user's notebook) made active before
+                    mlflow.set_experiment(experiment_id=self.experiment_id())
                     with mlflow.start_run(run_id=run_id):
                         info = mlflow.pyfunc.log_model(
                             name="model",
