@@ -105,6 +105,8 @@ def start_ray(say: Say) -> tuple[str, bool, str]:
     cmd = [_ray_bin(), "start", "--head", f"--port={port}", f"--num-cpus={cpus}", "--include-dashboard=true",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats"]
     say(f"starting Ray (head on 127.0.0.1:{port}, {cpus} logical CPUs)")
+    if os.environ.get("RAY_AUTH_MODE") == "token":  # `ray start` does not create the token itself
+        subprocess.run([_ray_bin(), "get-auth-token", "--generate"], capture_output=True, text=True, timeout=60)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=os.environ.copy())
     if res.returncode != 0:
         last = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
