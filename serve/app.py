@@ -26,7 +26,7 @@ def build_app(config: AppConfig | dict[str, Any] | None = None, *, gpus: float |
     for family in cfg.families:
         s = cfg.settings(family)
         dep = serve.deployment(FamilyScorer).options(**cfg.deployment_options(family, gpus))
-        scorers[family] = dep.bind(family, cfg.mlflow_uri, s.max_batch_size, s.batch_wait_timeout_s, s.max_models_per_replica)
+        scorers[family] = dep.bind(family, cfg.mlflow_uri, s.max_batch_size, s.batch_wait_timeout_s)
     router = serve.deployment(Router).options(**cfg.router_options())
     return router.bind(cfg.model_dump(), scorers)
 

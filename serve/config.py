@@ -31,7 +31,6 @@ class DeploymentSettings(BaseModel):
     autoscaling: Autoscaling = Autoscaling()
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_s: float = Field(0.002, ge=0)
-    max_models_per_replica: int = Field(8, ge=1, description="multiplexed models kept per replica (LRU)")
 
 
 class AppConfig(BaseModel):

@@ -26,6 +26,11 @@ from eyenet.errors import EyenetError, InvalidInputError, UnknownNameError
 from eyenet.serve.config import AppConfig
 
 
+#: models (versions, tenants, series groups) a family replica keeps loaded; the least recently
+#: used is unloaded beyond this
+MODELS_PER_REPLICA = 8
+
+
 def _model_id(name: str, version: int) -> str:
     return f"{name}/{version}"
 
@@ -38,8 +43,7 @@ def _parse_model_id(model_id: str) -> tuple[str, int]:
 class FamilyScorer:
     """Raw scores of one family's detectors, for any registered model holding such a detector."""
 
-    def __init__(self, family: str, mlflow_uri: str | None, max_batch_size: int, batch_wait_timeout_s: float,
-                 max_models: int) -> None:
+    def __init__(self, family: str, mlflow_uri: str | None, max_batch_size: int, batch_wait_timeout_s: float) -> None:
         import torch
 
         torch.set_num_threads(1)  # tiny networks: one thread is fastest and steadiest
@@ -48,7 +52,7 @@ class FamilyScorer:
         self.score_batch.set_max_batch_size(max_batch_size)
         self.score_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-    @serve.multiplexed(max_num_models_per_replica=8)
+    @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
     async def get_model(self, model_id: str) -> Any:
         name, version = _parse_model_id(model_id)
         return await asyncio.get_running_loop().run_in_executor(None, lambda: self.registry.load(name, version=version))
@@ -105,12 +109,8 @@ async def _limit_and_measure(request: Request, call_next: Any) -> Any:
 
 @app.exception_handler(RequestValidationError)
 async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    err = exc.errors()[0] if exc.errors() else {}
-    loc = ""
-    for part in err.get("loc", ())[1:] if err.get("loc", ("",))[0] == "body" else err.get("loc", ()):
-        loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
     m.ERRORS.labels("bad_input").inc()
-    return JSONResponse({"error": f"{loc or 'body'}: {err.get('msg', 'invalid request')}"}, status_code=422)
+    return JSONResponse({"error": service.validation_message(exc.errors())}, status_code=422)
 
 
 @app.exception_handler(EyenetError)
@@ -150,7 +150,6 @@ class Router:
         return info.version
 
     async def _model(self, tenant: str, group: str) -> tuple[str, int, Any]:
-        service.check_names(group, tenant)
         name = reg.model_name("ensemble", group=group, tenant=tenant)
         version = await self._resolve(name)
         key = _model_id(name, version)
@@ -205,25 +204,13 @@ class Router:
         idx = tuple(families.index(f) for f in missing)
         scores, new_state = model.finish_stream(member_raw, x, st, missing=idx)
         per_member = model.member_calibrated(member_raw)
-        points = []
-        for i in range(len(x)):
-            ready = bool(np.isfinite(scores.score[i]))
-            points.append({
-                "score": float(scores.score[i]) if ready else None,
-                "calibrated": float(scores.calibrated[i]) if np.isfinite(scores.calibrated[i]) else None,
-                "alarm": bool(scores.alarm[i]),
-                "ready": ready,
-                "detectors": {f: (float(per_member[i, j]) if np.isfinite(per_member[i, j]) else None)
-                              for j, f in enumerate(families) if f not in missing},
-            })
         m.POINTS.labels(name).inc(len(x))
         m.ANOMALIES.labels(name).inc(int(scores.alarm.sum()))
         if missing:
             m.DEGRADED.labels(name).inc()
         for f in families:
             m.MODEL_VERSION.labels(name, f).set(version)
-        body = {"model": name, "version": version, "degraded": bool(missing), "missing": sorted(missing), "points": points}
-        return body, new_state
+        return service.result_body(name, version, families, missing, scores, per_member), new_state
 
     # -- HTTP ------------------------------------------------------------------------------------
     @app.post("/v1/detect")
@@ -251,7 +238,6 @@ class Router:
     @app.post("/v1/forecast")
     async def forecast(self, req: service.ForecastRequest) -> dict[str, Any]:
         data = service.check_series(req.series)
-        service.check_names(req.group, req.tenant)
         if req.detector not in self.scorers:
             raise UnknownNameError(f"detector {req.detector!r} is not deployed (deployed: {sorted(self.scorers)})")
         name = reg.model_name(req.detector, group=req.group, tenant=req.tenant)

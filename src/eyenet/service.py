@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from eyenet.errors import InvalidInputError
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$")
-_PART = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 @dataclass(frozen=True)
@@ -132,12 +131,6 @@ class SeriesData:
     timestamps: np.ndarray | None
 
 
-def check_names(group: str, tenant: str) -> None:
-    for what, v in (("group", group), ("tenant", tenant)):
-        if not _PART.match(v):
-            raise InvalidInputError(f"{what}: {v!r} must be 1-63 characters of a-z, 0-9, '_' or '-'")
-
-
 def check_series(series: list[SeriesIn], limits: Limits = LIMITS, field: str = "series") -> list[SeriesData]:
     """Validated arrays of a request's series; raises :class:`InvalidInputError` naming the field."""
     if len(series) > limits.max_series:
@@ -156,10 +149,32 @@ def check_series(series: list[SeriesIn], limits: Limits = LIMITS, field: str = "
     return out
 
 
-def validation_message(exc: ValidationError) -> str:
-    """One line naming the first bad field of a pydantic error: ``series[0].values[3]: ...``."""
-    err = exc.errors()[0]
+def validation_message(errors: list[dict[str, Any]]) -> str:
+    """One line naming the first bad field of pydantic/FastAPI errors: ``series[0].values[3]: ...``."""
+    err = errors[0] if errors else {}
+    parts = list(err.get("loc", ()))
+    if parts and parts[0] == "body":  # FastAPI prefixes body fields
+        parts = parts[1:]
     loc = ""
-    for part in err.get("loc", ()):
+    for part in parts:
         loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
-    return f"{loc or 'body'}: {err.get('msg', 'invalid')}"
+    return f"{loc or 'body'}: {err.get('msg', 'invalid request')}"
+
+
+def result_body(name: str, version: int, families: list[str], missing: list[str], scores: Any,
+                member_calibrated: np.ndarray) -> dict[str, Any]:
+    """The JSON of one scored series: per point the ensemble score, alarm and each answering member's score."""
+
+    def num(v: float) -> float | None:
+        return float(v) if np.isfinite(v) else None
+
+    points = []
+    for i in range(len(scores.score)):
+        points.append({
+            "score": num(scores.score[i]),
+            "calibrated": num(scores.calibrated[i]),
+            "alarm": bool(scores.alarm[i]),
+            "ready": bool(np.isfinite(scores.score[i])),
+            "detectors": {f: num(member_calibrated[i, j]) for j, f in enumerate(families) if f not in missing},
+        })
+    return {"model": name, "version": version, "degraded": bool(missing), "missing": sorted(missing), "points": points}
