@@ -22,13 +22,16 @@ def build_app(config: AppConfig | dict[str, Any] | None = None, *, gpus: float |
     """Bind the router and one scorer deployment per configured family."""
     cfg = config if isinstance(config, AppConfig) else AppConfig(**(config or {}))
     gpus = cluster_gpus() if gpus is None else gpus
-    scorers = {}
+    scorers, gpu_families = {}, []
     for family in cfg.families:
         s = cfg.settings(family)
-        dep = serve.deployment(FamilyScorer).options(**cfg.deployment_options(family, gpus))
-        scorers[family] = dep.bind(family, cfg.mlflow_uri, s.max_batch_size, s.batch_wait_timeout_s)
+        options = cfg.deployment_options(family, gpus)
+        if options["ray_actor_options"].get("num_gpus"):
+            gpu_families.append(family)
+        scorers[family] = serve.deployment(FamilyScorer).options(**options).bind(
+            family, cfg.mlflow_uri, s.max_batch_size, s.batch_wait_timeout_s)
     router = serve.deployment(Router).options(**cfg.router_options())
-    return router.bind(cfg.model_dump(), scorers)
+    return router.bind(cfg.model_dump(), scorers, gpu_families)
 
 
 def app_builder(args: dict[str, Any]) -> Any:

@@ -44,6 +44,9 @@ class AppConfig(BaseModel):
     mlflow_uri: str | None = Field(None, description="default: EYENET_MLFLOW_URI, else the embedded store")
     state_dir: str | None = Field(None, description="where stream state is snapshotted (default .eyenet/state)")
     member_timeout_s: float = Field(2.0, gt=0, description="a member slower than this is left out (degraded)")
+    inline_max_points: int = Field(
+        4096, ge=0, description="requests of at most this many points are scored in the router by members on CPU "
+        "(one hop to a member deployment costs more than their compute); 0: always call the member deployments")
     alias: str = "champion"
     alias_ttl_s: float = Field(2.0, ge=0, description="how long a resolved alias is reused")
     gpu_fraction: float = Field(0.25, gt=0, le=1, description="GPU share of a torch replica when GPUs exist")

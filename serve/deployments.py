@@ -1,16 +1,23 @@
 """The Serve deployments: one stateless scorer per detector family, and the router (FastAPI ingress).
 
 A request flows: proxy -> ``Router`` (validates, resolves the ``champion``
-version of ``<tenant>.<group>.ensemble``, reads the series' stream state) ->
-every member's family deployment in parallel (multiplexed by model version,
-dynamically batched) -> ``Router`` combines the members' raw scores with the
-ensemble's calibration, ranks and alarm policy (``AnomalyModel.finish_stream``,
-the code ``eyenet score`` runs) and stores the new state.
+version of ``<tenant>.<group>.ensemble``) -> the members' raw scores -> ``Router``
+combines them with the ensemble's calibration, ranks and alarm policy
+(``AnomalyModel.finish_stream``, the code ``eyenet score`` runs) and, for a
+stream, commits the series' new state to the stream store.
+
+Where members run: a request of at most ``inline_max_points`` points is scored
+by the router itself for every member whose family runs on CPU, because one
+hop to another replica costs several milliseconds here while such a member
+scores a window in well under one. Larger requests, and members whose family
+deployment holds a GPU, go to the family deployments in parallel (multiplexed
+by model version, dynamically batched, autoscaled on their own).
 """
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -29,6 +36,10 @@ from eyenet.serve.config import AppConfig
 #: models (versions, tenants, series groups) a family replica keeps loaded; the least recently
 #: used is unloaded beyond this
 MODELS_PER_REPLICA = 8
+#: ensemble models a router replica keeps loaded (least recently used dropped beyond this)
+MODELS_PER_ROUTER = 32
+#: series states a router replica caches between calls (the store stays the authority)
+STREAMS_PER_ROUTER = 50_000
 
 
 def _model_id(name: str, version: int) -> str:
@@ -125,15 +136,17 @@ async def _eyenet_error(request: Request, exc: EyenetError) -> JSONResponse:
 class Router:
     """The HTTP API and the ensemble: fans out to the member families, combines, keeps stream state."""
 
-    def __init__(self, config: dict[str, Any], scorers: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], scorers: dict[str, Any], gpu_families: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(1)
         self.config = AppConfig(**config)
         self.scorers = scorers
+        self.remote_only = set(gpu_families or ())  # their replicas hold a GPU; the router does not
         self.registry = reg.Registry(self.config.mlflow_uri)
         self._aliases: dict[str, tuple[float, int]] = {}
-        self._models: dict[str, Any] = {}
+        self._models: OrderedDict[str, Any] = OrderedDict()
+        self._streams: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         from eyenet.serve.state import get_store
 
         self.store = get_store(self.config.state_dir or str(reg.home() / "state"))
@@ -153,33 +166,47 @@ class Router:
         name = reg.model_name("ensemble", group=group, tenant=tenant)
         version = await self._resolve(name)
         key = _model_id(name, version)
-        if key not in self._models:
-            loop = asyncio.get_running_loop()
-            model = await loop.run_in_executor(None, lambda: self.registry.load(name, version=version))
-            # load the version into the member deployments before it answers requests
-            warm = [self.scorers[f].options(multiplexed_model_id=key).warm.remote()
-                    for f in set(model.member_families) if f in self.scorers]
-            await asyncio.gather(*(asyncio.wait_for(w, timeout=120) for w in warm), return_exceptions=True)
-            self._models[key] = model
-        return name, version, self._models[key]
+        if key in self._models:
+            self._models.move_to_end(key)
+            return name, version, self._models[key]
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(None, lambda: self.registry.load(name, version=version))
+        # load the version into the member deployments before it answers requests
+        warm = [self.scorers[f].options(multiplexed_model_id=key).warm.remote()
+                for f in set(model.member_families) if f in self.scorers]
+        await asyncio.gather(*(asyncio.wait_for(w, timeout=120) for w in warm), return_exceptions=True)
+        self._models[key] = model
+        while len(self._models) > MODELS_PER_ROUTER:
+            self._models.popitem(last=False)
+        return name, version, model
 
-    async def _members_raw(self, key: str, model: Any, ctx: np.ndarray, n_new: int) -> tuple[np.ndarray, list[str]]:
-        """Every member's raw scores for the new points, in parallel; members that fail or time out are NaN."""
+    def _inline(self, family: str, n_points: int) -> bool:
+        return family in self.scorers and family not in self.remote_only and n_points <= self.config.inline_max_points
+
+    async def _members_raw(self, key: str, model: Any, ctx: np.ndarray, n_new: int,
+                           n_points: int) -> tuple[np.ndarray, list[str]]:
+        """Every member's raw scores for the new points (members that fail or time out are NaN):
+        in this replica for small requests on CPU members, else from the family deployments in parallel."""
         families = model.member_families
-        calls = []
-        for j, (fam, inputs) in enumerate(zip(families, model.member_inputs(ctx, n_new))):
-            handle = self.scorers.get(fam)
-            if handle is None:
-                calls.append(None)
-                continue
-            calls.append(handle.options(multiplexed_model_id=key).raw.remote(j, inputs, n_new))
         out = np.full((n_new, len(families)), np.nan)
         missing: list[str] = []
+        members = model._members()
+        calls = []
+        for j, (fam, inputs) in enumerate(zip(families, model.member_inputs(ctx, n_new))):
+            if fam not in self.scorers:
+                missing.append(fam)
+            elif self._inline(fam, n_points):
+                t0 = time.perf_counter()
+                try:
+                    out[:, j] = members[j].score(inputs)[len(inputs) - n_new :]
+                    m.DETECTOR_LATENCY.labels(fam).observe(1000 * (time.perf_counter() - t0))
+                except Exception:  # noqa: BLE001 - a member's fault degrades, never fails, the answer
+                    missing.append(fam)
+                    m.ERRORS.labels("member_failed").inc()
+            else:
+                calls.append((j, self.scorers[fam].options(multiplexed_model_id=key).raw.remote(j, inputs, n_new)))
 
         async def one(j: int, call: Any) -> None:
-            if call is None:
-                missing.append(families[j])
-                return
             t0 = time.perf_counter()
             try:
                 raw, batch = await asyncio.wait_for(call, timeout=self.config.member_timeout_s)
@@ -190,17 +217,20 @@ class Router:
                 missing.append(families[j])
                 m.ERRORS.labels("member_failed").inc()
 
-        await asyncio.gather(*(one(j, c) for j, c in enumerate(calls)))
+        if calls:
+            await asyncio.gather(*(one(j, c) for j, c in calls))
         return out, missing
 
-    async def _score(self, tenant: str, group: str, x: np.ndarray, state: Any | None) -> tuple[dict[str, Any], Any]:
+    async def _score(self, tenant: str, group: str, x: np.ndarray, state: Any | None,
+                     n_points: int) -> tuple[dict[str, Any], Any]:
         name, version, model = await self._model(tenant, group)
-        st = state if state is not None else model.new_state()
+        key = _model_id(name, version)
+        st = model.adopt(state if state is not None else model.new_state(), key)
         ctx = model.context(x, st)
-        member_raw, missing = await self._members_raw(_model_id(name, version), model, ctx, len(x))
+        member_raw, missing = await self._members_raw(key, model, ctx, len(x), n_points)
         families = model.member_families
         if len(missing) == len(families):
-            raise EyenetError(f"{name} v{version}: no member deployment answered")
+            raise EyenetError(f"{name} v{version}: no member answered")
         idx = tuple(families.index(f) for f in missing)
         scores, new_state = model.finish_stream(member_raw, x, st, missing=idx)
         per_member = model.member_calibrated(member_raw)
@@ -217,22 +247,34 @@ class Router:
     async def detect(self, req: service.DetectRequest) -> dict[str, Any]:
         """Score windows of one or many series, each from a fresh stream (no stored state)."""
         data = service.check_series(req.series)
-        results = await asyncio.gather(*(self._score(req.tenant, req.group, s.values, None) for s in data))
+        total = sum(len(s.values) for s in data)
+        results = await asyncio.gather(*(self._score(req.tenant, req.group, s.values, None, total) for s in data))
         return {"results": [{"id": s.id, **body} for s, (body, _) in zip(data, results)]}
 
     @app.post("/v1/stream")
     async def stream(self, req: service.StreamRequest) -> dict[str, Any]:
-        """Append points to a series; its history is kept by the server between calls."""
+        """Append points to a series; its history is kept by the server between calls.
+
+        The replica scores from its cached copy of the series' state and commits the result to the
+        store in one call; when another replica moved the series on meanwhile, the store answers
+        with its newer state and the points are scored again from that.
+        """
         (s,) = service.check_series([service.SeriesIn(id=req.id, values=req.values, timestamps=req.timestamps)],
                                     field="body")
         key = f"{req.tenant}/{req.group}/{req.id}"
         if req.reset:
-            await self.store.delete.remote(key)
+            version, state = await self.store.delete.remote(key), None
+        else:
+            version, state = self._streams.pop(key, (0, None))
         for _ in range(3):
-            version, state = await self.store.get.remote(key)
-            body, new_state = await self._score(req.tenant, req.group, s.values, state)
-            if await self.store.put.remote(key, version, new_state):
+            body, new_state = await self._score(req.tenant, req.group, s.values, state, len(s.values))
+            ok, now, stored = await self.store.commit.remote(key, version, new_state)
+            if ok:
+                self._streams[key] = (now, new_state)
+                if len(self._streams) > STREAMS_PER_ROUTER:
+                    self._streams.popitem(last=False)
                 return {"id": req.id, "seen": new_state.seen, **body}
+            version, state = now, stored
         raise InvalidInputError(f"series {req.id!r} is being updated concurrently; send its points in order")
 
     @app.post("/v1/forecast")

@@ -1,75 +1,64 @@
-"""Where per-series stream state lives: a detached actor, snapshotted to disk.
+"""Where per-series stream state lives: a detached actor, written through to SQLite.
 
-Router replicas are stateless, so a replica restart or scale-in loses
-nothing; the store survives them. The store itself writes a snapshot every
-``interval_s`` seconds (and on shutdown) and reloads it when restarted, so a
-crash of the store loses at most that many seconds of updates.
+Router replicas keep a cache of the states they last wrote, so the usual
+``/v1/stream`` call costs one call to this store (``commit``). The store is the
+authority: a replica restart or scale-in loses nothing, and the store writes
+the states that changed to ``state_dir/streams.db`` every ``interval_s``
+seconds (and on shutdown) and reloads them when Ray restarts it. See
+:class:`eyenet.streams.Streams` for the version rules.
 """
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import time
-from pathlib import Path
 from typing import Any
+
+from eyenet.streams import Streams
 
 STORE_NAME = "eyenet-stream-state"
 NAMESPACE = "eyenet"
 
 
 class StreamStore:
-    """``get`` / ``put`` of stream states keyed by ``tenant/group/series``, with optimistic versions."""
+    """The actor around :class:`~eyenet.streams.Streams`: snapshots in a thread, off the event loop."""
 
-    def __init__(self, state_dir: str, interval_s: float = 1.0) -> None:
-        self.path = Path(state_dir) / "streams.json"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, state_dir: str, interval_s: float = 1.0, ttl_s: float = 7 * 86400) -> None:
+        self.streams = Streams(state_dir, ttl_s=ttl_s)
         self.interval_s = interval_s
-        self.states: dict[str, tuple[int, Any]] = {}
-        self.dirty = False
-        if self.path.exists():
-            from eyenet.model import StreamState
-
-            try:
-                saved = json.loads(self.path.read_text())
-                self.states = {k: (int(v), StreamState.from_dict(d)) for k, (v, d) in saved.items()}
-            except (OSError, ValueError, KeyError, TypeError):
-                self.states = {}  # an unreadable snapshot: streams start afresh (and say so by `seen` = 0)
         self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
 
-    async def _snapshots(self) -> None:
+    def _start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._flusher())
+
+    async def _flusher(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            if self.dirty:
-                self.snapshot()
+            await self.flush()
 
-    def snapshot(self) -> int:
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({k: [v, st.to_dict()] for k, (v, st) in self.states.items()}))
-        tmp.replace(self.path)
-        self.dirty = False
-        return len(self.states)
+    async def flush(self) -> int:
+        """Write the changed states now; returns how many."""
+        async with self._lock:
+            batch = self.streams.take_dirty()
+            if batch:
+                await asyncio.to_thread(self.streams.write, batch)
+            return len(batch)
 
     async def get(self, key: str) -> tuple[int, Any]:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._snapshots())
-        return self.states.get(key, (0, None))
+        self._start()
+        return self.streams.get(key)
 
-    async def put(self, key: str, version: int, state: Any) -> bool:
-        """Store ``state`` as version ``version + 1`` if the stored version is still ``version``."""
-        current = self.states.get(key, (0, None))[0]
-        if current != version:
-            return False
-        self.states[key] = (version + 1, state)
-        self.dirty = True
-        return True
+    async def commit(self, key: str, version: int, state: Any) -> tuple[bool, int, Any]:
+        self._start()
+        return self.streams.commit(key, version, state)
 
-    async def delete(self, key: str) -> None:
-        self.states.pop(key, None)
-        self.dirty = True
+    async def delete(self, key: str) -> int:
+        self._start()
+        return self.streams.delete(key)
 
     async def count(self) -> int:
-        return len(self.states)
+        return self.streams.count()
 
     async def ping(self) -> float:
         return time.time()

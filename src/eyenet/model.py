@@ -7,7 +7,7 @@ the same numbers.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,21 @@ class Scores:
 
 @dataclass
 class StreamState:
-    """What a stream must remember between calls: recent values, raw scores and ranks."""
+    """What a stream must remember between calls: recent values, its own raw scores and ranks.
+
+    ``scores`` holds only the scores this stream produced (per member, oldest
+    first, at most the rank history); the model's held-out reference scores
+    fill the rest of each rank history, so a new stream costs nothing to store.
+    ``model`` names the model version whose raw scores these are: raw scores of
+    another version are not comparable, and :meth:`AnomalyModel.adopt` drops them.
+    """
 
     values: np.ndarray = field(default_factory=lambda: np.empty(0))
     scores: list[np.ndarray] = field(default_factory=list)  # per member, oldest first
     ranks: np.ndarray = field(default_factory=lambda: np.empty(0))
     alarm: AlarmState = field(default_factory=AlarmState)
     seen: int = 0
+    model: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +63,7 @@ class StreamState:
             "ranks": self.ranks.tolist(),
             "alarm": self.alarm.to_dict(),
             "seen": self.seen,
+            "model": self.model,
         }
 
     @classmethod
@@ -65,7 +74,28 @@ class StreamState:
             ranks=np.asarray(d.get("ranks", []), dtype=float),
             alarm=AlarmState.from_dict(d["alarm"]),
             seen=int(d["seen"]),
+            model=str(d.get("model", "")),
         )
+
+    def to_bytes(self) -> bytes:
+        """Compact binary form (a JSON header, then the float64 arrays back to back; no pickle)."""
+        arrays = [self.values, *self.scores, self.ranks]
+        head = json.dumps({"lengths": [len(a) for a in arrays], "alarm": self.alarm.to_dict(),
+                           "seen": self.seen, "model": self.model}).encode()
+        body = np.concatenate([np.asarray(a, dtype="<f8") for a in arrays]) if arrays else np.empty(0)
+        return len(head).to_bytes(4, "little") + head + body.astype("<f8").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "StreamState":
+        n = int.from_bytes(data[:4], "little")
+        head = json.loads(data[4 : 4 + n])
+        flat = np.frombuffer(data[4 + n :], dtype="<f8")
+        lengths = head["lengths"]
+        if sum(lengths) != len(flat) or len(lengths) < 2:
+            raise ValueError(f"stream state: {len(flat)} values for lengths {lengths}")
+        parts = np.split(flat.copy(), np.cumsum(lengths)[:-1])
+        return cls(values=parts[0], scores=parts[1:-1], ranks=parts[-1], alarm=AlarmState.from_dict(head["alarm"]),
+                   seen=int(head["seen"]), model=str(head.get("model", "")))
 
 
 class AnomalyModel:
@@ -191,8 +221,24 @@ class AnomalyModel:
 
     def new_state(self) -> StreamState:
         self._check_fitted()
+        return StreamState(scores=[np.empty(0) for _ in self.reference_])
+
+    def adopt(self, state: StreamState, model: str) -> StreamState:
+        """``state`` for scoring with this model, known as ``model`` (e.g. ``name/version``): a state
+        another version wrote keeps the series' values, alarm state and count, and drops the raw
+        scores and ranks, which that version's scale made (this version's reference stands in)."""
+        if state.model == model or not state.model:
+            return state if state.model == model else replace(state, model=model)
+        return StreamState(values=state.values, scores=[np.empty(0) for _ in self.reference_],
+                           alarm=state.alarm, seen=state.seen, model=model)
+
+    def _rank_history(self, j: int, own: np.ndarray) -> np.ndarray:
+        """Member ``j``'s rank history: the newest reference scores, then the stream's own."""
         keep = self.rank.history if self.rank else 0
-        return StreamState(scores=[r[-keep:] if keep else np.empty(0) for r in self.reference_])
+        if len(own) >= keep:
+            return own
+        ref = self.reference_[j]
+        return np.concatenate((ref[max(len(ref) - (keep - len(own)), 0) :], own))
 
     def score_stream(self, values: Any, state: StreamState | None = None) -> tuple[Scores, StreamState]:
         """Score new points of a stream given what came before; returns the new state."""
@@ -258,9 +304,10 @@ class AnomalyModel:
                     ranks.append(np.full(len(x), np.nan))
                     new_hist.append(hist)
                     continue
-                r, h = self.rank.rank(member_raw[:, j], hist)
+                new = member_raw[:, j]
+                r, _ = self.rank.rank(new, self._rank_history(j, hist))
                 ranks.append(r)
-                new_hist.append(h)
+                new_hist.append(np.concatenate((hist, new[np.isfinite(new)]))[-self.rank.history :])
             stacked = np.column_stack(ranks)
             if missing:
                 sub = stacked[:, present]
@@ -279,6 +326,7 @@ class AnomalyModel:
             ranks=new_ranks,
             alarm=alarm_state,
             seen=st.seen + len(x),
+            model=st.model,
         )
         return Scores(raw=raw, calibrated=cal, score=score, alarm=alarm), new_state
 

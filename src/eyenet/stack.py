@@ -21,13 +21,13 @@ from typing import Any, Callable
 import numpy as np
 
 from eyenet import registry as reg
-from eyenet.cluster import QUIET_ENV, ClusterError
+from eyenet.cluster import QUIET_ENV, SERVE_ENV, ClusterError
 from eyenet.errors import EyenetError
 
 # token authentication for the cluster `up` starts and every client of it (the token is in
 # ~/.ray/auth_token); Ray reads this when it is imported, so it is set before that
 os.environ.setdefault("RAY_AUTH_MODE", "token")
-for _k, _v in QUIET_ENV.items():
+for _k, _v in {**QUIET_ENV, **SERVE_ENV}.items():
     os.environ.setdefault(_k, _v)
 
 PORT_ENV = "EYENET_PORT"
