@@ -21,7 +21,7 @@ class Clock:
 
 
 def _fb(label: str, points: int, model: str = "default.default.ensemble", at: float = 1_000_000.0) -> Feedback:
-    return Feedback(model=model, series="web-1/cpu", label=label, points=points, indices=list(range(points)), time=at)
+    return Feedback(model=model, series="web-1/cpu", label=label, points=points, indices=list(range(points)), received=at)
 
 
 # -- the request ----------------------------------------------------------------------------------
@@ -53,7 +53,7 @@ def test_check_normalises_timestamps_and_refuses_duplicates_bad_names_and_oversi
     req = FeedbackRequest(id="w", label="true_anomaly", timestamps=["2026-03-01T10:00:00+01:00", 1772359200.5],
                           group="edge", tenant="acme", version=4, by="oncall", note="disk full")
     fb = check_feedback(req, now=123.0)
-    assert fb.model == "acme.edge.ensemble" and fb.points == 2 and fb.time == 123.0
+    assert fb.model == "acme.edge.ensemble" and fb.points == 2 and fb.received == 123.0
     assert fb.timestamps == ["2026-03-01T09:00:00+00:00", "2026-03-01T10:00:00.500000+00:00"]
     same_instant = FeedbackRequest(id="w", label="false_alarm", timestamps=["2026-03-01T09:00:00Z", 1772355600])
     with pytest.raises(InvalidInputError, match=r"timestamps\[1\]: the same point as timestamps\[0\]"):

@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,7 +79,7 @@ class Feedback:
     version: int | None = None
     note: str | None = None
     by: str | None = None
-    time: float = 0.0  # unix seconds it was received
+    received: float = field(default_factory=time.time)  # unix seconds
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -110,7 +110,7 @@ def check_feedback(req: FeedbackRequest, limits: Limits = LIMITS, *, now: float 
         seen[k] = i
     return Feedback(model=name, series=req.id, label=req.label, points=len(points), timestamps=timestamps,
                     indices=indices, version=req.version, note=req.note, by=req.by,
-                    time=time.time() if now is None else now)
+                    received=time.time() if now is None else now)
 
 
 def _iso(ts: list[str | float]) -> list[str]:
@@ -257,7 +257,7 @@ class FeedbackTracker:
             self._count(feedback)
 
     def _count(self, fb: Feedback) -> None:
-        self._add(fb.model, fb.time, Counts(**{fb.label: fb.points}))
+        self._add(fb.model, fb.received, Counts(**{fb.label: fb.points}))
 
     def _replay(self) -> int:
         """Count the labels already in the file; a line that is not a label (a torn last write) is skipped."""
