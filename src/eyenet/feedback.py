@@ -153,8 +153,11 @@ class Counts:
     missed_anomaly: int = 0
 
     def add(self, other: Counts) -> None:
-        for k in asdict(self):
-            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.points += other.points
+        self.alarms += other.alarms
+        self.true_anomaly += other.true_anomaly
+        self.false_alarm += other.false_alarm
+        self.missed_anomaly += other.missed_anomaly
 
     @property
     def labelled_alarms(self) -> int:
@@ -207,10 +210,14 @@ class FeedbackTracker:
         self._lock = threading.Lock()
         self.replayed = self._replay()
 
-    def _add(self, model: str, at: float, counts: Counts) -> None:
-        self._total.setdefault(model, Counts()).add(counts)
+    def _add(self, model: str, at: float, counts: Counts, now: float) -> None:
+        total = self._total.get(model)
+        if total is None:
+            total = self._total[model] = Counts()
+            self._buckets[model] = deque()
+        total.add(counts)
         b = int(at // self.bucket_s)
-        q = self._buckets.setdefault(model, deque())
+        q = self._buckets[model]
         if not q or q[-1][0] < b:
             q.append((b, counts))
         elif q[-1][0] == b:
@@ -223,7 +230,7 @@ class FeedbackTracker:
                 if start > b:
                     q.insert(i, (b, counts))
                     break
-        self._expire(model, self.clock())
+        self._expire(model, now)
 
     def _expire(self, model: str, now: float) -> None:
         q = self._buckets.get(model)
@@ -235,8 +242,9 @@ class FeedbackTracker:
         """What the serving path feeds after scoring: ``points`` new points of ``model``, ``alarms`` of them alarmed."""
         if points < 0 or not 0 <= alarms <= points:
             raise InvalidParameterError(f"{model}: {alarms} alarms in {points} points")
+        now = self.clock()
         with self._lock:
-            self._add(model, self.clock(), Counts(points=points, alarms=alarms))
+            self._add(model, now, Counts(points=points, alarms=alarms), now)
 
     def record(self, feedback: Feedback) -> None:
         """Append a label to the file (flushed to disk), then count it."""
@@ -257,7 +265,7 @@ class FeedbackTracker:
             self._count(feedback)
 
     def _count(self, fb: Feedback) -> None:
-        self._add(fb.model, fb.received, Counts(**{fb.label: fb.points}))
+        self._add(fb.model, fb.received, Counts(**{fb.label: fb.points}), self.clock())
 
     def _replay(self) -> int:
         """Count the labels already in the file; a line that is not a label (a torn last write) is skipped."""
