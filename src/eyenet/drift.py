@@ -294,7 +294,8 @@ class DriftMonitor:
             ref = self._refs[model].features[feature]
         out = self._test(model, feature, ref, x)
         with self._lock:
-            if self._refs.get(model) is not None and key in self._windows:
+            current = self._refs.get(model)
+            if current is not None and current.features.get(feature) is ref:  # not replaced meanwhile
                 self._cache[key] = (seen, out)
         return out
 
