@@ -17,7 +17,10 @@ up: $(VENV)/.installed
 down: $(VENV)/.installed
 	$(VENV)/bin/eyenet down
 
+# promtool and prometheus (Debian's package) for the alert-rule tests: installed when missing and
+# possible, else those tests skip
 test: $(VENV)/.installed
+	-@.ci/install-prometheus
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(VENV)/.installed

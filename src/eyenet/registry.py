@@ -26,13 +26,16 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pandas as pd
 
 from eyenet import __version__
 from eyenet.errors import ArtifactError, EyenetError, InvalidParameterError, UnknownNameError
+
+if TYPE_CHECKING:
+    from eyenet.drift import DriftReference
 
 # MLflow's usage telemetry races on its own session variable when several runs and threads
 # share a process (seen as KeyError '_MLFLOW_TELEMETRY_SESSION_ID'); it is read when MLflow is
@@ -46,6 +49,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 #: folder of the model files inside the logged MLflow model
 MODEL_DATA = "eyenet_model"
+#: the version's drift reference, beside its other meta JSON under ``eyenet/`` in the run
+DRIFT_REFERENCE = "drift_reference.json"
 _NAME_PART = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -274,15 +279,22 @@ class Registry:
         The logged files are loaded back and must score ``probe`` (default: the
         model's own held-out reference) exactly as the in-memory model does
         before any version is created; if anything fails the run is marked
-        FAILED and nothing is registered.
+        FAILED and nothing is registered. The probe (training values, in every
+        training path) and the model's scores on it are also recorded as the
+        version's drift reference (:meth:`drift_reference`).
         """
         import mlflow
+
+        from eyenet.drift import DriftReference
 
         family = family or model.name
         name = model_name(family, group=group, tenant=tenant)
         self.check()
         run_id = run_id or self.start_run(f"train-{family}", {"eyenet.family": family})
         try:
+            x = probe if probe is not None else getattr(model, "fit_tail_", None)
+            if x is None:
+                raise InvalidParameterError(f"{name}: registering needs a probe series to verify the stored model")
             with tempfile.TemporaryDirectory(prefix="eyenet-register-") as tmp:
                 tmpd = Path(tmp)
                 model.save(tmpd / MODEL_DATA)
@@ -290,6 +302,7 @@ class Registry:
                 (tmpd / "meta" / "model_config.json").write_text(json.dumps(model.to_dict(), indent=2))
                 (tmpd / "meta" / "calibration.json").write_text(json.dumps(model.calibration_summary(), indent=2))
                 (tmpd / "meta" / "features.json").write_text(json.dumps(model.feature_config(), indent=2))
+                (tmpd / "meta" / DRIFT_REFERENCE).write_text(json.dumps(DriftReference.from_model(model, x).to_dict()))
                 if data:
                     (tmpd / "meta" / "data.json").write_text(json.dumps(data, indent=2, default=str))
                 with self._calling("logging parameters and artifacts"):
@@ -317,9 +330,6 @@ class Registry:
                             pip_requirements=[f"eyenet=={__version__}"],
                         )
             # verify before registering: the stored files must score as the fitted model does
-            x = probe if probe is not None else getattr(model, "fit_tail_", None)
-            if x is None:
-                raise InvalidParameterError(f"{name}: registering needs a probe series to verify the stored model")
             with tempfile.TemporaryDirectory(prefix="eyenet-verify-") as tmp:
                 back = self._load_from_uri(info.model_uri, Path(tmp), what=f"{name} (new)")
                 if not _same_scores(model, back, x):
@@ -413,6 +423,24 @@ class Registry:
                 info.aliases = sorted(a for a, v in aliases.items() if int(v) == info.version)
                 out.append(info)
         return out
+
+    def drift_reference(self, name: str, version: int | None = None, *, alias: str | None = None) -> DriftReference | None:
+        """The :class:`~eyenet.drift.DriftReference` recorded with a version (by number or alias);
+        None for a version registered before references were recorded."""
+        from eyenet.drift import DriftReference
+
+        info = self.version(name, version, alias=alias)
+        path = f"eyenet/{DRIFT_REFERENCE}"
+        with self._calling(f"reading the drift reference of {name} v{info.version}"):
+            if path not in {f.path for f in self.client.list_artifacts(info.run_id, "eyenet")}:
+                return None
+            with tempfile.TemporaryDirectory(prefix="eyenet-drift-") as tmp:
+                text = Path(self.client.download_artifacts(info.run_id, path, tmp)).read_text()
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{name} v{info.version}: {DRIFT_REFERENCE} is not JSON ({exc})") from None
+        return DriftReference.from_dict(d, what=f"{name} v{info.version} {DRIFT_REFERENCE}")
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         self.version(name, version)
