@@ -3,11 +3,14 @@
     python -m bench.serving [--seconds 10] [--concurrency 1,8,32]   (needs `wrk`: apt-get install wrk)
 
 Targets, each measured with wrk in the same run on the same machine:
-  eyenet      the EyeNet Serve app (router + member family deployments), HAProxy ingress
-  serve-noop  a Ray Serve deployment that returns at once, same proxy (the platform's floor)
-  fastapi     one uvicorn process scoring the same model in-process (bench/fastapi_baseline.py)
-and, without HTTP, in-process scoring of the same requests. Requests: one new point of a
-stream (`/v1/stream`, the server keeps the history) and 256-point windows (`/v1/detect`).
+  eyenet         the EyeNet Serve app as `eyenet up` deploys it, HAProxy ingress
+  eyenet-fanout  the same app with every member scored by its family deployment (inline_max_points=0)
+  serve-noop     a Ray Serve deployment that returns at once, same ingress (the platform's floor)
+  fastapi        one uvicorn process scoring the same model in-process (bench/fastapi_baseline.py)
+and, without HTTP, in-process scoring of the same requests. Requests: one new point of one of
+SERIES streams that already have a long history (`/v1/stream`, the server keeps the history),
+and 256-point windows (`/v1/detect`). Then the resident memory of the running system and its
+growth per extra multiplexed model.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import numpy as np
 os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
 os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
 
+SERIES = 64
 LUA = """
 math.randomseed(os.time())
 local body_kind = "{kind}"
@@ -36,7 +40,7 @@ local values = "{values}"
 request = function()
   local body
   if body_kind == "stream" then
-    body = '{{"id": "bench-' .. math.random(1, 100000) .. '", "values": [' .. (40 + math.random()) .. ']}}'
+    body = '{{"id": "bench-' .. math.random(1, {series}) .. '", "values": [' .. (40 + 10 * math.random()) .. ']}}'
   else
     body = '{{"series": [{{"id": "w", "values": [' .. values .. ']}}]}}'
   end
@@ -59,7 +63,7 @@ def _ms(text: str) -> float:
 
 def wrk(url: str, kind: str, values: str, conns: int, seconds: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(LUA.format(kind=kind, values=values))
+        f.write(LUA.format(kind=kind, values=values, series=SERIES))
     out = subprocess.run(["wrk", "-t", str(min(conns, 2)), "-c", str(conns), "-d", f"{seconds}s", "--latency",
                           "-s", f.name, url], capture_output=True, text=True, timeout=seconds + 60).stdout
     if re.search(r"50%\s+(\S+)", out) is None:  # no request completed
@@ -167,6 +171,9 @@ def main() -> None:
     families = model.member_families
     serve.run(build_app({"families": families, "mlflow_uri": reg.uri, "use_gpus": False,
                          "state_dir": str(Path.cwd() / "state")}), name="eyenet", route_prefix="/")
+    serve.run(build_app({"name": "fanout", "families": families, "mlflow_uri": reg.uri, "use_gpus": False,
+                         "inline_max_points": 0, "state_dir": str(Path.cwd() / "state")}),
+              name="fanout", route_prefix="/fanout")
     base_port = _free_port()
     baseline = subprocess.Popen([sys.executable, "-m", "bench.fastapi_baseline", "--model", trained.version.name,
                                  "--mlflow-uri", reg.uri, "--port", str(base_port)],
@@ -176,17 +183,24 @@ def main() -> None:
         _wait(f"{base_url}/docs")
         import requests
 
-        requests.post(f"{eyenet_url}/v1/detect", json={"series": [{"id": "w", "values": window.tolist()}]}, timeout=120)
+        targets = (("eyenet", eyenet_url), ("eyenet-fanout", f"{eyenet_url}/fanout"), ("fastapi", base_url))
+        history = v[:3000].tolist()  # every stream starts with a long history, as a live series has
+        for _, url in targets:
+            requests.post(f"{url}/v1/detect", json={"series": [{"id": "w", "values": window.tolist()}]}, timeout=120)
+            for i in range(1, SERIES + 1):
+                r = requests.post(f"{url}/v1/stream", json={"id": f"bench-{i}", "values": history}, timeout=120)
+                assert r.status_code == 200, r.text
         rows = []
         for c in conc:
             rows.append(("serve-noop", "-", c, wrk(f"{eyenet_url}/noop", "noop", values, c, args.seconds)))
+            print(rows[-1], flush=True)
             for kind, path in (("stream", "/v1/stream"), ("detect", "/v1/detect")):
-                for name, url in (("eyenet", eyenet_url), ("fastapi", base_url)):
+                for name, url in targets:
                     rows.append((name, kind, c, wrk(url + path, kind, values, c, args.seconds)))
                     print(rows[-1], flush=True)
         # in-process, no HTTP: the same work per request
-        _, state = model.score_stream(v[:2000])
-        point = v[2000:2001]
+        _, state = model.score_stream(v[:3000])
+        point = v[3000:3001]
         t = []
         for _ in range(300):
             t0 = time.perf_counter()

@@ -265,7 +265,7 @@ class Router:
         if req.reset:
             version, state = await self.store.delete.remote(key), None
         else:
-            version, state = self._streams.pop(key, (0, None))
+            version, state = self._streams.get(key, (0, None))
         for _ in range(3):
             body, new_state = await self._score(req.tenant, req.group, s.values, state, len(s.values))
             ok, now, stored = await self.store.commit.remote(key, version, new_state)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -230,16 +231,20 @@ def down(say: Say = print) -> bool:
 
 def cluster_processes(address: str) -> list[Any]:
     """The processes of the Ray cluster at ``address`` only (not other Ray clusters on this machine):
-    its GCS server, the processes pointed at it, and all their descendants (workers, replicas)."""
+    its GCS server, the processes pointed at its port (under any of the node's addresses: Ray
+    names the node by its IP, ``up`` records loopback), every process of its session directory,
+    and all their descendants (workers, replicas, agents, HAProxy)."""
     import psutil
 
     port = address.rsplit(":", 1)[-1]
-    roots = []
+    pointed = re.compile(rf"--(?:gcs[-_]address|address|gcs_server_port)=(?:\S*:)?{port}(?:\s|$)")
+    session = re.compile(r"--(?:session[-_]dir)=(\S+)")
+    procs = []
     for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info.get("cmdline") or [])
-        if f"--gcs_server_port={port}" in cmd or f"--gcs-address={address}" in cmd or f"--gcs_address={address}" in cmd \
-                or f"--address={address}" in cmd:
-            roots.append(p)
+        procs.append((p, " ".join(p.info.get("cmdline") or [])))
+    roots = [p for p, cmd in procs if pointed.search(cmd)]
+    dirs = {m.group(1) for p, cmd in procs if p in roots for m in [session.search(cmd)] if m}
+    roots += [p for p, cmd in procs if p not in roots and any(d in cmd for d in dirs)]
     found = {p.pid: p for p in roots}
     for p in roots:
         try:
