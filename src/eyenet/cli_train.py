@@ -140,7 +140,7 @@ def _epoch_printer(label: str) -> Callable[[dict[str, Any]], None]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from eyenet import cluster, registry
+    from eyenet import cluster, holdout, registry
     from eyenet.cli import _parse_params
 
     families = _families(args.detector)
@@ -152,12 +152,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         from eyenet.train import data as train_data
 
         series = train_data.read_corpus(args.corpus)
+        source = holdout.corpus_source(args.corpus)
     elif args.input is not None:
         if "://" in str(args.input):  # remote storage: Ray Data reads it on the cluster
             cluster.connect(args.address)
         series = _read_input(args.input)
+        source = holdout.input_source(args.input)
     else:
         series = [_default_series()]
+        source = holdout.synthetic_source(DEFAULT_TRAIN_METRIC)
     if args.group is not None:
         registry.model_name("x", group=args.group, tenant=args.tenant)
         if len(series) > 1:
@@ -176,13 +179,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             _info(f"{family}: Ray Train, {args.workers} worker(s), {len(s)} rows of {s.name}")
             result = trainer.train_torch(configs[family], s, registry=reg, group=group, tenant=args.tenant,
                                          num_workers=args.workers, use_gpu=args.gpu,
-                                         on_epoch=_epoch_printer(family))
+                                         on_epoch=_epoch_printer(family), source=source)
             results = [result]
         else:
             _info(f"{family}: Ray tasks over {len(series)} series")
             if args.group is not None:
                 series = [type(s)(args.group, s.timestamps, s.values) for s in series]
-            results = trainer.train_many(configs[family], series, registry=reg, tenant=args.tenant, progress=_info)
+            results = trainer.train_many(configs[family], series, registry=reg, tenant=args.tenant, progress=_info,
+                                         source=source)
         seconds = time.perf_counter() - t0
         for r in results:
             v = r.version
@@ -201,7 +205,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from eyenet import cluster, detectors, tuning
+    from eyenet import cluster, detectors, holdout, tuning
 
     detectors.get_class(args.detector)
     space = None
@@ -221,11 +225,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         validation = tuning.from_synthetic()
         kind = f"{len(validation)} labelled synthetic series"
     if args.train is not None:
-        train_series = _read_input(args.train)[0]
+        train_series, source = _read_input(args.train)[0], holdout.input_source(args.train)
     elif args.input is not None:
-        train_series = _read_input(args.input)[0]
+        train_series, source = _read_input(args.input)[0], holdout.input_source(args.input)
     else:
-        train_series = _default_series()
+        train_series, source = _default_series(), holdout.synthetic_source(DEFAULT_TRAIN_METRIC)
     reg = _registry()
     _info(f"MLflow: {reg.uri}; validating on {kind}; {args.trials} trials")
     cluster.connect(args.address)
@@ -235,6 +239,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     result = tuner.search_and_register(
         args.detector, validation, train_series, registry=reg, group=args.group, tenant=args.tenant,
         trials=args.trials, space=space, max_concurrent=args.concurrent, seed=args.seed, progress=_info,
+        source=source,
     )
     v = result.version
     print(f"{args.detector}: {result.trials} trials ({result.stopped_early} stopped early by ASHA) "
