@@ -1,4 +1,4 @@
-"""``eyenet train``, ``eyenet tune`` and ``eyenet models``: the registry side of the command line.
+"""``eyenet train`` and ``eyenet tune``: training and tuning from the command line (``eyenet models``: :mod:`eyenet.cli_models`).
 
 Parsers are added by :func:`add_parsers`; errors propagate to :func:`eyenet.cli.main`,
 which turns them into one line and an exit code.
@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -77,12 +76,6 @@ def add_parsers(sub: Any) -> None:
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--address", metavar="ADDR", help="existing Ray cluster ('auto' or ray://host:10001)")
     tune.set_defaults(func=cmd_tune)
-
-    models = sub.add_parser("models", help="list registered models, versions, aliases and metrics",
-                            description="List the registered EyeNet models in MLflow with their versions, aliases and metrics.")
-    models.add_argument("--name", metavar="MODEL", help="only this registered model (<tenant>.<group>.<family>)")
-    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    models.set_defaults(func=cmd_models)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,29 +240,4 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"  NAB standard on validation: best {result.best_score:.1f}, default configuration {result.default_score:.1f}")
     print(f"  best: {json.dumps(result.best_sample, default=float)}")
     print(f"  registered {v.name} version {v.version} as challenger")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# eyenet models
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from eyenet.cli import _table
-
-    reg = _registry()
-    versions = reg.versions(args.name)
-    if args.json:
-        print(json.dumps([v.to_dict() for v in versions], indent=2))
-        return 0
-    if not versions:
-        print(f"no registered models in {reg.uri}; run 'eyenet train'")
-        return 0
-    rows = []
-    for v in versions:
-        when = datetime.fromtimestamp(v.created, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
-        shown = {k: v.metrics[k] for k in ("fit_seconds", "train_alarm_rate", "tune_best_score") if k in v.metrics}
-        metrics = " ".join(f"{k}={x:.3g}" for k, x in shown.items())
-        rows.append((v.name, str(v.version), ",".join(v.aliases) or "-", when, metrics))
-    print("\n".join(_table(("model", "version", "aliases", "created (UTC)", "metrics"), rows, right=(1,))))
     return 0
