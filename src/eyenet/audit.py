@@ -215,9 +215,7 @@ def record(
 
 def set_tags(registry: Any, name: str, version: int, tags: dict[str, str]) -> None:
     """Set ``eyenet.<key>`` tags on a model version (values cut to what MLflow stores)."""
-    with registry._calling(f"tagging {name} version {version}"):
-        for k, v in tags.items():
-            registry.client.set_model_version_tag(name, str(version), TAG + k, str(v)[:_TAG_CHARS])
+    registry.set_tags(name, version, {TAG + k: str(v)[:_TAG_CHARS] for k, v in tags.items()})
 
 
 def history(name: str | None = None, limit: int | None = None, *, registry: Any = None,

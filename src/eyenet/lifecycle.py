@@ -28,7 +28,7 @@ from typing import Any
 
 from eyenet import audit, gate, holdout
 from eyenet.errors import GateRejectedError, LifecycleError, UnknownNameError
-from eyenet.registry import CHALLENGER, CHAMPION, Registry, VersionInfo
+from eyenet.registry import CHALLENGER, CHAMPION, Registry, RegistryError, VersionInfo
 from eyenet.tuning import ValidationSeries
 
 #: version tag (``eyenet.previous_champion``) naming the champion a promotion replaced: the chain rollback follows
@@ -213,8 +213,6 @@ def previous_good(registry: Registry, name: str, champion: VersionInfo) -> Versi
 
 
 def _must_load(registry: Registry, name: str, version: int) -> None:
-    from eyenet.registry import RegistryError
-
     try:
         registry.load(name, version=version)
     except RegistryError:

@@ -442,6 +442,12 @@ class Registry:
             record = json.loads(Path(local).read_text())
         return record if isinstance(record, dict) else None
 
+    def set_tags(self, name: str, version: int, tags: dict[str, str]) -> None:
+        """Set tags on one model version (what the MLflow UI shows beside it)."""
+        with self._calling(f"tagging {name} version {version}"):
+            for k, v in tags.items():
+                self.client.set_model_version_tag(name, str(version), k, v)
+
     def set_alias(self, name: str, alias: str, version: int) -> None:
         self.version(name, version)
         with self._calling(f"setting alias {alias!r} on {name}"):
