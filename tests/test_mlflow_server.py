@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import requests
 
-from eyenet import presets, registry, synthetic, training
+from eyenet import audit, presets, registry, synthetic, training
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +54,9 @@ def server(tmp_path_factory):
         proc.kill()
 
 
-def test_train_register_and_load_by_alias_through_a_server(server, monkeypatch):
+def test_train_register_and_load_by_alias_through_a_server(server, monkeypatch, tmp_path):
     monkeypatch.setenv(registry.ENV_URI, server)
+    monkeypatch.setenv(audit.ENV_PATH, str(tmp_path / "audit.jsonl"))  # a server store has no folder of its own here
     store = registry.Registry()
     assert store.uri == server and not store.is_embedded
     _, values, _ = synthetic.series("bytes_in", n=900, seed=8)
@@ -63,6 +64,8 @@ def test_train_register_and_load_by_alias_through_a_server(server, monkeypatch):
     result = training.train_and_register(presets.model_config("iqr"), values[:600], registry=store, group="srv")
     v = result.version
     assert (v.name, v.version, v.aliases) == ("default.srv.iqr", 1, ["challenger"])
+    assert v.tags["eyenet.status"] == "registered"  # the audit mirror travels through the server
+    assert [e.event for e in audit.history(v.name, registry=store)] == ["TRAIN", "REGISTER"]
     back = registry.Registry(server).load("default.srv.iqr", alias="challenger")
     np.testing.assert_array_equal(back.score(values).score, result.model.score(values).score)
     listed = requests.get(f"{server}/api/2.0/mlflow/registered-models/get", params={"name": v.name}, timeout=5).json()

@@ -144,8 +144,10 @@ def train_torch(
     cpus_per_worker: float = 1.0,
     storage_path: str | Path | None = None,
     on_epoch: EpochCallback | None = None,
+    source: dict[str, Any] | None = None,
 ) -> training.TrainResult:
-    """Train one model whose torch networks run on Ray Train, then register it."""
+    """Train one model whose torch networks run on Ray Train, then register it (``source``: where the
+    series came from, see :mod:`eyenet.holdout`)."""
     family = config["detector"]["family"]
     name = reg.model_name(family, group=group, tenant=tenant)
     run_id = registry.start_run(f"train-{family}", {"eyenet.family": family, "eyenet.group": group})
@@ -165,7 +167,7 @@ def train_torch(
         metrics["resumed_from_epoch"] = float(max((r["resumed_from"] for r in backend.runs), default=0))
         version = registry.register(
             model, family=family, group=group, tenant=tenant, metrics=metrics, run_id=run_id,
-            data=training.data_info(series), probe=series.values[-1000:], log_history=False,
+            data=training.data_info(series, source), probe=series.values[-1000:], log_history=False,
         )
     except BaseException:
         registry.end_run(run_id, "FAILED")
@@ -190,6 +192,7 @@ def train_many(
     tenant: str = "default",
     cpus_per_task: float = 1.0,
     progress: Callable[[str], None] | None = None,
+    source: dict[str, Any] | None = None,
 ) -> list[training.TrainResult]:
     """One model per series, fitted as parallel Ray tasks; each registered as ``<tenant>.<series>.<family>``."""
     import ray
@@ -207,7 +210,7 @@ def train_many(
         blob, metrics = ray.get(done[0])
         model = training.unpack(blob)
         version = registry.register(model, family=family, group=g, tenant=tenant, metrics=metrics,
-                                    data=training.data_info(s), probe=np.asarray(s.values)[-1000:])
+                                    data=training.data_info(s, source), probe=np.asarray(s.values)[-1000:])
         results.append(training.TrainResult(family, g, version, metrics, model))
         if progress:
             progress(f"[{len(results)}/{len(results) + len(pending)}] {s.name}: {version.name} v{version.version} "

@@ -135,14 +135,16 @@ def search_and_register(
     registry: reg.Registry,
     group: str = "default",
     tenant: str = "default",
+    source: dict[str, Any] | None = None,
     **kw: Any,
 ) -> SearchResult:
-    """:func:`search`, then retrain the best configuration on ``train`` and register it as challenger."""
+    """:func:`search`, then retrain the best configuration on ``train`` and register it as challenger
+    (``source``: where ``train`` came from, see :mod:`eyenet.holdout`)."""
     registry.check()
     result = search(family, validation, mlflow_uri=registry.uri, **kw)
     trained = training.train_and_register(
         result.best_config, np.asarray(train.values), registry=registry, group=group, tenant=tenant,
-        data=training.data_info(train),
+        data=training.data_info(train, source),
         extra_metrics={"tune_best_score": result.best_score, "tune_default_score": result.default_score,
                        "tune_trials": float(result.trials)},
     )

@@ -145,9 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     det = sub.add_parser("detectors", help="list the registered detector families and their default parameters")
     det.set_defaults(func=cmd_detectors)
 
-    from eyenet import cli_serve, cli_train
+    from eyenet import cli_models, cli_serve, cli_train
 
     cli_train.add_parsers(sub)
+    cli_models.add_parsers(sub)
     cli_serve.add_parsers(sub)
 
     for name, text in PENDING.items():

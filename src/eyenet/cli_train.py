@@ -1,4 +1,4 @@
-"""``eyenet train``, ``eyenet tune`` and ``eyenet models``: the registry side of the command line.
+"""``eyenet train`` and ``eyenet tune``: training and tuning from the command line (``eyenet models``: :mod:`eyenet.cli_models`).
 
 Parsers are added by :func:`add_parsers`; errors propagate to :func:`eyenet.cli.main`,
 which turns them into one line and an exit code.
@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,12 +77,6 @@ def add_parsers(sub: Any) -> None:
     tune.add_argument("--address", metavar="ADDR", help="existing Ray cluster ('auto' or ray://host:10001)")
     tune.set_defaults(func=cmd_tune)
 
-    models = sub.add_parser("models", help="list registered models, versions, aliases and metrics",
-                            description="List the registered EyeNet models in MLflow with their versions, aliases and metrics.")
-    models.add_argument("--name", metavar="MODEL", help="only this registered model (<tenant>.<group>.<family>)")
-    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    models.set_defaults(func=cmd_models)
-
 
 # ----------------------------------------------------------------------------------------------
 # shared
@@ -140,7 +133,7 @@ def _epoch_printer(label: str) -> Callable[[dict[str, Any]], None]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from eyenet import cluster, registry
+    from eyenet import cluster, holdout, registry
     from eyenet.cli import _parse_params
 
     families = _families(args.detector)
@@ -152,12 +145,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         from eyenet.train import data as train_data
 
         series = train_data.read_corpus(args.corpus)
+        source = holdout.corpus_source(args.corpus)
     elif args.input is not None:
         if "://" in str(args.input):  # remote storage: Ray Data reads it on the cluster
             cluster.connect(args.address)
         series = _read_input(args.input)
+        source = holdout.input_source(args.input)
     else:
         series = [_default_series()]
+        source = holdout.synthetic_source(DEFAULT_TRAIN_METRIC)
     if args.group is not None:
         registry.model_name("x", group=args.group, tenant=args.tenant)
         if len(series) > 1:
@@ -176,13 +172,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             _info(f"{family}: Ray Train, {args.workers} worker(s), {len(s)} rows of {s.name}")
             result = trainer.train_torch(configs[family], s, registry=reg, group=group, tenant=args.tenant,
                                          num_workers=args.workers, use_gpu=args.gpu,
-                                         on_epoch=_epoch_printer(family))
+                                         on_epoch=_epoch_printer(family), source=source)
             results = [result]
         else:
             _info(f"{family}: Ray tasks over {len(series)} series")
             if args.group is not None:
                 series = [type(s)(args.group, s.timestamps, s.values) for s in series]
-            results = trainer.train_many(configs[family], series, registry=reg, tenant=args.tenant, progress=_info)
+            results = trainer.train_many(configs[family], series, registry=reg, tenant=args.tenant, progress=_info,
+                                         source=source)
         seconds = time.perf_counter() - t0
         for r in results:
             v = r.version
@@ -201,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from eyenet import cluster, detectors, tuning
+    from eyenet import cluster, detectors, holdout, tuning
 
     detectors.get_class(args.detector)
     space = None
@@ -221,11 +218,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         validation = tuning.from_synthetic()
         kind = f"{len(validation)} labelled synthetic series"
     if args.train is not None:
-        train_series = _read_input(args.train)[0]
+        train_series, source = _read_input(args.train)[0], holdout.input_source(args.train)
     elif args.input is not None:
-        train_series = _read_input(args.input)[0]
+        train_series, source = _read_input(args.input)[0], holdout.input_source(args.input)
     else:
-        train_series = _default_series()
+        train_series, source = _default_series(), holdout.synthetic_source(DEFAULT_TRAIN_METRIC)
     reg = _registry()
     _info(f"MLflow: {reg.uri}; validating on {kind}; {args.trials} trials")
     cluster.connect(args.address)
@@ -235,6 +232,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     result = tuner.search_and_register(
         args.detector, validation, train_series, registry=reg, group=args.group, tenant=args.tenant,
         trials=args.trials, space=space, max_concurrent=args.concurrent, seed=args.seed, progress=_info,
+        source=source,
     )
     v = result.version
     print(f"{args.detector}: {result.trials} trials ({result.stopped_early} stopped early by ASHA) "
@@ -242,29 +240,4 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"  NAB standard on validation: best {result.best_score:.1f}, default configuration {result.default_score:.1f}")
     print(f"  best: {json.dumps(result.best_sample, default=float)}")
     print(f"  registered {v.name} version {v.version} as challenger")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------
-# eyenet models
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from eyenet.cli import _table
-
-    reg = _registry()
-    versions = reg.versions(args.name)
-    if args.json:
-        print(json.dumps([v.to_dict() for v in versions], indent=2))
-        return 0
-    if not versions:
-        print(f"no registered models in {reg.uri}; run 'eyenet train'")
-        return 0
-    rows = []
-    for v in versions:
-        when = datetime.fromtimestamp(v.created, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
-        shown = {k: v.metrics[k] for k in ("fit_seconds", "train_alarm_rate", "tune_best_score") if k in v.metrics}
-        metrics = " ".join(f"{k}={x:.3g}" for k, x in shown.items())
-        rows.append((v.name, str(v.version), ",".join(v.aliases) or "-", when, metrics))
-    print("\n".join(_table(("model", "version", "aliases", "created (UTC)", "metrics"), rows, right=(1,))))
     return 0

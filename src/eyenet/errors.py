@@ -51,6 +51,25 @@ class ArtifactError(EyenetError):
     http_status = 500
 
 
+class LifecycleError(EyenetError):
+    """A promote, review or rollback cannot be done in the model's current state (no challenger, no
+    earlier champion, a version the gate archived)."""
+
+    exit_code = 6
+    http_status = 409
+
+
+class GateRejectedError(LifecycleError):
+    """The deployment gate rejected a version; the message carries the gate's reason."""
+
+
+class AuditError(EyenetError):
+    """The audit log cannot be written."""
+
+    exit_code = 7
+    http_status = 500
+
+
 def exit_code_for(exc: BaseException) -> int:
     """CLI exit code for an exception (1 for anything not in the family)."""
     return exc.exit_code if isinstance(exc, EyenetError) else 1

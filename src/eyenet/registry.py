@@ -281,7 +281,8 @@ class Registry:
         before any version is created; if anything fails the run is marked
         FAILED and nothing is registered. The probe (training values, in every
         training path) and the model's scores on it are also recorded as the
-        version's drift reference (:meth:`drift_reference`).
+        version's drift reference (:meth:`drift_reference`). Every registered
+        version gets TRAIN and REGISTER events in the audit log (:mod:`eyenet.audit`).
         """
         import mlflow
 
@@ -359,7 +360,19 @@ class Registry:
                 self.client.set_terminated(run_id, "FAILED")
             raise
         self.end_run(run_id)
+        self._audit_registration(name, int(mv.version), run_id, alias, metrics, data)
         return self.version(name, int(mv.version))
+
+    def _audit_registration(self, name: str, version: int, run_id: str, alias: str | None,
+                            metrics: dict[str, float] | None, data: dict[str, Any] | None) -> None:
+        """TRAIN and REGISTER audit events: every version, whichever trainer made it, passes here."""
+        from eyenet import audit
+
+        trained_on = f"trained on {data.get('series')} ({data.get('rows')} rows)" if data else "trained"
+        audit.record(self, audit.TRAIN, name, version, reason=f"{trained_on}, run {run_id}", metrics=metrics,
+                     mirror=False)
+        audit.record(self, audit.REGISTER, name, version, reason=f"registered{f' as {alias}' if alias else ''}",
+                     status=audit.REGISTERED)
 
     def log_history(self, run_id: str, model: Any) -> None:
         """Training curves (per-epoch losses) of every torch part of the model, as stepped metrics."""
@@ -441,6 +454,27 @@ class Registry:
         except json.JSONDecodeError as exc:
             raise ArtifactError(f"{name} v{info.version}: {DRIFT_REFERENCE} is not JSON ({exc})") from None
         return DriftReference.from_dict(d, what=f"{name} v{info.version} {DRIFT_REFERENCE}")
+
+    def data_record(self, name: str, version: int) -> dict[str, Any] | None:
+        """What a version was trained on (``eyenet/data.json`` of its run), or None when not recorded."""
+        info = self.version(name, version)
+        if not info.run_id:
+            return None
+        with self._calling(f"listing the files of {name} version {version}"):
+            files = {f.path for f in self.client.list_artifacts(info.run_id, "eyenet")}
+        if "eyenet/data.json" not in files:
+            return None
+        with tempfile.TemporaryDirectory(prefix="eyenet-data-") as tmp, \
+                self._calling(f"reading the training-data record of {name} version {version}"):
+            local = self.client.download_artifacts(info.run_id, "eyenet/data.json", tmp)
+            record = json.loads(Path(local).read_text())
+        return record if isinstance(record, dict) else None
+
+    def set_tags(self, name: str, version: int, tags: dict[str, str]) -> None:
+        """Set tags on one model version (what the MLflow UI shows beside it)."""
+        with self._calling(f"tagging {name} version {version}"):
+            for k, v in tags.items():
+                self.client.set_model_version_tag(name, str(version), k, v)
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         self.version(name, version)

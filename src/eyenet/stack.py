@@ -119,7 +119,8 @@ def start_ray(say: Say) -> tuple[str, bool, str]:
 
 def ensure_models(registry: reg.Registry, say: Say, *, group: str = "default", tenant: str = "default") -> dict[str, int]:
     """Champion versions of the default models, training and registering them when missing."""
-    from eyenet import presets, synthetic, training
+    from eyenet import holdout, lifecycle, presets, synthetic, training
+    from eyenet.data import Series
 
     out = {}
     for family in DEFAULT_MODELS:
@@ -130,12 +131,15 @@ def ensure_models(registry: reg.Registry, say: Say, *, group: str = "default", t
         except EyenetError:
             pass
         n = presets.UP_ROWS
-        _, values, _ = synthetic.series("cpu_pct", n=n, seed=presets.UP_SEED)
+        ts, values, _ = synthetic.series("cpu_pct", n=n, seed=presets.UP_SEED)
         head = np.asarray(values[: int(n * presets.UP_TRAIN_FRACTION)])  # the anomaly-free start
         say(f"training {family} on synthetic cpu_pct ({len(head)} rows) and registering it as {name}")
+        info = training.data_info(Series("cpu-pct", ts[: len(head)], head), holdout.synthetic_source("cpu_pct"))
         result = training.train_and_register(presets.model_config(family), head, registry=registry,
-                                             group=group, tenant=tenant)
-        registry.set_alias(name, reg.CHAMPION, result.version.version)
+                                             group=group, tenant=tenant, data=info)
+        # gated like any promotion: with no champion to beat, the version must load, give finite,
+        # sane scores on its held-out data and meet the latency budget
+        lifecycle.promote(registry, name, result.version.version, reason="first champion, by eyenet up")
         out[family] = result.version.version
     return out
 

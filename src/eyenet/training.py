@@ -194,10 +194,14 @@ class TrainResult:
     runs: list[dict[str, Any]] = field(default_factory=list)  # Ray Train runs behind it
 
 
-def data_info(series: Any) -> dict[str, Any]:
-    """What a model was trained on, recorded with its version."""
+def data_info(series: Any, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a model was trained on, recorded with its version.
+
+    ``source`` (from :mod:`eyenet.holdout`) says where the series came from, so
+    that the deployment gate can rebuild held-out labelled data for the version.
+    """
     ts, x = series.timestamps, np.asarray(series.values, dtype=float)
-    return {
+    info = {
         "series": series.name,
         "rows": len(x),
         "start": str(ts[0]) if len(ts) else None,
@@ -205,6 +209,7 @@ def data_info(series: Any) -> dict[str, Any]:
         "mean": float(x.mean()) if len(x) else None,
         "std": float(x.std()) if len(x) else None,
     }
+    return {**info, "source": source} if source else info
 
 
 def pack(model: AnomalyModel) -> bytes:

@@ -57,7 +57,7 @@ def from_corpus(root: Any, *, every: int = 1, offset: int = 0) -> list[Validatio
     return out
 
 
-def _windows_around(spans: Sequence[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+def windows_around(spans: Sequence[tuple[int, int]], n: int) -> list[tuple[int, int]]:
     """NAB-style windows: 10 % of the series shared among the anomalies, centred on each start."""
     if not spans:
         return []
@@ -79,16 +79,19 @@ def from_synthetic(*, metrics: Sequence[str] = ("cpu_pct", "latency_ms", "bytes_
     out = []
     for m in metrics:
         spans = [(a.start, a.end) for a in t.anomalies[m]]
-        out.append(ValidationSeries(m, t.frame[m].to_numpy(dtype=float), _windows_around(spans, n), n // 4))
+        out.append(ValidationSeries(m, t.frame[m].to_numpy(dtype=float), windows_around(spans, n), n // 4))
     return out
 
 
 def with_injected(name: str, values: np.ndarray, *, train_fraction: float = 0.5, count: int = 4,
-                  seed: int = 0) -> ValidationSeries:
-    """An unlabelled series with anomalies planted in its tail (the labels are where they were planted)."""
+                  seed: int = 0, train_rows: int | None = None) -> ValidationSeries:
+    """An unlabelled series with anomalies planted in its tail (the labels are where they were planted).
+
+    The tail starts after ``train_rows`` when given, else after ``train_fraction`` of the rows.
+    """
     x = np.array(values, dtype=float)
     n = len(x)
-    train = int(n * train_fraction)
+    train = int(n * train_fraction) if train_rows is None else int(train_rows)
     if n - train < 40 * count:
         raise NotEnoughDataError(f"{name}: {n} rows leave too little after the training part to plant {count} anomalies")
     rng = np.random.default_rng(seed)
@@ -108,7 +111,7 @@ def with_injected(name: str, values: np.ndarray, *, train_fraction: float = 0.5,
         else:
             x[start : start + length] += rng.normal(0, 5 * sigma, length)
         spans.append((start, start + length))
-    return ValidationSeries(name, x, _windows_around(spans, n), train)
+    return ValidationSeries(name, x, windows_around(spans, n), train)
 
 
 # ----------------------------------------------------------------------------------------------
