@@ -39,12 +39,15 @@ local body_kind = "{kind}"
 local values = "{values}"
 request = function()
   local body
+  local headers = {{["Content-Type"] = "application/json"}}
   if body_kind == "stream" then
-    body = '{{"id": "bench-' .. math.random(1, {series}) .. '", "values": [' .. (40 + 10 * math.random()) .. ']}}'
+    local id = "bench-" .. math.random(1, {series})
+    headers["X-EyeNet-Series"] = id
+    body = '{{"id": "' .. id .. '", "values": [' .. (40 + 10 * math.random()) .. ']}}'
   else
     body = '{{"series": [{{"id": "w", "values": [' .. values .. ']}}]}}'
   end
-  return wrk.format("POST", nil, {{["Content-Type"] = "application/json"}}, body)
+  return wrk.format("POST", nil, headers, body)
 end
 """
 
@@ -56,7 +59,9 @@ def _free_port() -> int:
 
 
 def _ms(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    m = re.match(r"([\d.]+)(us|ms|s)$", text)
+    if m is None:  # wrk prints e.g. "-nanus" when it has no latency sample
+        return float("nan")
     v, unit = float(m.group(1)), m.group(2)
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
@@ -66,10 +71,10 @@ def wrk(url: str, kind: str, values: str, conns: int, seconds: int) -> dict:
         f.write(LUA.format(kind=kind, values=values, series=SERIES))
     out = subprocess.run(["wrk", "-t", str(min(conns, 2)), "-c", str(conns), "-d", f"{seconds}s", "--latency",
                           "-s", f.name, url], capture_output=True, text=True, timeout=seconds + 60).stdout
-    if re.search(r"50%\s+(\S+)", out) is None:  # no request completed
+    if re.search(r"^\s*50%\s+(\S+)", out, re.M) is None:  # no request completed
         return {"p50": float("nan"), "p99": float("nan"), "rps": 0.0, "non2xx": -1, "socket_errors": out[-300:]}
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
+    p50 = _ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))
+    p99 = _ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
@@ -136,6 +141,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--warmup", type=int, default=3, help="seconds of the same load before each measurement "
+                    "(autoscaling settles, batches fill)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench.serving needs wrk (apt-get install wrk)")
@@ -161,46 +168,62 @@ def main() -> None:
 
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}"
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
     class Noop:
         async def __call__(self, request) -> str:
             return "ok"
 
-    serve.run(Noop.bind(), name="noop", route_prefix="/noop")
+    import requests
+
     families = model.member_families
-    serve.run(build_app({"families": families, "mlflow_uri": reg.uri, "use_gpus": False,
-                         "state_dir": str(Path.cwd() / "state")}), name="eyenet", route_prefix="/")
-    serve.run(build_app({"name": "fanout", "families": families, "mlflow_uri": reg.uri, "use_gpus": False,
-                         "inline_max_points": 0, "state_dir": str(Path.cwd() / "state")}),
-              name="fanout", route_prefix="/fanout")
+    app_config = {"families": families, "mlflow_uri": reg.uri, "use_gpus": False, "state_dir": str(Path.cwd() / "state")}
+    history = v[:1700].tolist()  # every stream starts with a long history, as a live series has
+
+    def prepare(base: str) -> None:
+        requests.post(f"{base}/v1/detect", json={"series": [{"id": "w", "values": window.tolist()}]}, timeout=120)
+        for i in range(1, SERIES + 1):
+            r = requests.post(f"{base}/v1/stream", json={"id": f"bench-{i}", "values": history}, timeout=120)
+            assert r.status_code == 200, r.text
+
+    def measure(name: str, base: str, kinds: tuple[tuple[str, str], ...]) -> None:
+        for c in conc:
+            for kind, path in kinds:
+                if args.warmup:
+                    wrk(base + path, kind, values, c, args.warmup)
+                rows.append((name, kind, c, wrk(base + path, kind, values, c, args.seconds)))
+                print(rows[-1], flush=True)
+
+    # each target runs alone on the machine while it is measured (idle replicas cost CPU too)
+    rows: list[tuple[str, str, int, dict]] = []
+    api = (("stream", "/v1/stream"), ("detect", "/v1/detect"))
+    serve.run(Noop.bind(), name="noop", route_prefix="/noop")
+    measure("serve-noop", f"{url}/noop", (("-", ""),))
+    serve.delete("noop")
+    serve.run(build_app({**app_config, "name": "fanout", "inline_max_points": 0}), name="fanout", route_prefix="/")
+    prepare(url)
+    measure("eyenet-fanout", url, api)
+    serve.delete("fanout")
     base_port = _free_port()
     baseline = subprocess.Popen([sys.executable, "-m", "bench.fastapi_baseline", "--model", trained.version.name,
                                  "--mlflow-uri", reg.uri, "--port", str(base_port)],
                                 cwd=Path(__file__).resolve().parents[1])
     try:
-        eyenet_url, base_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{base_port}"
+        base_url = f"http://127.0.0.1:{base_port}"
         _wait(f"{base_url}/docs")
-        import requests
-
-        targets = (("eyenet", eyenet_url), ("eyenet-fanout", f"{eyenet_url}/fanout"), ("fastapi", base_url))
-        history = v[:3000].tolist()  # every stream starts with a long history, as a live series has
-        for _, url in targets:
-            requests.post(f"{url}/v1/detect", json={"series": [{"id": "w", "values": window.tolist()}]}, timeout=120)
-            for i in range(1, SERIES + 1):
-                r = requests.post(f"{url}/v1/stream", json={"id": f"bench-{i}", "values": history}, timeout=120)
-                assert r.status_code == 200, r.text
-        rows = []
-        for c in conc:
-            rows.append(("serve-noop", "-", c, wrk(f"{eyenet_url}/noop", "noop", values, c, args.seconds)))
-            print(rows[-1], flush=True)
-            for kind, path in (("stream", "/v1/stream"), ("detect", "/v1/detect")):
-                for name, url in targets:
-                    rows.append((name, kind, c, wrk(url + path, kind, values, c, args.seconds)))
-                    print(rows[-1], flush=True)
+        prepare(base_url)
+        measure("fastapi", base_url, api)
+    finally:
+        baseline.terminate()
+        baseline.wait(30)
+    serve.run(build_app(app_config), name="eyenet", route_prefix="/")  # as `eyenet up` deploys it
+    try:
+        prepare(url)
+        measure("eyenet", url, api)
         # in-process, no HTTP: the same work per request
-        _, state = model.score_stream(v[:3000])
-        point = v[3000:3001]
+        _, state = model.score_stream(v[:1700])
+        point = v[1700:1701]
         t = []
         for _ in range(300):
             t0 = time.perf_counter()
@@ -215,16 +238,16 @@ def main() -> None:
         inproc_window = 1000 * float(np.median(t))
         print("\n| target | request | conc. | p50 ms | p99 ms | req/s | points/s | non-2xx |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
-        for name, kind, c, r in rows:
+        order = {"serve-noop": 0, "eyenet": 1, "eyenet-fanout": 2, "fastapi": 3}
+        for name, kind, c, r in sorted(rows, key=lambda r: (r[2], r[1] != "-", r[1], order[r[0]])):
             pts = r["rps"] * (256 if kind == "detect" else 1)
             print(f"| {name} | {kind} | {c} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | "
                   f"{pts:.0f} | {r['non2xx']} |")
         print(f"\nin-process (no HTTP): one stream point {inproc_point:.2f} ms median; one 256-point window "
               f"{inproc_window:.2f} ms median ({256 / inproc_window * 1000:.0f} points/s on one core)")
         print(json.dumps({"members": families, "version": trained.version.version}))
-        memory(reg, v, eyenet_url)
+        memory(reg, v, url)
     finally:
-        baseline.terminate()
         serve.shutdown()
 
 

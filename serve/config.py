@@ -47,11 +47,18 @@ class AppConfig(BaseModel):
     inline_max_points: int = Field(
         4096, ge=0, description="requests of at most this many points are scored in the router by members on CPU "
         "(one hop to a member deployment costs more than their compute); 0: always call the member deployments")
+    thread_min_points: int = Field(64, ge=1, description="requests of this many points or more are scored on the "
+                                   "router's scoring threads (torch releases the GIL), smaller ones on its event loop")
+    score_threads: int = Field(2, ge=1, description="scoring threads per router replica")
     alias: str = "champion"
     alias_ttl_s: float = Field(2.0, ge=0, description="how long a resolved alias is reused")
     gpu_fraction: float = Field(0.25, gt=0, le=1, description="GPU share of a torch replica when GPUs exist")
     use_gpus: bool | None = Field(None, description="None: use GPUs when the cluster has some")
-    router: DeploymentSettings = DeploymentSettings(num_cpus=0.25, max_ongoing_requests=64, max_queued_requests=256)
+    router: DeploymentSettings = DeploymentSettings(
+        num_cpus=0.25, max_ongoing_requests=64, max_queued_requests=256,
+        # two from the start: one replica's crash or restart never interrupts the API, and each
+        # replica process has a core's worth of Python (GIL) to itself
+        autoscaling=Autoscaling(min_replicas=2, max_replicas=4))
     family: DeploymentSettings = DeploymentSettings()
     overrides: dict[str, DeploymentSettings] = Field(default_factory=dict, description="per-family settings")
 

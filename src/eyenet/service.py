@@ -165,16 +165,14 @@ def result_body(name: str, version: int, families: list[str], missing: list[str]
                 member_calibrated: np.ndarray) -> dict[str, Any]:
     """The JSON of one scored series: per point the ensemble score, alarm and each answering member's score."""
 
-    def num(v: float) -> float | None:
-        return float(v) if np.isfinite(v) else None
+    def nums(a: np.ndarray) -> list[float | None]:
+        return [v if v == v and abs(v) != np.inf else None for v in np.asarray(a, dtype=float).tolist()]
 
-    points = []
-    for i in range(len(scores.score)):
-        points.append({
-            "score": num(scores.score[i]),
-            "calibrated": num(scores.calibrated[i]),
-            "alarm": bool(scores.alarm[i]),
-            "ready": bool(np.isfinite(scores.score[i])),
-            "detectors": {f: num(member_calibrated[i, j]) for j, f in enumerate(families) if f not in missing},
-        })
+    score, calibrated, alarm = nums(scores.score), nums(scores.calibrated), np.asarray(scores.alarm).tolist()
+    answered = [(f, nums(member_calibrated[:, j])) for j, f in enumerate(families) if f not in missing]
+    points = [
+        {"score": score[i], "calibrated": calibrated[i], "alarm": bool(alarm[i]), "ready": score[i] is not None,
+         "detectors": {f: col[i] for f, col in answered}}
+        for i in range(len(score))
+    ]
     return {"model": name, "version": version, "degraded": bool(missing), "missing": sorted(missing), "points": points}
