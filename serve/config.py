@@ -33,6 +33,24 @@ class DeploymentSettings(BaseModel):
     batch_wait_timeout_s: float = Field(0.002, ge=0)
 
 
+class ControllerSettings(BaseModel):
+    """The model controller: how it watches the registry and switches versions (see eyenet.controller)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    poll_s: float = Field(1.0, gt=0, description="how often the registry's aliases are read")
+    max_backoff_s: float = Field(10.0, gt=0, description="longest wait between retries while the registry fails")
+    review_challengers: bool = Field(True, description="put every new `challenger` through the gate by itself")
+    ready_timeout_s: float = Field(60.0, gt=0, description="longest wait for every router replica to load a new version")
+    switch_delay_s: float = Field(0.25, ge=0, description="lead time between announcing a switch and making it, "
+                                  "so every replica switches at the same instant")
+    replica_ttl_s: float = Field(5.0, gt=0, description="a router replica not heard from for this long is gone")
+    check_rows: int = Field(2000, ge=100, description="rows of held-out data a new version is checked on before it serves")
+    gate: dict[str, Any] = Field(default_factory=dict, description="gate policy (eyenet.gate.GatePolicy fields)")
+    audit_path: str | None = Field(None, description="the controller's audit log (default: EYENET_AUDIT_PATH, else "
+                                   "beside a SQLite store, else .eyenet/audit.jsonl where the controller runs)")
+
+
 class AppConfig(BaseModel):
     """The whole application: which families are deployed and how."""
 
@@ -61,6 +79,7 @@ class AppConfig(BaseModel):
         autoscaling=Autoscaling(min_replicas=2, max_replicas=4))
     family: DeploymentSettings = DeploymentSettings()
     overrides: dict[str, DeploymentSettings] = Field(default_factory=dict, description="per-family settings")
+    controller: ControllerSettings = ControllerSettings()
 
     def settings(self, family: str) -> DeploymentSettings:
         return self.overrides.get(family, self.family)

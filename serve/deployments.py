@@ -30,8 +30,11 @@ from ray import serve
 from eyenet import metrics as m
 from eyenet import registry as reg
 from eyenet import service
-from eyenet.errors import EyenetError, InvalidInputError, UnknownNameError
+from eyenet.controller import settings_from
+from eyenet.errors import EyenetError, InvalidInputError, NotServableError, UnknownNameError
+from eyenet.follower import Follower, unwrap
 from eyenet.serve.config import AppConfig
+from eyenet.serve.controller import get_controller
 
 
 #: models (versions, tenants, series groups) a family replica keeps loaded; the least recently
@@ -171,17 +174,51 @@ class Router:
         self._refreshing: dict[str, asyncio.Task] = {}
         self._locks: dict[str, list[Any]] = {}  # series -> [lock, requests holding or awaiting it]
         self._models: OrderedDict[str, Any] = OrderedDict()
+        self._loading: dict[str, asyncio.Future] = {}
         self._streams: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         self._pool = ThreadPoolExecutor(self.config.score_threads, thread_name_prefix="eyenet-score")
         from eyenet.serve.state import get_store
 
         self.store = get_store(self.config.state_dir or str(reg.home() / "state"))
+        import ray
+
+        self.replica_id = ray.get_runtime_context().get_actor_name() or ray.get_runtime_context().get_actor_id()
+        self._controller_handle: Any = None
+        self.follower = Follower(self._controller, self.replica_id, self._load)
+        self._controller()  # created with the app (and its settings) by the first replica
+
+    def _controller(self) -> Any:
+        if self._controller_handle is None:
+            self._controller_handle = get_controller(self.config.name, self.config.mlflow_uri,
+                                                     settings_from(self.config))
+        return self._controller_handle
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: also keeps the controller follower running."""
+        self.follower.start()
 
     # -- models ----------------------------------------------------------------------------------
     async def _resolve(self, name: str) -> int:
-        """The version the alias points at. A known answer is returned at once; once older than
-        ``alias_ttl_s`` it is refreshed in the background (so no request waits on MLflow, and an
-        unreachable MLflow leaves the last known version serving)."""
+        """The version of ``name`` that serves a request starting now: from the controller's serving
+        table, which this replica follows (no registry call on the request path). A model the table
+        does not hold yet is asked of the controller; if the controller cannot answer, of MLflow."""
+        self.follower.start()
+        version = self.follower.version(name)
+        if version is not None:
+            return version
+        try:
+            entry = await asyncio.wait_for(self._controller().resolve.remote(name), timeout=120)
+        except Exception as exc:  # noqa: BLE001
+            cause = unwrap(exc)
+            if isinstance(cause, EyenetError):
+                raise cause from None
+            m.ERRORS.labels("controller").inc()  # controller away: resolve it here meanwhile
+            return await self._resolve_here(name)
+        self.follower.merge(name, entry)
+        return self.follower.version(name)
+
+    async def _resolve_here(self, name: str) -> int:
+        """The alias from MLflow, cached for ``alias_ttl_s`` and refreshed in the background."""
         hit = self._aliases.get(name)
         if hit is None:
             return await self._lookup(name)
@@ -207,10 +244,23 @@ class Router:
     async def _model(self, tenant: str, group: str) -> tuple[str, int, Any]:
         name = reg.model_name("ensemble", group=group, tenant=tenant)
         version = await self._resolve(name)
+        return name, version, await self._load(name, version)
+
+    async def _load(self, name: str, version: int) -> Any:
+        """The model of ``name`` version ``version``, loaded here and in the member deployments it
+        fans out to (once: concurrent callers wait for the same load)."""
         key = _model_id(name, version)
         if key in self._models:
             self._models.move_to_end(key)
-            return name, version, self._models[key]
+            return self._models[key]
+        pending = self._loading.get(key)
+        if pending is None:
+            pending = self._loading[key] = asyncio.get_running_loop().create_task(self._load_now(name, version))
+            pending.add_done_callback(lambda _t: self._loading.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _load_now(self, name: str, version: int) -> Any:
+        key = _model_id(name, version)
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(None, lambda: self.registry.load(name, version=version))
         # load the version into the member deployments before it answers requests
@@ -220,7 +270,7 @@ class Router:
         self._models[key] = model
         while len(self._models) > MODELS_PER_ROUTER:
             self._models.popitem(last=False)
-        return name, version, model
+        return model
 
     def _inline(self, family: str, n_points: int) -> bool:
         return family in self.scorers and family not in self.remote_only and n_points <= self.config.inline_max_points
@@ -397,16 +447,72 @@ class Router:
 
     @app.get("/v1/models")
     async def models(self) -> dict[str, Any]:
+        """Registered models, versions and aliases, and the version of each that this replica serves."""
         loop = asyncio.get_running_loop()
         versions = await loop.run_in_executor(None, self.registry.versions)
-        return {"models": [v.to_dict() for v in versions]}
+        return {"models": [v.to_dict() for v in versions], "serving": self.follower.serving()}
+
+    async def _ask(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the controller; its errors keep their HTTP status, its absence is a 503."""
+        try:
+            return await getattr(self._controller(), method).remote(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            cause = unwrap(exc)
+            if isinstance(cause, EyenetError):
+                raise cause from None
+            raise NotServableError(f"the model controller is not available ({type(cause).__name__}); "
+                                   "serving goes on with the current versions, retry shortly") from None
+
+    @app.get("/v1/models/{name}/history")
+    async def model_history(self, name: str, limit: int | None = None) -> dict[str, Any]:
+        """The audit log of a model: TRAIN, REGISTER, GATE-PASS, REJECT, PROMOTE, ROLLBACK and SERVE events."""
+        reg.split_name(name)
+        return {"name": name, "events": await self._ask("history", name, limit)}
+
+    @app.post("/v1/models/{name}/rollback")
+    async def model_rollback(self, name: str, req: service.RollbackRequest) -> dict[str, Any]:
+        """Return the champion to the previous good version (or ``to``); answers once it serves."""
+        reg.split_name(name)
+        return await self._ask("rollback", name, to_version=req.to, reason=req.reason, actor=req.actor)
+
+    @app.post("/v1/models/{name}/promote")
+    async def model_promote(self, name: str, req: service.PromoteRequest) -> dict[str, Any]:
+        """Make a version (default: the challenger) champion through the gate, or past it with ``force``."""
+        reg.split_name(name)
+        return await self._ask("promote", name, req.version, force=req.force, reason=req.reason,
+                               actor=req.actor)
+
+    @app.post("/v1/models/{name}/review")
+    async def model_review(self, name: str) -> dict[str, Any]:
+        """Gate the challenger against the champion now: promote it or archive it with the reason."""
+        reg.split_name(name)
+        return await self._ask("review", name, actor="http")
+
+    @app.get("/v1/controller")
+    async def controller_status(self) -> dict[str, Any]:
+        """The controller's serving table, registry health, replicas, recent switches and reviews."""
+        return await self._ask("status")
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        import ray
-
-        return {"status": "ok", "families": sorted(self.scorers), "streams": await self.store.count.remote(),
-                "replica": ray.get_runtime_context().get_actor_name()}
+        """``ok``, or ``degraded`` (still serving) when the controller or the registry is unreachable."""
+        self.follower.start()
+        ctl = self.follower.status()
+        registry_ok = (ctl["registry"] or {}).get("ok", True)
+        try:
+            streams = await asyncio.wait_for(self.store.count.remote(), timeout=2)
+        except Exception:  # noqa: BLE001
+            streams = None
+        problems = []
+        if not ctl["connected"]:
+            problems.append(f"model controller unreachable ({ctl['error'] or 'not contacted yet'})")
+        if not registry_ok:
+            problems.append(f"model registry unreachable: {(ctl['registry'] or {}).get('error')}")
+        if streams is None:
+            problems.append("stream store unreachable")
+        return {"status": "degraded" if problems else "ok", "problems": problems, "families": sorted(self.scorers),
+                "streams": streams, "replica": self.replica_id, "serving": self.follower.serving(),
+                "controller": ctl}
 
     @app.get("/metrics")
     async def metrics(self) -> PlainTextResponse:

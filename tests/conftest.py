@@ -47,3 +47,73 @@ def mlflow_store(tmp_path_factory):
     reg = registry.Registry(uri, artifact_root=(root / "artifacts").as_uri())
     reg.check()
     return reg
+
+
+class MlflowServer:
+    """A real ``mlflow server`` on loopback (SQLite backend, proxied artifacts), stoppable and restartable
+    on the same port and store."""
+
+    def __init__(self, root) -> None:
+        import socket
+
+        self.root = root
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 120.0) -> MlflowServer:
+        import subprocess
+        import sys
+        import time
+        from pathlib import Path
+
+        import requests
+
+        log = (self.root / "server.log").open("a")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.root / 'db.sqlite'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+        )
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                if requests.get(f"{self.url}/health", timeout=5).ok:
+                    return self
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None:
+                pytest.fail(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        self.stop()
+        pytest.fail(f"mlflow server did not come up in {timeout:.0f} s")
+
+    def stop(self) -> None:
+        """Stop the server and every process it started (its workers)."""
+        import os
+        import signal
+        import subprocess
+
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` for the module; the test may stop and start it again."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.stop()

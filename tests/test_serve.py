@@ -46,6 +46,13 @@ def served(ray_cluster, mlflow_store, values, tmp_path_factory):
     yield {"url": url, "model": trained.model, "version": trained.version}
     serve.delete("eyenet")
     serve.shutdown()
+    from eyenet.serve.controller import find_controller
+
+    ctl = find_controller("eyenet")  # detached: outlives the app unless stopped
+    if ctl is not None:
+        import ray
+
+        ray.kill(ctl, no_restart=True)
 
 
 def _detect(url, values, **extra):

@@ -39,7 +39,9 @@ GATE_PASS = "GATE-PASS"
 REJECT = "REJECT"
 PROMOTE = "PROMOTE"
 ROLLBACK = "ROLLBACK"
-EVENTS: tuple[str, ...] = (TRAIN, REGISTER, GATE_PASS, REJECT, PROMOTE, ROLLBACK)
+#: the controller reports a version serving on every replica (or refusing to serve it: REJECT)
+SERVE = "SERVE"
+EVENTS: tuple[str, ...] = (TRAIN, REGISTER, GATE_PASS, REJECT, PROMOTE, ROLLBACK, SERVE)
 
 #: where a version stands, mirrored as its ``eyenet.status`` tag
 REGISTERED = "registered"

@@ -81,6 +81,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {name:<20} {d['status']:<10} {replicas}")
     for name, v in st["champions"].items():
         print(f"  champion {name}: version {v}")
+    ctl = st["controller"]
+    if "error" in ctl:
+        print(f"  model controller: {ctl['error']}")
+        return 0
+    health = ctl["health"]
+    if health.get("ok"):
+        print(f"  model controller: ok, {len(ctl['replicas'])} router replicas following")
+    else:
+        print(f"  model controller: registry unreachable ({health.get('failures')} failures, retrying in "
+              f"{health.get('retry_in_s')}s): {health.get('error')}")
+    for name, e in ctl["table"].items():
+        print(f"  serving {name}: version {e['version']}" + (f" (switching to {e['next']})" if "next" in e else ""))
+    for name, r in ctl["refused"].items():
+        print(f"  refused {name} version {r['version']}: {r['reason']}")
     return 0
 
 

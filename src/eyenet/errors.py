@@ -63,6 +63,13 @@ class GateRejectedError(LifecycleError):
     """The deployment gate rejected a version; the message carries the gate's reason."""
 
 
+class NotServableError(EyenetError):
+    """A model has no version that may serve (its champion failed the controller's serving check)."""
+
+    exit_code = 6
+    http_status = 503
+
+
 class AuditError(EyenetError):
     """The audit log cannot be written."""
 

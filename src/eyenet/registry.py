@@ -421,6 +421,12 @@ class Registry:
             names = [m.name for m in self.client.search_registered_models(max_results=1000)]
         return sorted(n for n in names if n.count(".") == 2)
 
+    def aliases(self) -> dict[str, dict[str, int]]:
+        """Every EyeNet model's aliases (``{name: {alias: version}}``) in one registry call."""
+        with self._calling("reading aliases"):
+            found = list(self.client.search_registered_models(max_results=1000))
+        return {m.name: {a: int(v) for a, v in (m.aliases or {}).items()} for m in found if m.name.count(".") == 2}
+
     def versions(self, name: str | None = None) -> list[VersionInfo]:
         """Every version of ``name`` (or of every model), newest first within a model."""
         names = [name] if name else self.models()

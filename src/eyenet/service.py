@@ -87,6 +87,27 @@ class ForecastRequest(BaseModel):
     tenant: str = "default"
 
 
+class PromoteRequest(BaseModel):
+    """``POST /v1/models/{name}/promote``: make a version champion (gated unless ``force``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(None, ge=1, description="default: the challenger")
+    force: bool = Field(False, description="skip the quality gate (the serving check still applies)")
+    reason: str = Field("", max_length=2000)
+    actor: str = Field("http", max_length=200, description="who asks, for the audit log")
+
+
+class RollbackRequest(BaseModel):
+    """``POST /v1/models/{name}/rollback``: champion back to the previous good version (or ``to``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: int | None = Field(None, ge=1)
+    reason: str = Field("", max_length=2000)
+    actor: str = Field("http", max_length=200, description="who asks, for the audit log")
+
+
 def _finite(values: list[float], where: str) -> np.ndarray:
     x = np.asarray(values, dtype=float)
     bad = ~np.isfinite(x)

@@ -209,7 +209,22 @@ def status() -> dict[str, Any]:
             served[name] = f"unavailable ({exc})"
     return {"url": stack.url, "ray": stack.ray_address,
             "app": str(app.status.value if app is not None and hasattr(app.status, "value") else (app.status if app else "NOT RUNNING")),
-            "deployments": deployments, "champions": served}
+            "deployments": deployments, "champions": served, "controller": controller_status()}
+
+
+def controller_status(timeout: float = 10.0) -> dict[str, Any]:
+    """What the app's model controller reports (serving table, registry health, last switches)."""
+    import ray
+
+    from eyenet.serve.controller import find_controller
+
+    ctl = find_controller(APP)
+    if ctl is None:
+        return {"error": "no model controller is running"}
+    try:
+        return ray.get(ctl.status.remote(), timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - restarting, or gone
+        return {"error": f"the model controller does not answer ({type(exc).__name__})"}
 
 
 def down(say: Say = print) -> bool:
@@ -221,8 +236,13 @@ def down(say: Say = print) -> bool:
         import ray
         from ray import serve
 
+        from eyenet.serve.controller import find_controller
+
         ray.init(address=stack.ray_address, logging_level="WARNING")
         serve.shutdown()
+        ctl = find_controller(APP)
+        if ctl is not None:  # detached: it would outlive the app on a cluster up did not start
+            ray.kill(ctl, no_restart=True)
         ray.shutdown()
     except Exception:  # noqa: BLE001 - already gone: still stop the processes below
         pass

@@ -1,0 +1,483 @@
+"""The model controller: which version of each model serves, and the live switch from one version to the next.
+
+One controller per Serve application runs as a detached, named Ray actor
+(:func:`eyenet.serve.controller.get_controller`; Ray restarts it when it dies).
+It watches the registry's aliases (every ``poll_s``, or at once on
+:meth:`Controller.sync`) and publishes a *serving table*, ``{model: Entry}``,
+that every router replica follows by long-polling :meth:`Controller.follow`.
+
+A switch (the ``champion`` alias moved, by a review, a promotion, a rollback or
+a person) goes in three steps, none of which pauses a request:
+
+1. *prepare*: the table announces the new version as ``next``; each router
+   replica loads it (and warms the family deployments with it) beside the
+   version it serves, and reports ready. Meanwhile the controller loads the
+   version itself and checks it on held-out data: it must load, give finite
+   scores within [0, 1] and meet the latency budget (:mod:`eyenet.gate`). A
+   version that fails is never served: the controller withdraws it, records a
+   REJECT with the reason and moves the alias back to the serving version
+   (ROLLBACK).
+2. *switch*: once every live replica is ready, the table names an instant
+   ``at`` (``switch_delay_s`` ahead); every replica resolves requests that start
+   at or after it to the new version, and earlier ones to the old. So the
+   versions a client sees go from old to new and never back, and no request
+   waits for a load.
+3. *settle*: the entry becomes the new version alone; when every replica
+   reports serving it, the switch is recorded (SERVE event) with its timings.
+
+The controller keeps nothing that cannot be rebuilt: after a restart it reads
+the aliases from MLflow, the versions the replicas serve from their first
+:meth:`follow` calls (they keep serving meanwhile), and whether a version
+passed the serving check from its ``eyenet.serving_check`` tag. While MLflow
+is unreachable nothing changes: replicas serve what they serve, and the
+controller retries with exponential backoff, reporting the error in
+:meth:`status` (``/healthz``, ``eyenet status``).
+
+With ``review_challengers`` it also puts each new ``challenger`` through the
+gate (:func:`eyenet.lifecycle.review`), so registering a model is all it takes
+to have it promoted or archived.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from eyenet import audit, gate, holdout, lifecycle, synthetic
+from eyenet.errors import EyenetError, GateRejectedError, LifecycleError, NotServableError, UnknownNameError
+from eyenet.registry import CHALLENGER, CHAMPION, Registry
+from eyenet.tuning import ValidationSeries
+
+log = logging.getLogger(__name__)
+
+ACTOR = "controller"
+#: version tag: "passed" once the controller checked the version can serve, else why it cannot
+CHECK_TAG = audit.TAG + "serving_check"
+PASSED = "passed"
+
+
+@dataclass
+class Entry:
+    """What a model serves: ``version``; ``next`` once announced; from wall-clock ``at`` on, ``next``."""
+
+    version: int
+    next: int | None = None
+    at: float | None = None
+
+    def serving(self, now: float) -> int:
+        return self.next if self.next is not None and self.at is not None and now >= self.at else self.version
+
+    def to_list(self) -> list[Any]:
+        return [self.version, self.next, self.at]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> Entry:
+        return cls(int(v[0]), None if v[1] is None else int(v[1]), None if v[2] is None else float(v[2]))
+
+
+@dataclass
+class Replica:
+    """A router replica as the controller knows it from its calls."""
+
+    seen: float
+    ready: set[tuple[str, int]] = field(default_factory=set)
+    serving: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Settings:
+    poll_s: float = 1.0
+    max_backoff_s: float = 10.0
+    review_challengers: bool = True
+    ready_timeout_s: float = 60.0
+    switch_delay_s: float = 0.25
+    replica_ttl_s: float = 5.0
+    check_rows: int = 2000
+    gate: dict[str, Any] = field(default_factory=dict)
+    audit_path: str | None = None
+    alias: str = CHAMPION
+    hold_s: float = 2.0  # longest a follow call waits for a change
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]
+
+
+def probe_series(registry: Registry, name: str, version: int, rows: int) -> list[ValidationSeries]:
+    """What a version is checked on before it serves: its held-out data (cut to ``rows``), or, when it
+    does not record its training data, a synthetic series."""
+    try:
+        series = holdout.validation_for(registry, name, version)
+    except LifecycleError:
+        t, v, windows = synthetic.series("cpu_pct", n=rows, seed=7)
+        series = [ValidationSeries("synthetic-probe", np.asarray(v, dtype=float), list(windows), 0)]
+    out = []
+    for s in series:
+        n = min(len(s.values), max(rows, s.train_rows + 200))
+        out.append(ValidationSeries(s.name, s.values[:n], [(a, min(b, n - 1)) for a, b in s.windows if a < n],
+                                    min(s.train_rows, n)))
+    return out
+
+
+def serving_problems(registry: Registry, name: str, version: int, policy: gate.GatePolicy, rows: int) -> list[str]:
+    """Why ``version`` must not serve (empty: it may): it fails to load or crashes, gives NaN/inf or
+    scores outside [0, 1], or is slower than the latency budget. Quality is the gate's business
+    (:func:`eyenet.lifecycle.review`); this check also covers versions forced past the gate."""
+    series = probe_series(registry, name, version, rows)
+    report = gate.evaluate_version(registry, name, version, series, policy)
+    if report.error:
+        return [report.error]
+    found = gate.problems(report, policy)
+    keep = ("non-finite", "latency budget", "outside [0, 1]")
+    return [p for p in found if any(k in p for k in keep)]
+
+
+class Controller:
+    """The actor's logic (see the module docstring). Every public method is a coroutine: Ray runs
+    it on the actor's event loop; registry calls go to threads so the loop keeps answering."""
+
+    def __init__(self, mlflow_uri: str | None, settings: dict[str, Any] | None = None) -> None:
+        self.settings = Settings(**(settings or {}))
+        if self.settings.audit_path:  # this process's audit log (eyenet.audit reads the variable)
+            os.environ[audit.ENV_PATH] = self.settings.audit_path
+        self.policy = gate.GatePolicy.from_dict(self.settings.gate)
+        self.registry = Registry(mlflow_uri)
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.started = time.time()
+        self.epoch = 0
+        self.table: dict[str, Entry] = {}
+        self.replicas: dict[str, Replica] = {}
+        self.swaps: deque[dict[str, Any]] = deque(maxlen=100)
+        self.refused: dict[str, dict[str, Any]] = {}
+        self.reviews: deque[dict[str, Any]] = deque(maxlen=100)
+        self.health: dict[str, Any] = {"registry_ok": None, "last_sync": None, "error": None, "failures": 0,
+                                       "retry_in_s": None}
+        self._changed: asyncio.Event | None = None
+        self._replica_news: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._lock: asyncio.Lock | None = None
+        self._switching: dict[str, asyncio.Task] = {}
+        self._reviewing: dict[str, asyncio.Task] = {}
+        self._watch: asyncio.Task | None = None
+        self._first_sync: asyncio.Future | None = None
+
+    # -- life --------------------------------------------------------------------------------
+    def _start(self) -> None:
+        """Start the watch loop (lazily: an actor's constructor has no running event loop)."""
+        if self._watch is None:
+            self._changed, self._replica_news, self._wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
+            self._lock = asyncio.Lock()
+            self._first_sync = asyncio.get_running_loop().create_future()
+            self._watch = asyncio.get_running_loop().create_task(self._watch_loop())
+
+    async def _watch_loop(self) -> None:
+        # replicas that served under the previous incarnation report what they serve first
+        await asyncio.sleep(min(1.5, self.settings.hold_s))
+        failures = 0
+        while True:
+            try:
+                async with self._lock:
+                    await self._sync()
+                failures = 0
+                delay = self.settings.poll_s
+            except Exception as exc:  # noqa: BLE001 - MLflow down or broken: keep serving, retry
+                failures += 1
+                delay = min(self.settings.max_backoff_s, self.settings.poll_s * 2 ** failures)
+                self.health.update(registry_ok=False, error=_short(exc), failures=failures, retry_in_s=delay)
+                log.warning("controller: registry sync failed (%d in a row), retrying in %.1fs: %s",
+                            failures, delay, _short(exc))
+            if not self._first_sync.done():
+                self._first_sync.set_result(True)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    def _publish(self) -> None:
+        self.epoch += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _live(self) -> dict[str, Replica]:
+        now = time.time()
+        for rid in [r for r, rep in self.replicas.items() if now - rep.seen > self.settings.replica_ttl_s * 4]:
+            del self.replicas[rid]  # long gone
+        return {r: rep for r, rep in self.replicas.items() if now - rep.seen <= self.settings.replica_ttl_s}
+
+    def _reported(self, name: str) -> int | None:
+        """The version most live replicas say they serve (how a restarted controller learns it)."""
+        counts = Counter(rep.serving[name] for rep in self._live().values() if name in rep.serving)
+        return counts.most_common(1)[0][0] if counts else None
+
+    # -- watching ----------------------------------------------------------------------------
+    async def _sync(self) -> None:
+        aliases = await asyncio.to_thread(self.registry.aliases)
+        self.health.update(registry_ok=True, last_sync=time.time(), error=None, failures=0, retry_in_s=None)
+        for name, al in aliases.items():
+            if self.settings.review_challengers and CHALLENGER in al and name not in self._reviewing:
+                if al.get(CHAMPION) != al[CHALLENGER]:
+                    self._reviewing[name] = asyncio.get_running_loop().create_task(self._review(name))
+            champ = al.get(self.settings.alias)
+            if champ is None or name in self._switching:
+                continue
+            entry = self.table.get(name)
+            if entry is None:
+                current = self._reported(name)
+                if current is not None:
+                    self.table[name] = entry = Entry(current)
+                    self._publish()
+            if entry is None or entry.version != champ:
+                if self.refused.get(name, {}).get("version") == champ:
+                    continue  # refused already; the alias could not be moved back (logged), keep serving
+                old = entry.version if entry else None
+                self._switching[name] = asyncio.get_running_loop().create_task(self._switch(name, old, champ))
+
+    async def _review(self, name: str) -> None:
+        try:
+            out = await asyncio.to_thread(lifecycle.review, self.registry, name, policy=self.policy, actor=ACTOR)
+            self.reviews.append({"time": time.time(), **out.to_dict()})
+            if out.action == "promoted":
+                self._wake.set()  # pick the new champion up now
+        except LifecycleError as exc:  # e.g. the challenger was already dealt with
+            self.reviews.append({"time": time.time(), "name": name, "action": "skipped", "reason": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - retried at the next poll
+            self.reviews.append({"time": time.time(), "name": name, "action": "failed", "reason": _short(exc)})
+        finally:
+            self._reviewing.pop(name, None)
+
+    async def _check(self, name: str, version: int) -> list[str]:
+        info = await asyncio.to_thread(self.registry.version, name, version)
+        if info.tags.get(CHECK_TAG) == PASSED:
+            return []
+        found = await asyncio.to_thread(serving_problems, self.registry, name, version, self.policy,
+                                        self.settings.check_rows)
+        await asyncio.to_thread(self.registry.set_tags, name, version,
+                                {CHECK_TAG: PASSED if not found else "; ".join(found)[:4000]})
+        return found
+
+    async def _switch(self, name: str, old: int | None, new: int) -> None:
+        rec: dict[str, Any] = {"name": name, "from": old, "to": new, "detected": time.time()}
+        try:
+            entry = self.table.get(name)
+            if entry is not None:  # replicas start loading while the version is checked
+                entry.next, entry.at = new, None
+                self._publish()
+            try:
+                found = await self._check(name, new)
+            except UnknownNameError as exc:
+                found = [str(exc)]
+            rec["checked"] = time.time()
+            if found:
+                await self._refuse(name, old, new, found, rec)
+                return
+            self.refused.pop(name, None)
+            if entry is None:  # nothing served it yet: replicas load it on first use
+                self.table[name] = Entry(new)
+                self._publish()
+                rec.update(ready=time.time(), switched=time.time(), completed=time.time(), replicas=0)
+                return
+            deadline = time.time() + self.settings.ready_timeout_s
+            while True:
+                live = self._live()
+                waiting = sorted(r for r, rep in live.items() if (name, new) not in rep.ready)
+                if not waiting or time.time() > deadline:
+                    break
+                self._replica_news.clear()
+                try:
+                    await asyncio.wait_for(self._replica_news.wait(), timeout=0.25)
+                except TimeoutError:
+                    pass
+            rec["ready"] = time.time()
+            rec["not_ready"] = waiting
+            entry.at = time.time() + self.settings.switch_delay_s
+            rec["switched"] = entry.at
+            self._publish()
+            await asyncio.sleep(max(0.0, entry.at - time.time()))
+            self.table[name] = Entry(new)
+            self._publish()
+            deadline = time.time() + 10.0
+            while time.time() < deadline:  # every replica says it serves the new version
+                live = self._live()
+                if all(rep.serving.get(name) == new for rep in live.values()):
+                    break
+                self._replica_news.clear()
+                try:
+                    await asyncio.wait_for(self._replica_news.wait(), timeout=0.25)
+                except TimeoutError:
+                    pass
+            rec["completed"] = time.time()
+            rec["replicas"] = len(self._live())
+            took = rec["completed"] - rec["detected"]
+            await asyncio.to_thread(
+                audit.record, self.registry, audit.SERVE, name, new, actor=ACTOR, previous=old, mirror=False,
+                reason=f"serving on every replica ({rec['replicas']}) {took:.2f}s after the controller saw the move"
+                       + (f"; replicas not ready in time: {', '.join(waiting)}" if waiting else ""),
+                metrics={"switch_s": took})
+        except Exception as exc:  # noqa: BLE001 - a failed switch is retried at the next poll
+            rec["error"] = _short(exc)
+            entry = self.table.get(name)
+            if entry is not None and entry.next == new and entry.at is None:
+                entry.next = None
+                self._publish()
+            raise
+        finally:
+            self.swaps.append(rec)
+            self._switching.pop(name, None)
+
+    async def _refuse(self, name: str, old: int | None, new: int, found: list[str], rec: dict[str, Any]) -> None:
+        """``new`` must not serve: withdraw it from the table, archive it, move the alias back."""
+        reason = f"version {new} cannot serve: {'; '.join(found)}"
+        rec["refused"] = reason
+        entry = self.table.get(name)
+        if entry is not None and entry.next == new:
+            entry.next, entry.at = None, None
+            self._publish()
+        self.refused[name] = {"version": new, "reason": reason, "time": time.time()}
+        await asyncio.to_thread(audit.record, self.registry, audit.REJECT, name, new, reason=reason, actor=ACTOR,
+                                previous=old, status=audit.ARCHIVED)
+        if old is not None:
+            try:
+                await asyncio.to_thread(self.registry.set_alias, name, self.settings.alias, old)
+                await asyncio.to_thread(audit.record, self.registry, audit.ROLLBACK, name, old, actor=ACTOR,
+                                        previous=new, status=audit.PROMOTED,
+                                        reason=f"{self.settings.alias} moved back: {reason}")
+            except EyenetError as exc:
+                log.warning("controller: could not move %s back to version %s: %s", name, old, exc)
+
+    # -- what replicas call ------------------------------------------------------------------
+    def _message(self) -> dict[str, Any]:
+        return {"epoch": [self.incarnation, self.epoch], "table": {n: e.to_list() for n, e in self.table.items()},
+                "health": self._health()}
+
+    async def follow(self, replica: str, epoch: list[Any] | None, serving: dict[str, int]) -> dict[str, Any]:
+        """Long poll: the serving table once it differs from ``epoch`` (or after ``hold_s``).
+        ``serving`` is what the replica serves now: the controller's view of Serve."""
+        self._start()
+        rep = self.replicas.setdefault(replica, Replica(seen=time.time()))
+        rep.seen = time.time()
+        rep.serving = dict(serving)
+        self._replica_news.set()
+        if epoch == [self.incarnation, self.epoch]:
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=self.settings.hold_s)
+            except TimeoutError:
+                pass
+        rep.seen = time.time()
+        return self._message()
+
+    async def ready(self, replica: str, name: str, version: int) -> None:
+        """A replica has ``version`` of ``name`` loaded and warm."""
+        self._start()
+        rep = self.replicas.setdefault(replica, Replica(seen=time.time()))
+        rep.seen = time.time()
+        rep.ready.add((name, int(version)))
+        if len(rep.ready) > 256:
+            rep.ready = {k for k in rep.ready if k[0] in self.table}
+        self._replica_news.set()
+
+    async def resolve(self, name: str) -> list[Any]:
+        """The entry of a model the table does not hold yet (a replica's first request for it)."""
+        self._start()
+        if name not in self.table:
+            async with self._lock:
+                await self._sync()
+            task = self._switching.get(name)
+            if task is not None:
+                await asyncio.wait_for(asyncio.shield(task), timeout=self.settings.ready_timeout_s)
+        if name not in self.table:
+            if name in self.refused:
+                raise NotServableError(f"{name}: {self.refused[name]['reason']}")
+            await asyncio.to_thread(self.registry.version, name, alias=self.settings.alias)  # raises UnknownNameError
+            raise NotServableError(f"{name}: its {self.settings.alias} is not served yet")
+        return self.table[name].to_list()
+
+    # -- what operators call -----------------------------------------------------------------
+    async def sync(self, wait: bool = True, timeout: float = 60.0) -> dict[str, Any]:
+        """Read the aliases now (instead of at the next poll); with ``wait``, until the switches and
+        reviews this starts are done."""
+        self._start()
+        async with self._lock:
+            await self._sync()
+        if wait:
+            deadline = time.time() + timeout
+            while (self._switching or self._reviewing) and time.time() < deadline:
+                pending = [*self._switching.values(), *self._reviewing.values()]
+                await asyncio.wait(pending, timeout=max(0.0, deadline - time.time()))
+                if not self._switching and not self._reviewing:
+                    async with self._lock:  # a review may have moved the champion
+                        await self._sync()
+        return await self.status()
+
+    async def _lifecycle(self, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Run a lifecycle step against the registry, then switch to its outcome before answering. A
+        version the serving check refuses (one forced past the gate) is an error naming the reason."""
+        started = time.time()
+        out = await asyncio.to_thread(fn, self.registry, *args, **kwargs)
+        status = await self.sync(wait=True)
+        refused = self.refused.get(out.name)
+        if refused and refused["version"] == out.champion and refused["time"] >= started:
+            raise GateRejectedError(f"{out.name}: {refused['reason']}; champion moved back to version "
+                                    f"{status['table'].get(out.name, {}).get('version')}")
+        return {"outcome": out.to_dict(), "serving": status["table"].get(out.name)}
+
+    async def promote(self, name: str, version: int | None = None, *, force: bool = False, reason: str = "",
+                      actor: str | None = None) -> dict[str, Any]:
+        self._start()
+        return await self._lifecycle(lifecycle.promote, name, version, force=force, reason=reason,
+                                     actor=actor or ACTOR, policy=self.policy)
+
+    async def review(self, name: str, actor: str | None = None) -> dict[str, Any]:
+        self._start()
+        return await self._lifecycle(lifecycle.review, name, actor=actor or ACTOR, policy=self.policy)
+
+    async def rollback(self, name: str, *, to_version: int | None = None, reason: str = "",
+                       actor: str | None = None) -> dict[str, Any]:
+        self._start()
+        return await self._lifecycle(lifecycle.rollback, name, to_version=to_version, reason=reason,
+                                     actor=actor or ACTOR)
+
+    async def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        events = await asyncio.to_thread(lifecycle.history, self.registry, name, limit)
+        return [e.to_dict() for e in events]
+
+    def _health(self) -> dict[str, Any]:
+        return {**self.health, "ok": self.health["registry_ok"] is not False}
+
+    async def status(self) -> dict[str, Any]:
+        self._start()
+        now = time.time()
+        live = self._live()
+        return {
+            "incarnation": self.incarnation,
+            "started": self.started,
+            "health": self._health(),
+            "table": {n: {"version": e.serving(now), **({"next": e.next} if e.next is not None else {})}
+                      for n, e in sorted(self.table.items())},
+            "replicas": {r: {"serving": rep.serving, "seen_s_ago": round(now - rep.seen, 2)}
+                         for r, rep in sorted(live.items())},
+            "switching": sorted(self._switching),
+            "reviewing": sorted(self._reviewing),
+            "refused": self.refused,
+            "swaps": list(self.swaps)[-20:],
+            "reviews": list(self.reviews)[-20:],
+        }
+
+    async def ping(self) -> str:
+        self._start()
+        return self.incarnation
+
+
+def settings_from(config: Any) -> dict[str, Any]:
+    """Controller settings from an :class:`eyenet.serve.config.AppConfig`."""
+    return {**config.controller.model_dump(), "alias": config.alias}
+
+
