@@ -93,12 +93,13 @@ def main() -> None:
               "state_dir": str(Path.cwd() / "state"), "controller": {"review_challengers": False}}
     serve.run(build_app(config), name="swap", route_prefix="/")
     ids = [f"s{i}" for i in range(args.clients * SERIES_PER_CLIENT)]
-    history = series.values[:1500].tolist()
+    half = len(series.values) // 2
+    history = series.values[:half].tolist()
     for sid in ids:  # every series starts with a long history, as a live one has
         r = requests.post(f"{url}/v1/stream", json={"id": sid, "values": history, "group": "swap"}, timeout=120)
         assert r.status_code == 200, r.text
     ctl = find_controller("swap")
-    live = series.values[1500:]
+    live = series.values[half:]
     moves: list[tuple[float, int]] = []
 
     async def run() -> list[list[tuple[float, float, int, int | None]]]:
@@ -131,7 +132,9 @@ def main() -> None:
         end = s.get("completed", t_move + 10)
         windows.append((t_move, end))
         per_swap.append({"to": target, "seen_s": round(s.get("detected", float("nan")) - t_move, 3),
+                         "checked_s": round(s.get("checked", float("nan")) - t_move, 3),
                          "ready_s": round(s.get("ready", float("nan")) - t_move, 3),
+                         "lead_s": s.get("lead_s"), "arm_lag_s": s.get("arm_lag_s"), "late": s.get("late"), "replicas": s.get("replicas"),
                          "serving_everywhere_s": round(end - t_move, 3), "error": s.get("error")})
     steady, during = [], []
     failed = 0

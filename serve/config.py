@@ -38,12 +38,13 @@ class ControllerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    poll_s: float = Field(1.0, gt=0, description="how often the registry's aliases are read")
+    poll_s: float = Field(0.5, gt=0, description="how often the registry's aliases are read")
     max_backoff_s: float = Field(10.0, gt=0, description="longest wait between retries while the registry fails")
     review_challengers: bool = Field(True, description="put every new `challenger` through the gate by itself")
     ready_timeout_s: float = Field(60.0, gt=0, description="longest wait for every router replica to load a new version")
     switch_delay_s: float = Field(0.25, ge=0, description="lead time between announcing a switch and making it, "
-                                  "so every replica switches at the same instant")
+                                  "so every replica switches at the same instant (raised when replicas hear late)")
+    max_switch_delay_s: float = Field(2.0, gt=0, description="longest lead time between announcing a switch and making it")
     replica_ttl_s: float = Field(5.0, gt=0, description="a router replica not heard from for this long is gone")
     check_rows: int = Field(2000, ge=100, description="rows of held-out data a new version is checked on before it serves")
     gate: dict[str, Any] = Field(default_factory=dict, description="gate policy (eyenet.gate.GatePolicy fields)")

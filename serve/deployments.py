@@ -16,6 +16,7 @@ by model version, dynamically batched, autoscaled on their own).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,8 @@ from eyenet.errors import EyenetError, InvalidInputError, NotServableError, Unkn
 from eyenet.follower import Follower, unwrap
 from eyenet.serve.config import AppConfig
 from eyenet.serve.controller import get_controller
+
+log = logging.getLogger(__name__)
 
 
 #: models (versions, tenants, series groups) a family replica keeps loaded; the least recently
@@ -162,7 +165,8 @@ async def _eyenet_error(request: Request, exc: EyenetError) -> JSONResponse:
 class Router:
     """The HTTP API and the ensemble: fans out to the member families, combines, keeps stream state."""
 
-    def __init__(self, config: dict[str, Any], scorers: dict[str, Any], gpu_families: list[str] | None = None) -> None:
+    async def __init__(self, config: dict[str, Any], scorers: dict[str, Any],
+                       gpu_families: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(1)
@@ -186,6 +190,26 @@ class Router:
         self._controller_handle: Any = None
         self.follower = Follower(self._controller, self.replica_id, self._load)
         self._controller()  # created with the app (and its settings) by the first replica
+        await self._warm_start()
+
+    async def _warm_start(self) -> None:
+        """Load the versions the app serves (and any announced next one) before taking traffic, so a
+        new replica (scale-up, restart) answers its first requests without a model load and a
+        switch in progress need not wait for it. Best effort: what fails here loads on first use."""
+        loop = asyncio.get_running_loop()
+        try:
+            table = await asyncio.wait_for(self._controller().snapshot.remote(), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - controller starting or away
+            log.info("warm start skipped: %s", unwrap(exc))
+            return
+        wanted = [(name, v) for name, raw in table.items() for v in (raw[1], raw[0]) if v is not None]
+        for name, version in wanted[:MODELS_PER_ROUTER]:
+            try:
+                model = await loop.run_in_executor(None, lambda: self.registry.load(name, version=version))
+            except Exception as exc:  # noqa: BLE001
+                log.warning("warm start: %s version %s did not load: %s", name, version, exc)
+                continue
+            self._models[_model_id(name, version)] = model
 
     def _controller(self) -> Any:
         if self._controller_handle is None:

@@ -89,15 +89,17 @@ class Replica:
     seen: float
     ready: set[tuple[str, int]] = field(default_factory=set)
     serving: dict[str, int] = field(default_factory=dict)
+    armed: dict[tuple[str, int], float] = field(default_factory=dict)  # when it learnt the switch instant
 
 
 @dataclass
 class Settings:
-    poll_s: float = 1.0
+    poll_s: float = 0.5
     max_backoff_s: float = 10.0
     review_challengers: bool = True
     ready_timeout_s: float = 60.0
     switch_delay_s: float = 0.25
+    max_switch_delay_s: float = 2.0
     replica_ttl_s: float = 5.0
     check_rows: int = 2000
     gate: dict[str, Any] = field(default_factory=dict)
@@ -156,6 +158,7 @@ class Controller:
         self.table: dict[str, Entry] = {}
         self.replicas: dict[str, Replica] = {}
         self.swaps: deque[dict[str, Any]] = deque(maxlen=100)
+        self.arm_lags: deque[float] = deque(maxlen=5)  # how long replicas took to learn a switch instant
         self.refused: dict[str, dict[str, Any]] = {}
         self.reviews: deque[dict[str, Any]] = deque(maxlen=100)
         self.health: dict[str, Any] = {"registry_ok": None, "last_sync": None, "error": None, "failures": 0,
@@ -165,6 +168,7 @@ class Controller:
         self._wake: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
         self._switching: dict[str, asyncio.Task] = {}
+        self._switch_recs: dict[str, dict[str, Any]] = {}
         self._reviewing: dict[str, asyncio.Task] = {}
         self._watch: asyncio.Task | None = None
         self._first_sync: asyncio.Future | None = None
@@ -227,8 +231,19 @@ class Controller:
                 if al.get(CHAMPION) != al[CHALLENGER]:
                     self._reviewing[name] = asyncio.get_running_loop().create_task(self._review(name))
             champ = al.get(self.settings.alias)
-            if champ is None or name in self._switching:
+            if champ is None:
                 continue
+            if name in self._switching:
+                rec = self._switch_recs.get(name, {})
+                if rec.get("to") == champ or "switched" in rec or "refused" in rec:
+                    continue  # under way, or past the point where it can be withdrawn: next poll
+                # the alias moved again before the switch was made: withdraw it, switch to the latest
+                task = self._switching[name]
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                if self._switching.get(name) is task:  # cancelled before it ran
+                    del self._switching[name]
+                    self._switch_recs.pop(name, None)
             entry = self.table.get(name)
             if entry is None:
                 current = self._reported(name)
@@ -266,6 +281,7 @@ class Controller:
 
     async def _switch(self, name: str, old: int | None, new: int) -> None:
         rec: dict[str, Any] = {"name": name, "from": old, "to": new, "detected": time.time()}
+        self._switch_recs[name] = rec
         try:
             entry = self.table.get(name)
             if entry is not None:  # replicas start loading while the version is checked
@@ -298,10 +314,23 @@ class Controller:
                     pass
             rec["ready"] = time.time()
             rec["not_ready"] = waiting
-            entry.at = time.time() + self.settings.switch_delay_s
+            announced = time.time()
+            entry.at = announced + self.lead_s()
             rec["switched"] = entry.at
             self._publish()
             await asyncio.sleep(max(0.0, entry.at - time.time()))
+            # a replica that learnt the instant after it passed served the old version a little longer:
+            # a client alternating between replicas could then see the old version again. The lead
+            # time follows how long replicas take to hear (lead_s), and late ones are recorded.
+            live = self._live()
+            heard = {r: rep.armed.get((name, new)) for r, rep in live.items()}
+            late = sorted(r for r, t in heard.items() if t is None or t > entry.at)
+            lags = [t - announced for t in heard.values() if t is not None]
+            if lags:
+                self.arm_lags.append(max(lags))
+            rec["lead_s"] = round(entry.at - announced, 3)
+            rec["arm_lag_s"] = round(max(lags), 3) if lags else None
+            rec["late"] = late
             self.table[name] = Entry(new)
             self._publish()
             deadline = time.time() + 10.0
@@ -322,16 +351,26 @@ class Controller:
                 reason=f"serving on every replica ({rec['replicas']}) {took:.2f}s after the controller saw the move"
                        + (f"; replicas not ready in time: {', '.join(waiting)}" if waiting else ""),
                 metrics={"switch_s": took})
+        except asyncio.CancelledError:  # superseded by a later alias move before the instant
+            rec["superseded"] = time.time()
+            self._withdraw(name, new)
+            raise
         except Exception as exc:  # noqa: BLE001 - a failed switch is retried at the next poll
             rec["error"] = _short(exc)
-            entry = self.table.get(name)
-            if entry is not None and entry.next == new and entry.at is None:
-                entry.next = None
-                self._publish()
+            self._withdraw(name, new)
             raise
         finally:
             self.swaps.append(rec)
-            self._switching.pop(name, None)
+            if self._switching.get(name) is asyncio.current_task():
+                del self._switching[name]
+                self._switch_recs.pop(name, None)
+
+    def _withdraw(self, name: str, new: int) -> None:
+        """Take an announced version off the table before its switch instant."""
+        entry = self.table.get(name)
+        if entry is not None and entry.next == new and entry.at is None:
+            entry.next = None
+            self._publish()
 
     async def _refuse(self, name: str, old: int | None, new: int, found: list[str], rec: dict[str, Any]) -> None:
         """``new`` must not serve: withdraw it from the table, archive it, move the alias back."""
@@ -373,6 +412,27 @@ class Controller:
                 pass
         rep.seen = time.time()
         return self._message()
+
+    def lead_s(self) -> float:
+        """Lead time between announcing a switch instant and the instant: at least ``switch_delay_s``,
+        and three times the slowest recent time a replica took to hear of one (a loaded replica's
+        event loop answers late), capped at ``max_switch_delay_s``."""
+        recent = max(self.arm_lags, default=0.0)
+        return min(self.settings.max_switch_delay_s, max(self.settings.switch_delay_s, 3.0 * recent))
+
+    async def armed(self, replica: str, name: str, version: int, at: float) -> None:
+        """A replica knows that ``version`` of ``name`` serves from ``at`` (sent when it hears of it)."""
+        self._start()
+        rep = self.replicas.setdefault(replica, Replica(seen=time.time()))
+        rep.seen = time.time()
+        rep.armed[(name, int(version))] = time.time()
+        if len(rep.armed) > 256:
+            rep.armed = {k: v for k, v in rep.armed.items() if k[0] in self.table}
+
+    async def snapshot(self) -> dict[str, list[Any]]:
+        """The serving table as it stands (what a starting replica loads before it takes traffic)."""
+        self._start()
+        return {n: e.to_list() for n, e in self.table.items()}
 
     async def ready(self, replica: str, name: str, version: int) -> None:
         """A replica has ``version`` of ``name`` loaded and warm."""

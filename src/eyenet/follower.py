@@ -41,6 +41,8 @@ class Follower:
         self._task: asyncio.Task | None = None
         self._preparing: dict[tuple[str, int], asyncio.Task] = {}
         self._reported: set[tuple[str, int]] = set()  # ready reports this controller incarnation has
+        self._armed: set[tuple[str, int, float]] = set()  # switch instants acknowledged
+        self._telling: set[asyncio.Future] = set()
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -87,6 +89,23 @@ class Follower:
                 self.table[name] = entry
                 if entry.next is not None:
                     self._prepare(name, entry.next)
+                    if entry.at is not None and (name, entry.next, entry.at) not in self._armed:
+                        self._armed.add((name, entry.next, entry.at))
+                        self._tell(self._controller().armed.remote(self.replica, name, entry.next, entry.at))
+
+    def _tell(self, ref: Any) -> None:
+        """Send a report without waiting for it (its failure only costs the controller a late notice)."""
+        fut = asyncio.ensure_future(ref)
+        self._telling.add(fut)
+
+        def done(f: asyncio.Future) -> None:
+            self._telling.discard(f)
+            if not f.cancelled() and f.exception() is not None:
+                log.debug("report to the controller failed: %s", f.exception())
+
+        fut.add_done_callback(done)
+        if len(self._armed) > 1024:
+            self._armed.clear()
 
     def _prepare(self, name: str, version: int) -> None:
         key = (name, version)
