@@ -33,6 +33,26 @@ class DeploymentSettings(BaseModel):
     batch_wait_timeout_s: float = Field(0.002, ge=0)
 
 
+class RetrainSettings(BaseModel):
+    """Automated retraining by the model controller (see eyenet.retrain)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="retrain a served model on drift, poor precision or a schedule")
+    features: list[str] = Field(default_factory=lambda: ["value"],
+                                description="drift of which features triggers it (value, calibrated, score)")
+    drift_for_s: float = Field(300.0, ge=0, description="how long drift must persist before retraining")
+    precision_below: float | None = Field(0.5, ge=0, le=1, description="retrain when operator-feedback precision "
+                                          "falls below this (None: never)")
+    every_s: float | None = Field(None, gt=0, description="also retrain on this schedule (None: never)")
+    cooldown_s: float = Field(3600.0, ge=0, description="least time between two retrainings of a model")
+    rows: int = Field(1000, ge=400, description="recent points of the busiest live series to learn from "
+                      "(60 % to fit, 40 % held out for the gate)")
+    check_s: float = Field(5.0, gt=0, description="how often the triggers are checked")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs of the Ray task that trains")
+    root: str | None = Field(None, description="where the recent data is written (default .eyenet/retrain)")
+
+
 class ControllerSettings(BaseModel):
     """The model controller: how it watches the registry and switches versions (see eyenet.controller)."""
 
@@ -50,6 +70,22 @@ class ControllerSettings(BaseModel):
     gate: dict[str, Any] = Field(default_factory=dict, description="gate policy (eyenet.gate.GatePolicy fields)")
     audit_path: str | None = Field(None, description="the controller's audit log (default: EYENET_AUDIT_PATH, else "
                                    "beside a SQLite store, else .eyenet/audit.jsonl where the controller runs)")
+    retrain: RetrainSettings = RetrainSettings()
+
+
+class MonitorSettings(BaseModel):
+    """The app-wide monitor: drift windows, feedback, merged metrics (see eyenet.monitor)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="feed drift, alarm-rate and retraining data from the serving path")
+    drift_window: int = Field(1000, ge=10, description="recent points per model and feature the drift tests use")
+    drift_min_points: int = Field(200, ge=10, description="fewer points than this: drift not ready")
+    drift_thresholds: dict[str, float] = Field(default_factory=dict,
+                                               description="eyenet.drift.Thresholds fields (psi 0.3 by default)")
+    feedback_path: str | None = Field(None, description="append-only feedback log (default .eyenet/feedback.jsonl)")
+    recent_points: int = Field(4096, ge=400, description="points kept per live series for retraining")
+    push_s: float = Field(1.0, gt=0, description="how often a router replica sends what it scored")
 
 
 class AppConfig(BaseModel):
@@ -81,6 +117,7 @@ class AppConfig(BaseModel):
     family: DeploymentSettings = DeploymentSettings()
     overrides: dict[str, DeploymentSettings] = Field(default_factory=dict, description="per-family settings")
     controller: ControllerSettings = ControllerSettings()
+    monitor: MonitorSettings = MonitorSettings()
 
     def settings(self, family: str) -> DeploymentSettings:
         return self.overrides.get(family, self.family)

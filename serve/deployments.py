@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from ray import serve
 
+from eyenet import feedback as fbk
 from eyenet import metrics as m
 from eyenet import registry as reg
 from eyenet import service
@@ -35,7 +36,9 @@ from eyenet.controller import settings_from
 from eyenet.errors import EyenetError, InvalidInputError, NotServableError, UnknownNameError
 from eyenet.follower import Follower, unwrap
 from eyenet.serve.config import AppConfig
+from eyenet.monitor import Outbox
 from eyenet.serve.controller import get_controller
+from eyenet.serve.monitor import get_monitor
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +193,10 @@ class Router:
         self._controller_handle: Any = None
         self.follower = Follower(self._controller, self.replica_id, self._load)
         self._controller()  # created with the app (and its settings) by the first replica
+        self.outbox = Outbox(self.config.monitor.recent_points)
+        self._monitor_handle: Any = None
+        self._pusher: asyncio.Task | None = None
+        self._monitor()
         await self._warm_start()
 
     async def _warm_start(self) -> None:
@@ -217,16 +224,40 @@ class Router:
                                                      settings_from(self.config))
         return self._controller_handle
 
-    async def check_health(self) -> None:
-        """Serve's periodic health check: also keeps the controller follower running."""
+    def _monitor(self) -> Any:
+        if self._monitor_handle is None:
+            self._monitor_handle = get_monitor(self.config.name, self.config.mlflow_uri,
+                                               self.config.monitor.model_dump())
+        return self._monitor_handle
+
+    def _background(self) -> None:
+        """Keep the controller follower and the monitor push running (started lazily: on a loop)."""
         self.follower.start()
+        if self.config.monitor.enabled and (self._pusher is None or self._pusher.done()):
+            self._pusher = asyncio.get_running_loop().create_task(self._push_loop())
+
+    async def _push_loop(self) -> None:
+        """Every ``monitor.push_s``: what this replica scored, and its metrics, to the app's monitor."""
+        while True:
+            await asyncio.sleep(self.config.monitor.push_s)
+            batch = self.outbox.take()
+            try:
+                await asyncio.wait_for(self._monitor().push.remote(self.replica_id, batch, m.exposition().decode()),
+                                       timeout=10)
+            except Exception as exc:  # noqa: BLE001 - monitor away: these points are missing from drift windows
+                m.ERRORS.labels("monitor").inc()
+                log.debug("monitor push failed: %s", unwrap(exc))
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: also keeps the controller follower and monitor push running."""
+        self._background()
 
     # -- models ----------------------------------------------------------------------------------
     async def _resolve(self, name: str) -> int:
         """The version of ``name`` that serves a request starting now: from the controller's serving
         table, which this replica follows (no registry call on the request path). A model the table
         does not hold yet is asked of the controller; if the controller cannot answer, of MLflow."""
-        self.follower.start()
+        self._background()
         version = self.follower.version(name)
         if version is not None:
             return version
@@ -287,6 +318,11 @@ class Router:
         key = _model_id(name, version)
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(None, lambda: self.registry.load(name, version=version))
+        try:
+            info = await loop.run_in_executor(None, lambda: self.registry.version(name, version))
+            m.set_model_created(name, info.created)
+        except EyenetError:
+            pass
         # load the version into the member deployments before it answers requests
         warm = [self.scorers[f].options(multiplexed_model_id=key).warm.remote()
                 for f in set(model.member_families) if f in self.scorers]
@@ -360,15 +396,15 @@ class Router:
 
     @staticmethod
     def _finish(name: str, version: int, model: Any, member_raw: np.ndarray, x: np.ndarray, st: Any,
-                missing: list[str]) -> tuple[dict[str, Any], Any, int]:
+                missing: list[str]) -> tuple[dict[str, Any], Any, int, Any]:
         families = model.member_families
         idx = tuple(families.index(f) for f in missing)
         scores, new_state = model.finish_stream(member_raw, x, st, missing=idx)
         body = service.result_body(name, version, families, missing, scores, model.member_calibrated(member_raw))
-        return body, new_state, int(scores.alarm.sum())
+        return body, new_state, int(scores.alarm.sum()), scores
 
     async def _score(self, tenant: str, group: str, x: np.ndarray, state: Any | None,
-                     n_points: int) -> tuple[dict[str, Any], Any]:
+                     n_points: int, series: str | None = None) -> tuple[dict[str, Any], Any]:
         name, version, model = await self._model(tenant, group)
         key = _model_id(name, version)
         st = model.adopt(state if state is not None else model.new_state(), key)
@@ -377,8 +413,10 @@ class Router:
         families = model.member_families
         if len(missing) == len(families):
             raise EyenetError(f"{name} v{version}: no member answered")
-        body, new_state, alarms = await self._off_loop(n_points, self._finish, name, version, model, member_raw, x,
-                                                       st, missing)
+        body, new_state, alarms, scores = await self._off_loop(n_points, self._finish, name, version, model,
+                                                               member_raw, x, st, missing)
+        if self.config.monitor.enabled:  # drift, alarm rate, retraining data (see eyenet.monitor)
+            self.outbox.add(name, version, x, scores, series)
         m.POINTS.labels(name).inc(len(x))
         m.ANOMALIES.labels(name).inc(alarms)
         if missing:
@@ -437,7 +475,7 @@ class Router:
             version, state = self._streams.get(key, (0, None))
         for _ in range(3):
             t0 = time.perf_counter()
-            body, new_state = await self._score(req.tenant, req.group, values, state, len(values))
+            body, new_state = await self._score(req.tenant, req.group, values, state, len(values), series=req.id)
             t1 = time.perf_counter()
             ok, now, stored = await self.store.commit.remote(key, version, new_state)
             if ok:
@@ -474,7 +512,12 @@ class Router:
         """Registered models, versions and aliases, and the version of each that this replica serves."""
         loop = asyncio.get_running_loop()
         versions = await loop.run_in_executor(None, self.registry.versions)
-        return {"models": [v.to_dict() for v in versions], "serving": self.follower.serving()}
+        try:
+            monitoring = await asyncio.wait_for(self._monitor().report.remote(), timeout=10)
+        except Exception as exc:  # noqa: BLE001
+            monitoring = {"error": f"monitor unavailable ({type(unwrap(exc)).__name__})"}
+        return {"models": [v.to_dict() for v in versions], "serving": self.follower.serving(),
+                "monitoring": monitoring}
 
     async def _ask(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call the controller; its errors keep their HTTP status, its absence is a 503."""
@@ -520,7 +563,7 @@ class Router:
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         """``ok``, or ``degraded`` (still serving) when the controller or the registry is unreachable."""
-        self.follower.start()
+        self._background()
         ctl = self.follower.status()
         registry_ok = (ctl["registry"] or {}).get("ok", True)
         try:
@@ -540,4 +583,31 @@ class Router:
 
     @app.get("/metrics")
     async def metrics(self) -> PlainTextResponse:
-        return PlainTextResponse(m.exposition().decode(), media_type="text/plain; version=0.0.4")
+        """Prometheus text: every router replica's series (label ``replica``) and the app-wide drift and
+        feedback gauges, from the app's monitor; this replica's alone if the monitor is away."""
+        own = m.exposition().decode()
+        try:
+            text = await asyncio.wait_for(self._monitor().metrics.remote(self.replica_id, own), timeout=5)
+        except Exception as exc:  # noqa: BLE001
+            m.ERRORS.labels("monitor").inc()
+            log.warning("/metrics from this replica only: monitor unavailable (%s)", unwrap(exc))
+            text = own
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/feedback")
+    async def feedback(self, req: fbk.FeedbackRequest) -> dict[str, Any]:
+        """An operator's verdict on points a model scored (true anomaly, false alarm, missed anomaly);
+        EyeNet tracks precision, false-positive rate and alarm rate per model from it."""
+        fb = fbk.check_feedback(req)
+        if fb.model not in self.follower.table:  # unknown model: 404 naming it
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, lambda: self.registry.version(fb.model, alias=self.config.alias))
+        try:
+            counts = await asyncio.wait_for(self._monitor().record_feedback.remote(fb), timeout=30)
+        except Exception as exc:  # noqa: BLE001
+            cause = unwrap(exc)
+            if isinstance(cause, EyenetError):
+                raise cause from None
+            raise NotServableError("the monitor is not available; feedback was not recorded, retry shortly") from None
+        m.count_feedback(fb)
+        return {"recorded": fb.to_dict(), "model": fb.model, **counts}

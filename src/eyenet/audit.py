@@ -41,7 +41,9 @@ PROMOTE = "PROMOTE"
 ROLLBACK = "ROLLBACK"
 #: the controller reports a version serving on every replica (or refusing to serve it: REJECT)
 SERVE = "SERVE"
-EVENTS: tuple[str, ...] = (TRAIN, REGISTER, GATE_PASS, REJECT, PROMOTE, ROLLBACK, SERVE)
+#: the controller starts retraining a served model (drift, poor precision, schedule), with the reason
+RETRAIN = "RETRAIN"
+EVENTS: tuple[str, ...] = (TRAIN, REGISTER, GATE_PASS, REJECT, PROMOTE, ROLLBACK, SERVE, RETRAIN)
 
 #: where a version stands, mirrored as its ``eyenet.status`` tag
 REGISTERED = "registered"

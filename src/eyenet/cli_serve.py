@@ -95,6 +95,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  serving {name}: version {e['version']}" + (f" (switching to {e['next']})" if "next" in e else ""))
     for name, r in ctl["refused"].items():
         print(f"  refused {name} version {r['version']}: {r['reason']}")
+    for name in ctl.get("retraining", []):
+        print(f"  retraining {name}")
+    for r in ctl.get("retrains", [])[-3:]:
+        print(f"  retrained {r['name']}: {r.get('outcome', 'running')} ({r['reason']})")
     return 0
 
 

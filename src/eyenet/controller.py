@@ -104,8 +104,26 @@ class Settings:
     check_rows: int = 2000
     gate: dict[str, Any] = field(default_factory=dict)
     audit_path: str | None = None
+    retrain: dict[str, Any] = field(default_factory=dict)  # eyenet.serve.config.RetrainSettings fields
+    app: str = "eyenet"  # the Serve app (its monitor is found by this name)
     alias: str = CHAMPION
     hold_s: float = 2.0  # longest a follow call waits for a change
+
+
+@dataclass
+class _RetrainSettings:
+    """The controller's copy of :class:`eyenet.serve.config.RetrainSettings` (it gets them as a dict)."""
+
+    enabled: bool = True
+    features: list[str] = field(default_factory=lambda: ["value"])
+    drift_for_s: float = 300.0
+    precision_below: float | None = 0.5
+    every_s: float | None = None
+    cooldown_s: float = 3600.0
+    rows: int = 1000
+    check_s: float = 5.0
+    num_cpus: float = 1.0
+    root: str | None = None
 
 
 def _short(exc: BaseException) -> str:
@@ -171,6 +189,12 @@ class Controller:
         self._switch_recs: dict[str, dict[str, Any]] = {}
         self._reviewing: dict[str, asyncio.Task] = {}
         self._watch: asyncio.Task | None = None
+        self._retrain_watch: asyncio.Task | None = None
+        self.retrain = _RetrainSettings(**self.settings.retrain)
+        self._retraining: dict[str, asyncio.Task] = {}
+        self._last_retrain: dict[str, float] = {}
+        self._drift_since: dict[str, float] = {}
+        self.retrains: deque[dict[str, Any]] = deque(maxlen=50)
         self._first_sync: asyncio.Future | None = None
 
     # -- life --------------------------------------------------------------------------------
@@ -181,6 +205,8 @@ class Controller:
             self._lock = asyncio.Lock()
             self._first_sync = asyncio.get_running_loop().create_future()
             self._watch = asyncio.get_running_loop().create_task(self._watch_loop())
+            if self.retrain.enabled:
+                self._retrain_watch = asyncio.get_running_loop().create_task(self._retrain_loop())
 
     async def _watch_loop(self) -> None:
         # replicas that served under the previous incarnation report what they serve first
@@ -227,7 +253,8 @@ class Controller:
         aliases = await asyncio.to_thread(self.registry.aliases)
         self.health.update(registry_ok=True, last_sync=time.time(), error=None, failures=0, retry_in_s=None)
         for name, al in aliases.items():
-            if self.settings.review_challengers and CHALLENGER in al and name not in self._reviewing:
+            if (self.settings.review_challengers and CHALLENGER in al and name not in self._reviewing
+                    and name not in self._retraining):  # a retraining reviews its own result
                 if al.get(CHAMPION) != al[CHALLENGER]:
                     self._reviewing[name] = asyncio.get_running_loop().create_task(self._review(name))
             champ = al.get(self.settings.alias)
@@ -392,6 +419,103 @@ class Controller:
             except EyenetError as exc:
                 log.warning("controller: could not move %s back to version %s: %s", name, old, exc)
 
+    # -- retraining --------------------------------------------------------------------------
+    async def _retrain_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.retrain.check_s)
+            try:
+                await self._retrain_check()
+            except Exception as exc:  # noqa: BLE001 - monitor or registry away: next time
+                log.warning("controller: retraining check failed: %s", _short(exc))
+
+    async def _retrain_check(self) -> None:
+        from eyenet.serve.monitor import find_monitor
+
+        monitor = find_monitor(self.settings.app)
+        if monitor is None:
+            return
+        now = time.time()
+        for name, entry in list(self.table.items()):
+            if name in self._retraining or name in self._switching or entry.next is not None:
+                continue
+            why = await self._retrain_reason(monitor, name, entry.version, now)
+            if why is None:
+                continue
+            last = self._last_retrain.get(name)
+            if last is None:
+                last = self._last_retrain[name] = await asyncio.to_thread(self._last_retrain_logged, name)
+            if now - last < self.retrain.cooldown_s:
+                continue
+            self._retraining[name] = asyncio.get_running_loop().create_task(
+                self._retrain(monitor, name, entry.version, *why))
+
+    async def _retrain_reason(self, monitor: Any, name: str, version: int,
+                              now: float) -> tuple[str, dict[str, Any]] | None:
+        """Why ``name`` should be retrained now (drift that persisted, poor precision, the schedule), or None."""
+        d = await monitor.drifted.remote(name)
+        hit = {f: r for f, r in (d or {}).get("features", {}).items() if f in self.retrain.features}
+        if hit and d.get("version") == version:
+            since = self._drift_since.setdefault(name, now)
+            if now - since >= self.retrain.drift_for_s:
+                f, r = sorted(hit.items())[0]
+                return (f"drift of {f} against version {version}'s training data for {now - since:.0f}s "
+                        f"({', '.join(r['drifted_by'])}: PSI {r['psi']:.2f}, KS {r['ks']:.2f})",
+                        {"psi": r["psi"], "ks": r["ks"], "drift_s": now - since})
+        else:
+            self._drift_since.pop(name, None)
+        if self.retrain.precision_below is not None:
+            fb = ((await monitor.report.remote(name)).get(name) or {}).get("feedback") or {}
+            p = (fb.get("window") or {}).get("precision")
+            if p is not None and p < self.retrain.precision_below:
+                return (f"precision {p:.2f} from operator feedback is below {self.retrain.precision_below:g}",
+                        {"precision": p})
+        if self.retrain.every_s is not None:
+            last = self._last_retrain.get(name, 0.0)
+            if now - last >= self.retrain.every_s:
+                return f"scheduled every {self.retrain.every_s:g}s", {}
+        return None
+
+    def _last_retrain_logged(self, name: str) -> float:
+        """When ``name`` was last retrained, from the audit log (the cool-down survives a restart)."""
+        events = [e for e in lifecycle.history(self.registry, name) if e.event == audit.RETRAIN]
+        return events[-1].time if events else 0.0
+
+    async def _retrain(self, monitor: Any, name: str, version: int, reason: str, metrics: dict[str, Any]) -> None:
+        """Train on recent data as a Ray task, gate the result against the champion, promote or archive it."""
+        import ray
+
+        from eyenet import registry as reg
+        from eyenet import retrain
+
+        rec: dict[str, Any] = {"name": name, "champion": version, "reason": reason, "started": time.time()}
+        self._last_retrain[name] = rec["started"]
+        try:
+            await asyncio.to_thread(audit.record, self.registry, audit.RETRAIN, name, version, actor=ACTOR,
+                                    reason=reason, metrics=metrics, mirror=False)
+            recent = await monitor.recent_values.remote(name, self.retrain.rows)
+            if recent is None:
+                rec.update(outcome="skipped", why=f"fewer than {self.retrain.rows} recent points of one live series")
+                return
+            series, values = recent
+            root = self.retrain.root or str(reg.home() / "retrain")
+            task = ray.remote(retrain.retrain).options(num_cpus=self.retrain.num_cpus, max_retries=0)
+            result = await task.remote(self.registry.uri, name, series, values[-self.retrain.rows:], root)
+            rec.update(version=result.version, series=series, trained=time.time(), train_s=result.seconds)
+            out = await asyncio.to_thread(lifecycle.review, self.registry, name, policy=self.policy, actor=ACTOR)
+            rec.update(outcome=out.action, gate=out.reason, reviewed=time.time())
+            self.reviews.append({"time": time.time(), **out.to_dict()})
+            if out.action == "promoted":
+                self._drift_since.pop(name, None)
+                self._wake.set()
+        except Exception as exc:  # noqa: BLE001 - recorded; the cool-down keeps it from looping
+            cause = getattr(exc, "cause", None) or exc
+            rec.update(outcome="failed", error=_short(cause))
+            log.warning("controller: retraining %s failed: %s", name, _short(cause))
+        finally:
+            rec["finished"] = time.time()
+            self.retrains.append(rec)
+            self._retraining.pop(name, None)
+
     # -- what replicas call ------------------------------------------------------------------
     def _message(self) -> dict[str, Any]:
         return {"epoch": [self.incarnation, self.epoch], "table": {n: e.to_list() for n, e in self.table.items()},
@@ -529,6 +653,8 @@ class Controller:
             "refused": self.refused,
             "swaps": list(self.swaps)[-20:],
             "reviews": list(self.reviews)[-20:],
+            "retraining": sorted(self._retraining),
+            "retrains": list(self.retrains)[-20:],
         }
 
     async def ping(self) -> str:
@@ -538,6 +664,6 @@ class Controller:
 
 def settings_from(config: Any) -> dict[str, Any]:
     """Controller settings from an :class:`eyenet.serve.config.AppConfig`."""
-    return {**config.controller.model_dump(), "alias": config.alias}
+    return {**config.controller.model_dump(), "alias": config.alias, "app": config.name}
 
 

@@ -130,7 +130,6 @@ class Monitor:
 
     async def record_feedback(self, fb: Feedback) -> dict[str, Any]:
         self.feedback.record(fb)
-        m.count_feedback(fb)
         return self.feedback.report(fb.model).get(fb.model, {})
 
     async def report(self, model: str | None = None) -> dict[str, Any]:
@@ -163,8 +162,11 @@ class Monitor:
             return None
         return sid, list(series[sid])
 
-    async def metrics(self) -> str:
-        """The app's Prometheus exposition: every replica's series (label ``replica``) and the app-wide ones."""
+    async def metrics(self, replica: str | None = None, text: str | None = None) -> str:
+        """The app's Prometheus exposition: every replica's series (label ``replica``) and the app-wide ones
+        (``replica``/``text``: the asking replica's metrics as of now)."""
+        if replica is not None and text is not None:
+            self.metrics_text[replica] = (time.time(), text)
         m.publish_drift(self.drift)
         m.publish_feedback(self.feedback)
         now = time.time()
@@ -184,6 +186,8 @@ def merge_expositions(own: str, replicas: dict[str, str]) -> str:
     families: dict[str, Metric] = {}
     for replica, text in [(None, own), *sorted(replicas.items())]:
         for fam in text_string_to_metric_families(text):
+            if fam.name.endswith("_created"):  # creation times of counters: noise to a scraper
+                continue
             f = families.get(fam.name)
             if f is None:
                 f = families[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
@@ -195,7 +199,7 @@ def merge_expositions(own: str, replicas: dict[str, str]) -> str:
 
     class _Merged:
         def collect(self):  # noqa: ANN202 - prometheus-client's collector protocol
-            return [f for f in families.values() if f.samples]
+            return list(families.values())
 
     reg = CollectorRegistry(auto_describe=False)
     reg.register(_Merged())

@@ -240,9 +240,11 @@ def down(say: Say = print) -> bool:
 
         ray.init(address=stack.ray_address, logging_level="WARNING")
         serve.shutdown()
-        ctl = find_controller(APP)
-        if ctl is not None:  # detached: it would outlive the app on a cluster up did not start
-            ray.kill(ctl, no_restart=True)
+        from eyenet.serve.monitor import find_monitor
+
+        for actor in (find_controller(APP), find_monitor(APP)):
+            if actor is not None:  # detached: it would outlive the app on a cluster up did not start
+                ray.kill(actor, no_restart=True)
         ray.shutdown()
     except Exception:  # noqa: BLE001 - already gone: still stop the processes below
         pass

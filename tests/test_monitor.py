@@ -1,0 +1,94 @@
+"""The app-wide monitor without Ray: router outboxes, drift against the served version's reference,
+feedback, retraining data, and one Prometheus exposition from every replica's."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from eyenet import presets, training
+from eyenet.feedback import FeedbackRequest, check_feedback
+from eyenet.monitor import Monitor, Outbox, merge_expositions
+
+NAME = "default.mon.zscore"
+
+
+@pytest.fixture(scope="module")
+def trained(mlflow_store):
+    rng = np.random.default_rng(0)
+    values = 50 + rng.normal(0, 2, 800)
+    result = training.train_and_register(presets.model_config("zscore"), values, registry=mlflow_store, group="mon")
+    return result.model, result.version.version, values
+
+
+def _batch(model, version: int, values: np.ndarray, series: str | None = "s1") -> list[dict]:
+    box = Outbox(max_series_points=5000)
+    box.add(NAME, version, values, model.score(values), series)
+    return box.take()
+
+
+def test_outbox_groups_by_model_version_oldest_first_and_keeps_bounded_series(trained):
+    model, version, values = trained
+    box = Outbox(max_series_points=100)
+    box.add(NAME, version + 1, values[:10], model.score(values[:10]), "a")
+    box.add(NAME, version, values[:150], model.score(values[:150]), "a")
+    box.add(NAME, version, values[:5], model.score(values[:5]), None)
+    (first, last) = box.take()
+    assert (first["version"], last["version"]) == (version + 1, version)  # in the order last touched
+    assert last["points"] == 155 and len(last["value"]) == 155 and len(last["series"]["a"]) == 100
+    assert last["series"]["a"] == [float(v) for v in values[50:150]]
+    assert box.take() == []
+
+
+def test_drift_follows_the_served_version_and_recent_values_pick_the_busiest_series(trained, mlflow_store, tmp_path):
+    model, version, values = trained
+    mon = Monitor(mlflow_store.uri, {"drift_window": 300, "drift_min_points": 100,
+                                     "feedback_path": str(tmp_path / "fb.jsonl")})
+
+    async def run():
+        await mon.push("r1", _batch(model, version, values[:300]))
+        calm = await mon.report(NAME)
+        await mon.push("r2", _batch(model, version, values[300:700] + 15, series="s2"))  # a level shift
+        return calm, await mon.report(NAME), await mon.drifted(NAME), await mon.recent_values(NAME, 350)
+
+    calm, shifted, drifted, recent = asyncio.run(run())
+    assert calm[NAME]["version"] == version and not calm[NAME]["drifted"]
+    assert shifted[NAME]["drifted"] and shifted[NAME]["drift"]["value"]["psi"] > 0.3
+    assert drifted["version"] == version and "value" in drifted["features"]
+    assert recent[0] == "s2" and len(recent[1]) == 400
+    assert asyncio.run(mon.recent_values(NAME, 500)) is None  # not enough points of one series
+    fb = check_feedback(FeedbackRequest(id="s1", group="mon", detector="zscore", label="false_alarm", indices=[3]))
+    counts = asyncio.run(mon.record_feedback(fb))
+    assert counts["total"]["false_alarm"] == 1 and counts["total"]["points"] == 700
+
+
+def test_a_version_without_reference_is_not_watched_and_unknown_models_do_not_break_a_push(trained, mlflow_store,
+                                                                                           tmp_path):
+    model, version, values = trained
+    mon = Monitor(mlflow_store.uri, {"feedback_path": str(tmp_path / "fb.jsonl")})
+    box = Outbox()
+    box.add("default.nobody.zscore", 1, values[:10], model.score(values[:10]))
+    asyncio.run(mon.push("r1", box.take()))  # the reference cannot be read: skipped, retried next push
+    report = asyncio.run(mon.report("default.nobody.zscore"))["default.nobody.zscore"]
+    assert report["version"] is None and report["drift"] == {} and not report["drifted"]
+    assert report["feedback"]["total"]["points"] == 10  # alarm counts do not need a reference
+
+
+def test_merged_exposition_labels_each_replica_and_keeps_the_monitors_own_series():
+    texts = {}
+    for replica, n in (("r1", 3), ("r2", 4)):
+        reg = CollectorRegistry()
+        Counter("eyenet_points_scored_total", "Points scored", ["model"], registry=reg).labels("m").inc(n)
+        texts[replica] = generate_latest(reg).decode()
+    own = CollectorRegistry()
+    Counter("eyenet_feedback_total", "labels", ["model"], registry=own).labels("m").inc(2)
+    merged = merge_expositions(generate_latest(own).decode(), texts)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(merged) for s in fam.samples}
+    assert samples[("eyenet_points_scored_total", (("model", "m"), ("replica", "r1")))] == 3
+    assert samples[("eyenet_points_scored_total", (("model", "m"), ("replica", "r2")))] == 4
+    assert samples[("eyenet_feedback_total", (("model", "m"),))] == 2
+    assert "_created" not in merged
