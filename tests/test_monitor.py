@@ -3,6 +3,7 @@ feedback, retraining data, and one Prometheus exposition from every replica's.""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -60,6 +61,8 @@ def test_drift_follows_the_served_version_and_recent_values_pick_the_busiest_ser
     assert drifted["version"] == version and "value" in drifted["features"]
     assert recent[0] == "s2" and len(recent[1]) == 400
     assert asyncio.run(mon.recent_values(NAME, 500)) is None  # not enough points of one series
+    assert asyncio.run(mon.recent_values(NAME, 1, time.time() + 60)) is None  # none arrived after `since`
+    assert len(asyncio.run(mon.recent_values(NAME, 1, time.time() - 60))[1]) == 400
     fb = check_feedback(FeedbackRequest(id="s1", group="mon", detector="zscore", label="false_alarm", indices=[3]))
     counts = asyncio.run(mon.record_feedback(fb))
     assert counts["total"]["false_alarm"] == 1 and counts["total"]["points"] == 700

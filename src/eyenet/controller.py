@@ -187,6 +187,7 @@ class Controller:
         self._lock: asyncio.Lock | None = None
         self._switching: dict[str, asyncio.Task] = {}
         self._switch_recs: dict[str, dict[str, Any]] = {}
+        self._review_after: dict[tuple[str, int], float] = {}  # (model, challenger) -> earliest next review
         self._reviewing: dict[str, asyncio.Task] = {}
         self._watch: asyncio.Task | None = None
         self._retrain_watch: asyncio.Task | None = None
@@ -253,10 +254,13 @@ class Controller:
         aliases = await asyncio.to_thread(self.registry.aliases)
         self.health.update(registry_ok=True, last_sync=time.time(), error=None, failures=0, retry_in_s=None)
         for name, al in aliases.items():
-            if (self.settings.review_challengers and CHALLENGER in al and name not in self._reviewing
-                    and name not in self._retraining):  # a retraining reviews its own result
-                if al.get(CHAMPION) != al[CHALLENGER]:
-                    self._reviewing[name] = asyncio.get_running_loop().create_task(self._review(name))
+            # the app serves ensembles; a retraining reviews its own result; a challenger version the
+            # gate could not judge is not tried again (a failure is retried after a minute)
+            if (self.settings.review_challengers and CHALLENGER in al and name.endswith(".ensemble")
+                    and name not in self._reviewing and name not in self._retraining
+                    and al.get(CHAMPION) != al[CHALLENGER]
+                    and time.time() >= self._review_after.get((name, al[CHALLENGER]), 0.0)):
+                self._reviewing[name] = asyncio.get_running_loop().create_task(self._review(name, al[CHALLENGER]))
             champ = al.get(self.settings.alias)
             if champ is None:
                 continue
@@ -283,13 +287,15 @@ class Controller:
                 old = entry.version if entry else None
                 self._switching[name] = asyncio.get_running_loop().create_task(self._switch(name, old, champ))
 
-    async def _review(self, name: str) -> None:
+    async def _review(self, name: str, version: int) -> None:
+        self._review_after[(name, version)] = time.time() + 60.0
         try:
             out = await asyncio.to_thread(lifecycle.review, self.registry, name, policy=self.policy, actor=ACTOR)
             self.reviews.append({"time": time.time(), **out.to_dict()})
             if out.action == "promoted":
                 self._wake.set()  # pick the new champion up now
-        except LifecycleError as exc:  # e.g. the challenger was already dealt with
+        except LifecycleError as exc:  # e.g. the challenger was already dealt with: not again
+            self._review_after[(name, version)] = float("inf")
             self.reviews.append({"time": time.time(), "name": name, "action": "skipped", "reason": str(exc)})
         except Exception as exc:  # noqa: BLE001 - retried at the next poll
             self.reviews.append({"time": time.time(), "name": name, "action": "failed", "reason": _short(exc)})
@@ -446,8 +452,12 @@ class Controller:
                 last = self._last_retrain[name] = await asyncio.to_thread(self._last_retrain_logged, name)
             if now - last < self.retrain.cooldown_s:
                 continue
+            # learn from the data as it is now: after a drift, only points that arrived since it began
+            recent = await monitor.recent_values.remote(name, self.retrain.rows, self._drift_since.get(name))
+            if recent is None:
+                continue  # not enough yet: checked again next time
             self._retraining[name] = asyncio.get_running_loop().create_task(
-                self._retrain(monitor, name, entry.version, *why))
+                self._retrain(name, entry.version, *why, recent))
 
     async def _retrain_reason(self, monitor: Any, name: str, version: int,
                               now: float) -> tuple[str, dict[str, Any]] | None:
@@ -480,7 +490,8 @@ class Controller:
         events = [e for e in lifecycle.history(self.registry, name) if e.event == audit.RETRAIN]
         return events[-1].time if events else 0.0
 
-    async def _retrain(self, monitor: Any, name: str, version: int, reason: str, metrics: dict[str, Any]) -> None:
+    async def _retrain(self, name: str, version: int, reason: str, metrics: dict[str, Any],
+                       recent: tuple[str, list[float]]) -> None:
         """Train on recent data as a Ray task, gate the result against the champion, promote or archive it."""
         import ray
 
@@ -492,10 +503,6 @@ class Controller:
         try:
             await asyncio.to_thread(audit.record, self.registry, audit.RETRAIN, name, version, actor=ACTOR,
                                     reason=reason, metrics=metrics, mirror=False)
-            recent = await monitor.recent_values.remote(name, self.retrain.rows)
-            if recent is None:
-                rec.update(outcome="skipped", why=f"fewer than {self.retrain.rows} recent points of one live series")
-                return
             series, values = recent
             root = self.retrain.root or str(reg.home() / "retrain")
             task = ray.remote(retrain.retrain).options(num_cpus=self.retrain.num_cpus, max_retries=0)

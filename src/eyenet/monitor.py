@@ -82,6 +82,7 @@ class Monitor:
         self.versions: dict[str, int] = {}  # model -> version whose reference the drift windows use
         self.no_reference: set[tuple[str, int]] = set()
         self.recent: dict[str, dict[str, deque[float]]] = defaultdict(dict)
+        self.recent_at: dict[str, dict[str, deque[float]]] = defaultdict(dict)  # when each point arrived
         self.recent_seen: dict[str, dict[str, float]] = defaultdict(dict)
         self.metrics_text: dict[str, tuple[float, str]] = {}
         self._ref_lock: asyncio.Lock | None = None
@@ -122,7 +123,9 @@ class Monitor:
                 kept = self.recent[name].get(sid)
                 if kept is None:
                     kept = self.recent[name][sid] = deque(maxlen=self.recent_points)
+                    self.recent_at[name][sid] = deque(maxlen=self.recent_points)
                 kept.extend(values)
+                self.recent_at[name][sid].extend([time.time()] * len(values))
                 self.recent_seen[name][sid] = time.time()
             if await self._reference(name, version) and self.versions.get(name) == version:
                 for f in dr.FEATURES:
@@ -152,15 +155,26 @@ class Monitor:
         hit = {f: r.to_dict() for f, r in report.items() if r.drifted}
         return {"version": self.versions.get(model), "features": hit} if hit else None
 
-    async def recent_values(self, model: str, min_points: int = 0) -> tuple[str, list[float]] | None:
-        """The live series of ``model`` with the most recent points kept (what a retraining learns from)."""
+    async def recent_values(self, model: str, min_points: int = 0,
+                            since: float | None = None) -> tuple[str, list[float]] | None:
+        """The live series of ``model`` with the most points kept (arrived after ``since``, if given):
+        what a retraining learns from. None when no series has ``min_points``."""
         series = self.recent.get(model) or {}
-        if not series:
+        at = self.recent_at.get(model) or {}
+
+        def points(sid: str) -> list[float]:
+            values = list(series[sid])
+            if since is None:
+                return values
+            times = list(at[sid])
+            first = next((i for i, t in enumerate(times) if t >= since), len(times))
+            return values[first:]
+
+        best = max(((points(s), self.recent_seen[model].get(s, 0), s) for s in series),
+                   key=lambda c: (len(c[0]), c[1]), default=None)
+        if best is None or len(best[0]) < min_points:
             return None
-        sid = max(series, key=lambda s: (len(series[s]), self.recent_seen[model].get(s, 0)))
-        if len(series[sid]) < min_points:
-            return None
-        return sid, list(series[sid])
+        return best[2], best[0]
 
     async def metrics(self, replica: str | None = None, text: str | None = None) -> str:
         """The app's Prometheus exposition: every replica's series (label ``replica``) and the app-wide ones
