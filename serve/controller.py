@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eyenet.serve.state import NAMESPACE
+from eyenet.serve.actors import find_actor, get_actor
 
 PREFIX = "eyenet-controller"
 
@@ -17,21 +17,11 @@ def get_controller(app: str, mlflow_uri: str | None = None, settings: dict[str, 
 
     ``mlflow_uri`` and ``settings`` only matter to the call that creates it.
     """
-    import ray
-
     from eyenet.controller import Controller
 
-    return ray.remote(Controller).options(
-        name=controller_name(app), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=1000,
-    ).remote(mlflow_uri, settings)
+    return get_actor(Controller, controller_name(app), mlflow_uri, settings)
 
 
 def find_controller(app: str) -> Any | None:
-    """The application's controller if it exists (for `eyenet status` and tests)."""
-    import ray
-
-    try:
-        return ray.get_actor(controller_name(app), namespace=NAMESPACE)
-    except ValueError:
-        return None
+    """The application's controller if it exists."""
+    return find_actor(controller_name(app))

@@ -334,17 +334,9 @@ class Controller:
                 self._publish()
                 rec.update(ready=time.time(), switched=time.time(), completed=time.time(), replicas=0)
                 return
-            deadline = time.time() + self.settings.ready_timeout_s
-            while True:
-                live = self._live()
-                waiting = sorted(r for r, rep in live.items() if (name, new) not in rep.ready)
-                if not waiting or time.time() > deadline:
-                    break
-                self._replica_news.clear()
-                try:
-                    await asyncio.wait_for(self._replica_news.wait(), timeout=0.25)
-                except TimeoutError:
-                    pass
+            await self._until(lambda live: all((name, new) in rep.ready for rep in live.values()),
+                              self.settings.ready_timeout_s)
+            waiting = sorted(r for r, rep in self._live().items() if (name, new) not in rep.ready)
             rec["ready"] = time.time()
             rec["not_ready"] = waiting
             announced = time.time()
@@ -366,16 +358,8 @@ class Controller:
             rec["late"] = late
             self.table[name] = Entry(new)
             self._publish()
-            deadline = time.time() + 10.0
-            while time.time() < deadline:  # every replica says it serves the new version
-                live = self._live()
-                if all(rep.serving.get(name) == new for rep in live.values()):
-                    break
-                self._replica_news.clear()
-                try:
-                    await asyncio.wait_for(self._replica_news.wait(), timeout=0.25)
-                except TimeoutError:
-                    pass
+            # every replica says it serves the new version
+            await self._until(lambda live: all(rep.serving.get(name) == new for rep in live.values()), 10.0)
             rec["completed"] = time.time()
             rec["replicas"] = len(self._live())
             took = rec["completed"] - rec["detected"]
@@ -404,6 +388,16 @@ class Controller:
         if entry is not None and entry.next == new and entry.at is None:
             entry.next = None
             self._publish()
+
+    async def _until(self, done: Any, timeout: float) -> None:
+        """Wait until ``done(live replicas)`` holds (checked whenever a replica reports) or ``timeout``."""
+        deadline = time.time() + timeout
+        while not done(self._live()) and time.time() < deadline:
+            self._replica_news.clear()
+            try:
+                await asyncio.wait_for(self._replica_news.wait(), timeout=0.25)
+            except TimeoutError:
+                pass
 
     async def _refuse(self, name: str, old: int | None, new: int, found: list[str], rec: dict[str, Any]) -> None:
         """``new`` must not serve: withdraw it from the table, archive it, move the alias back."""
