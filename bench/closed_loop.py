@@ -78,11 +78,13 @@ def main() -> None:
     import torch
     from ray import serve
 
-    from eyenet import cluster, holdout, lifecycle, presets, registry, training
-    from eyenet.cli_train import DEFAULT_TRAIN_METRIC, _default_series
+    from eyenet.cli import cluster
+    from eyenet.lifecycle import holdout, promotion, registry, training
+    from eyenet.core import presets
+    from eyenet.cli.training import DEFAULT_TRAIN_METRIC, _default_series
     from eyenet.serve.app import build_app
-    from eyenet.serve.controller import find_controller
-    from eyenet.serve.monitor import find_monitor
+    from eyenet.serve.actors import find_controller
+    from eyenet.serve.actors import find_monitor
 
     from bench.serving import _free_port
 
@@ -95,7 +97,7 @@ def main() -> None:
     model, metrics = training.fit_model(config, series.values)
     data = training.data_info(series, holdout.synthetic_source(DEFAULT_TRAIN_METRIC))
     first = reg.register(model, group=GROUP, metrics=metrics, data=data, probe=series.values).version
-    lifecycle.review(reg, NAME, actor="bench")
+    promotion.review(reg, NAME, actor="bench")
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
@@ -145,7 +147,7 @@ def main() -> None:
                        "p90_ms": round(float(np.percentile(v, 90)), 3)} for mode, v in lat.items()}
     overhead["p50_ratio"] = round(overhead["on"]["p50_ms"] / overhead["off"]["p50_ms"], 3)
     # the same two costs without HTTP: what the request path adds (Outbox.add) against the scoring step
-    from eyenet.monitor import Outbox
+    from eyenet.monitoring.monitor import Outbox
 
     _, st = model.score_stream(before[:400])
     box = Outbox()

@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 
 from bench.latency import median_ms
-from eyenet import metrics, presets, synthetic
-from eyenet.drift import DriftMonitor, DriftReference
-from eyenet.feedback import FeedbackTracker
-from eyenet.model import AnomalyModel
+from eyenet.monitoring import metrics
+from eyenet.core import presets, synthetic
+from eyenet.monitoring.drift import DriftMonitor, DriftReference
+from eyenet.monitoring.feedback import FeedbackTracker
+from eyenet.core.model import AnomalyModel
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI
 
-from eyenet import registry
-from eyenet.service import DetectRequest, StreamRequest, check_series
+from eyenet.lifecycle import registry
+from eyenet.serving.schemas import DetectRequest, StreamRequest, check_series
 
 
 def build(model) -> FastAPI:

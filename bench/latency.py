@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from eyenet import detectors, presets, synthetic
-from eyenet.model import AnomalyModel, StreamState
+from eyenet.core import detectors, presets, synthetic
+from eyenet.core.model import AnomalyModel, StreamState
 
 
 def median_ms(fn, calls: int) -> float:

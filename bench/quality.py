@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eyenet import detectors, evaluation, nab, presets
-from eyenet.scoring import score_corpus
+from eyenet.core import detectors, evaluation, nab, presets
+from eyenet.core.scoring import score_corpus
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "nab"
 

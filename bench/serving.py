@@ -100,7 +100,7 @@ def cluster_rss_mb() -> float:
     import psutil
     import ray
 
-    from eyenet.stack import cluster_processes
+    from eyenet.cli.stack import cluster_processes
 
     procs = {p.pid: p for p in cluster_processes(ray.get_runtime_context().gcs_address)}
     procs[os.getpid()] = psutil.Process()
@@ -117,7 +117,8 @@ def memory(reg, v: np.ndarray, url: str, extra: int = 4) -> None:
     """Total resident memory, then its growth as more models (series groups) are multiplexed in."""
     import requests
 
-    from eyenet import presets, training
+    from eyenet.core import presets
+    from eyenet.lifecycle import training
 
     time.sleep(2)
     before = cluster_rss_mb()
@@ -152,7 +153,9 @@ def main() -> None:
     import torch
     from ray import serve
 
-    from eyenet import cluster, presets, registry, synthetic, training
+    from eyenet.cli import cluster
+    from eyenet.core import presets, synthetic
+    from eyenet.lifecycle import registry, training
     from eyenet.serve.app import build_app
 
     torch.set_num_threads(1)

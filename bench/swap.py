@@ -66,10 +66,12 @@ def main() -> None:
     import torch
     from ray import serve
 
-    from eyenet import cluster, holdout, presets, registry, training
-    from eyenet.cli_train import DEFAULT_TRAIN_METRIC, _default_series
+    from eyenet.cli import cluster
+    from eyenet.lifecycle import holdout, registry, training
+    from eyenet.core import presets
+    from eyenet.cli.training import DEFAULT_TRAIN_METRIC, _default_series
     from eyenet.serve.app import build_app
-    from eyenet.serve.controller import find_controller
+    from eyenet.serve.actors import find_controller
 
     torch.set_num_threads(1)
     ray = cluster.connect(num_cpus=8)

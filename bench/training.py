@@ -18,9 +18,11 @@ import time
 
 import numpy as np
 
-from eyenet import cluster, presets, registry, synthetic, training
-from eyenet.cli_train import TORCH_FAMILIES, _default_series
-from eyenet.data import Series
+from eyenet.cli import cluster
+from eyenet.core import presets, synthetic
+from eyenet.lifecycle import registry, training
+from eyenet.cli.training import TORCH_FAMILIES, _default_series
+from eyenet.core.data import Series
 
 
 def _ray_train(family: str, config: dict, series: Series, reg: registry.Registry, workers: int = 1) -> float:

@@ -15,7 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from eyenet import cluster, registry, tuning
+from eyenet.cli import cluster
+from eyenet.lifecycle import registry, tuning
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "nab"
 

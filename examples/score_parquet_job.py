@@ -29,7 +29,7 @@ class ScoreThroughServe:
         self.group, self.tenant = group, tenant
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from eyenet.service import DetectRequest, SeriesIn
+        from eyenet.serving.schemas import DetectRequest, SeriesIn
 
         batch = batch.sort_values("timestamp").reset_index(drop=True)
         series_id = str(batch["series"].iloc[0])

@@ -1,10 +1,17 @@
-"""Detached, named per-app actors (the model controller, the monitor): created on first use, restarted
-by Ray if they die, found by name."""
+"""The detached, named actors of an EyeNet app: the stream store, the model controller and the monitor.
+
+Each is created on first use, restarted by Ray if it dies and found by name; the
+logic lives in :mod:`eyenet.serving.streams`, :mod:`eyenet.serving.controller`
+and :mod:`eyenet.monitoring.monitor`, which need no Ray.
+"""
 from __future__ import annotations
 
 from typing import Any
 
-from eyenet.serve.state import NAMESPACE
+NAMESPACE = "eyenet"
+STORE_NAME = "eyenet-stream-state"
+CONTROLLER_PREFIX = "eyenet-controller"
+MONITOR_PREFIX = "eyenet-monitor"
 
 
 def get_actor(cls: type, name: str, *args: Any) -> Any:
@@ -25,3 +32,45 @@ def find_actor(name: str) -> Any | None:
         return ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
         return None
+
+
+def get_store(state_dir: str) -> Any:
+    """The stream store (one per cluster; its calls are retried across restarts)."""
+    import ray
+
+    from eyenet.serving.streams import StreamStore
+
+    return ray.remote(StreamStore).options(
+        name=STORE_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1,
+        max_task_retries=-1, num_cpus=0,
+    ).remote(state_dir)
+
+
+def controller_name(app: str) -> str:
+    return f"{CONTROLLER_PREFIX}-{app}"
+
+
+def get_controller(app: str, mlflow_uri: str | None = None, settings: dict[str, Any] | None = None) -> Any:
+    """The application's model controller; ``mlflow_uri`` and ``settings`` matter only to the call that creates it."""
+    from eyenet.serving.controller import Controller
+
+    return get_actor(Controller, controller_name(app), mlflow_uri, settings)
+
+
+def find_controller(app: str) -> Any | None:
+    return find_actor(controller_name(app))
+
+
+def monitor_name(app: str) -> str:
+    return f"{MONITOR_PREFIX}-{app}"
+
+
+def get_monitor(app: str, mlflow_uri: str | None = None, settings: dict[str, Any] | None = None) -> Any:
+    """The application's monitor; ``mlflow_uri`` and ``settings`` matter only to the call that creates it."""
+    from eyenet.monitoring.monitor import Monitor
+
+    return get_actor(Monitor, monitor_name(app), mlflow_uri, settings)
+
+
+def find_monitor(app: str) -> Any | None:
+    return find_actor(monitor_name(app))

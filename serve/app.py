@@ -8,7 +8,7 @@ from typing import Any
 
 from ray import serve
 
-from eyenet.serve.config import AppConfig
+from eyenet.serving.settings import AppConfig
 from eyenet.serve.deployments import FamilyScorer, Router
 
 

@@ -28,17 +28,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from ray import serve
 
-from eyenet import feedback as fbk
-from eyenet import metrics as m
-from eyenet import registry as reg
-from eyenet import service
-from eyenet.controller import settings_from
-from eyenet.errors import EyenetError, InvalidInputError, NotServableError, UnknownNameError
-from eyenet.follower import Follower, unwrap
-from eyenet.serve.config import AppConfig
-from eyenet.monitor import Outbox
-from eyenet.serve.controller import get_controller
-from eyenet.serve.monitor import get_monitor
+from eyenet.monitoring import feedback as fbk
+from eyenet.monitoring import metrics as m
+from eyenet.lifecycle import registry as reg
+from eyenet.serving import schemas
+from eyenet.serving.controller import settings_from
+from eyenet.core.errors import EyenetError, InvalidInputError, NotServableError, UnknownNameError
+from eyenet.serving.follower import Follower, unwrap
+from eyenet.serving.settings import AppConfig
+from eyenet.monitoring.monitor import Outbox
+from eyenet.serve.actors import get_controller
+from eyenet.serve.actors import get_monitor
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class LimitAndMeasure:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = service.LIMITS.max_body_bytes
+        limit = schemas.LIMITS.max_body_bytes
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
             m.ERRORS.labels("bad_input").inc()
@@ -153,7 +153,7 @@ app.add_middleware(LimitAndMeasure)
 @app.exception_handler(RequestValidationError)
 async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     m.ERRORS.labels("bad_input").inc()
-    return JSONResponse({"error": service.validation_message(exc.errors())}, status_code=422)
+    return JSONResponse({"error": schemas.validation_message(exc.errors())}, status_code=422)
 
 
 @app.exception_handler(EyenetError)
@@ -184,7 +184,7 @@ class Router:
         self._loading: dict[str, asyncio.Future] = {}
         self._streams: OrderedDict[str, tuple[int, Any]] = OrderedDict()
         self._pool = ThreadPoolExecutor(self.config.score_threads, thread_name_prefix="eyenet-score")
-        from eyenet.serve.state import get_store
+        from eyenet.serve.actors import get_store
 
         self.store = get_store(self.config.state_dir or str(reg.home() / "state"))
         import ray
@@ -400,7 +400,7 @@ class Router:
         families = model.member_families
         idx = tuple(families.index(f) for f in missing)
         scores, new_state = model.finish_stream(member_raw, x, st, missing=idx)
-        body = service.result_body(name, version, families, missing, scores, model.member_calibrated(member_raw))
+        body = schemas.result_body(name, version, families, missing, scores, model.member_calibrated(member_raw))
         return body, new_state, int(scores.alarm.sum()), scores
 
     async def _score(self, tenant: str, group: str, x: np.ndarray, state: Any | None,
@@ -415,7 +415,7 @@ class Router:
             raise EyenetError(f"{name} v{version}: no member answered")
         body, new_state, alarms, scores = await self._off_loop(n_points, self._finish, name, version, model,
                                                                member_raw, x, st, missing)
-        if self.config.monitor.enabled:  # drift, alarm rate, retraining data (see eyenet.monitor)
+        if self.config.monitor.enabled:  # drift, alarm rate, retraining data (see eyenet.monitoring.monitor)
             self.outbox.add(name, version, x, scores, series)
         m.POINTS.labels(name).inc(len(x))
         m.ANOMALIES.labels(name).inc(alarms)
@@ -429,32 +429,32 @@ class Router:
     # The HTTP routes return JSONResponse: the bodies are JSON-ready already, and FastAPI's generic
     # encoder costs ~1 ms per 256 points. Handle callers (Ray jobs) call detect / stream for dicts.
     @app.post("/v1/detect")
-    async def http_detect(self, req: service.DetectRequest) -> JSONResponse:
+    async def http_detect(self, req: schemas.DetectRequest) -> JSONResponse:
         """Score windows of one or many series, each from a fresh stream (no stored state)."""
         return JSONResponse(await self.detect(req))
 
     @app.post("/v1/stream")
-    async def http_stream(self, req: service.StreamRequest) -> JSONResponse:
+    async def http_stream(self, req: schemas.StreamRequest) -> JSONResponse:
         """Append points to a series; its history is kept by the server between calls (send one
         point at a time if you like). An ``X-EyeNet-Series`` header naming the series lets the
         ingress send all of a series' points to the same router replica (faster, not required)."""
         body, timing = await self._stream_points(req)
         return JSONResponse(body, headers={"Server-Timing": timing})
 
-    async def detect(self, req: service.DetectRequest) -> dict[str, Any]:
-        data = service.check_series(req.series)
+    async def detect(self, req: schemas.DetectRequest) -> dict[str, Any]:
+        data = schemas.check_series(req.series)
         total = sum(len(s.values) for s in data)
         results = await asyncio.gather(*(self._score(req.tenant, req.group, s.values, None, total) for s in data))
         return {"results": [{"id": s.id, **body} for s, (body, _) in zip(data, results)]}
 
-    async def stream(self, req: service.StreamRequest) -> dict[str, Any]:
+    async def stream(self, req: schemas.StreamRequest) -> dict[str, Any]:
         return (await self._stream_points(req))[0]
 
-    async def _stream_points(self, req: service.StreamRequest) -> tuple[dict[str, Any], str]:
+    async def _stream_points(self, req: schemas.StreamRequest) -> tuple[dict[str, Any], str]:
         """The replica scores from its cached copy of the series' state and commits the result to
         the store in one call; when another replica moved the series on meanwhile, the store answers
         with its newer state and the points are scored again from that."""
-        (s,) = service.check_series([service.SeriesIn(id=req.id, values=req.values, timestamps=req.timestamps)],
+        (s,) = schemas.check_series([schemas.SeriesIn(id=req.id, values=req.values, timestamps=req.timestamps)],
                                     field="body")
         key = f"{req.tenant}/{req.group}/{req.id}"
         # one request of a series at a time in this replica: points of a series are applied in order
@@ -468,7 +468,7 @@ class Router:
             if entry[1] == 0:
                 self._locks.pop(key, None)
 
-    async def _stream(self, req: service.StreamRequest, values: np.ndarray, key: str) -> tuple[dict[str, Any], str]:
+    async def _stream(self, req: schemas.StreamRequest, values: np.ndarray, key: str) -> tuple[dict[str, Any], str]:
         if req.reset:
             version, state = await self.store.delete.remote(key), None
         else:
@@ -489,8 +489,8 @@ class Router:
         raise InvalidInputError(f"series {req.id!r} is being updated concurrently; send its points in order")
 
     @app.post("/v1/forecast")
-    async def forecast(self, req: service.ForecastRequest) -> dict[str, Any]:
-        data = service.check_series(req.series)
+    async def forecast(self, req: schemas.ForecastRequest) -> dict[str, Any]:
+        data = schemas.check_series(req.series)
         if req.detector not in self.scorers:
             raise UnknownNameError(f"detector {req.detector!r} is not deployed (deployed: {sorted(self.scorers)})")
         name = reg.model_name(req.detector, group=req.group, tenant=req.tenant)
@@ -502,7 +502,7 @@ class Router:
 
     @app.get("/v1/detectors")
     async def detectors(self) -> dict[str, Any]:
-        from eyenet import detectors
+        from eyenet.core import detectors
 
         return {"deployed": sorted(self.scorers),
                 "families": {f: detectors.get_class(f)().get_params() for f in detectors.available()}}
@@ -537,13 +537,13 @@ class Router:
         return {"name": name, "events": await self._ask("history", name, limit)}
 
     @app.post("/v1/models/{name}/rollback")
-    async def model_rollback(self, name: str, req: service.RollbackRequest) -> dict[str, Any]:
+    async def model_rollback(self, name: str, req: schemas.RollbackRequest) -> dict[str, Any]:
         """Return the champion to the previous good version (or ``to``); answers once it serves."""
         reg.split_name(name)
         return await self._ask("rollback", name, to_version=req.to, reason=req.reason, actor=req.actor)
 
     @app.post("/v1/models/{name}/promote")
-    async def model_promote(self, name: str, req: service.PromoteRequest) -> dict[str, Any]:
+    async def model_promote(self, name: str, req: schemas.PromoteRequest) -> dict[str, Any]:
         """Make a version (default: the challenger) champion through the gate, or past it with ``force``."""
         reg.split_name(name)
         return await self._ask("promote", name, req.version, force=req.force, reason=req.reason,

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-# before any test module imports MLflow (see eyenet.registry)
+# before any test module imports MLflow (see eyenet.lifecycle.registry)
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
@@ -30,7 +30,7 @@ def ray_cluster():
     Logical resources exceed the cores on purpose: tests run small trainers,
     tasks and replicas side by side; one logical GPU lets GPU placement be tested.
     """
-    from eyenet import cluster
+    from eyenet.cli import cluster
 
     ray = cluster.connect(num_cpus=8, num_gpus=1)
     yield ray
@@ -40,7 +40,7 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory):
     """One embedded MLflow store (SQLite + local artifacts) for the session; creating its tables takes seconds."""
-    from eyenet import registry
+    from eyenet.lifecycle import registry
 
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"

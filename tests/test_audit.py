@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eyenet import audit, presets, registry, synthetic, training
-from eyenet.errors import AuditError, InvalidParameterError
+from eyenet.lifecycle import audit, registry, training
+from eyenet.core import presets, synthetic
+from eyenet.core.errors import AuditError, InvalidParameterError
 
 
 def _event(kind: str = audit.PROMOTE, name: str = "default.a.zscore", version: int | None = 1, **kw) -> audit.Event:

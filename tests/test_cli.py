@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet import cli, detectors, presets
-from eyenet.errors import UnknownNameError
+from eyenet import cli
+from eyenet.core import detectors, presets
+from eyenet.core.errors import UnknownNameError
 
 NAB_ROOT = Path(__file__).resolve().parents[2] / "shared" / "nab"
 ROWS = 1000
@@ -317,7 +318,7 @@ def test_demo_rejects_unknown_detector_before_any_work(capsys: pytest.CaptureFix
 
 
 def test_match_alarms_counts_detections_delays_and_false_alarms() -> None:
-    from eyenet.synthetic import InjectedAnomaly
+    from eyenet.core.synthetic import InjectedAnomaly
 
     alarms = np.zeros(100, dtype=bool)
     alarms[[5, 32, 33, 55, 80]] = True

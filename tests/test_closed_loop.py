@@ -18,9 +18,10 @@ import pytest
 import requests
 import yaml
 
-from eyenet import holdout, lifecycle, presets, training
-from eyenet.cli_train import DEFAULT_TRAIN_METRIC, _default_series
-from eyenet.registry import CHAMPION
+from eyenet.lifecycle import holdout, promotion, training
+from eyenet.core import presets
+from eyenet.cli.training import DEFAULT_TRAIN_METRIC, _default_series
+from eyenet.lifecycle.registry import CHAMPION
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -62,8 +63,8 @@ def app(ray_cluster, mlflow_store, tmp_path_factory):
     from ray import serve
 
     from eyenet.serve.app import build_app
-    from eyenet.serve.controller import find_controller
-    from eyenet.serve.monitor import find_monitor
+    from eyenet.serve.actors import find_controller
+    from eyenet.serve.actors import find_monitor
 
     root = tmp_path_factory.mktemp("loop")
     series = _default_series()
@@ -72,7 +73,7 @@ def app(ray_cluster, mlflow_store, tmp_path_factory):
     model, metrics = training.fit_model(config, series.values)
     data = training.data_info(series, holdout.synthetic_source(DEFAULT_TRAIN_METRIC))
     first = mlflow_store.register(model, group=GROUP, metrics=metrics, data=data, probe=series.values).version
-    assert lifecycle.review(mlflow_store, NAME, actor="test").champion == first
+    assert promotion.review(mlflow_store, NAME, actor="test").champion == first
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app_config = {

@@ -1,11 +1,11 @@
-"""The detector contract, checked for every family registered under the ``eyenet.detectors`` entry points.
+"""The detector contract, checked for every family registered under the ``eyenet.core.detectors`` entry points.
 
 Every family, present and future, must: take keyword-only parameters and only
 store them; learn in ``fit`` (returning self, learned state ending in ``_``);
 score causally with higher = more anomalous and NaN for "not ready"; round-trip
 through dicts and through safe (pickle-free) artifacts; and reject bad input,
 bad parameters and corrupt artifacts with the matching EyenetError. The same
-holds for an :class:`~eyenet.model.AnomalyModel` wrapped around it, whose
+holds for an :class:`~eyenet.core.model.AnomalyModel` wrapped around it, whose
 point-by-point stream must equal its one-shot scores.
 """
 from __future__ import annotations
@@ -18,16 +18,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from eyenet import detectors
-from eyenet.detectors.base import Detector
-from eyenet.errors import (
+from eyenet.core import detectors
+from eyenet.core.detectors.base import Detector
+from eyenet.core.errors import (
     ArtifactError,
     InvalidInputError,
     InvalidParameterError,
     NotEnoughDataError,
     NotFittedError,
 )
-from eyenet.model import AnomalyModel, StreamState
+from eyenet.core.model import AnomalyModel, StreamState
 
 FAMILIES = detectors.available()
 
@@ -327,7 +327,7 @@ def _assert_same_scores(a: Any, b: Any) -> None:
 
 
 def _concat(parts: list[Any]) -> Any:
-    from eyenet.model import Scores
+    from eyenet.core.model import Scores
 
     return Scores(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("raw", "calibrated", "score", "alarm")))
 

@@ -15,9 +15,10 @@ from collections import defaultdict
 import pytest
 import requests
 
-from eyenet import audit, holdout, lifecycle, presets, training
-from eyenet.cli_train import DEFAULT_TRAIN_METRIC, _default_series
-from eyenet.registry import CHAMPION, Registry
+from eyenet.lifecycle import audit, holdout, promotion, training
+from eyenet.core import presets
+from eyenet.cli.training import DEFAULT_TRAIN_METRIC, _default_series
+from eyenet.lifecycle.registry import CHAMPION, Registry
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -121,7 +122,7 @@ def app(ray_cluster, mlflow_server, tmp_path_factory):
     from ray import serve
 
     from eyenet.serve.app import build_app
-    from eyenet.serve.controller import find_controller
+    from eyenet.serve.actors import find_controller
 
     root = tmp_path_factory.mktemp("controller")
     audit_path = str(root / "audit.jsonl")  # the test's and the controller's events in one log
@@ -129,7 +130,7 @@ def app(ray_cluster, mlflow_server, tmp_path_factory):
     os.environ[audit.ENV_PATH] = audit_path
     store = Registry(mlflow_server.url)
     first = _register(store, POOR)
-    assert lifecycle.review(store, NAME, actor="test").champion == first
+    assert promotion.review(store, NAME, actor="test").champion == first
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = {"name": APP, "families": ["zscore", "mad"], "mlflow_uri": mlflow_server.url,
@@ -256,7 +257,7 @@ def test_rollback_over_http_under_load_without_a_failed_request(app):
 def test_a_killed_controller_leaves_serving_alone_and_comes_back_to_finish_a_promotion(app):
     import ray
 
-    from eyenet.serve.controller import find_controller
+    from eyenet.serve.actors import find_controller
 
     url, store = app["url"], app["store"]
     champ = _champion(store)
@@ -298,7 +299,7 @@ def test_mlflow_down_for_a_while_no_failed_request_and_the_controller_catches_up
             time.sleep(3.0)
         finally:
             server.start()
-        out = lifecycle.rollback(store, NAME, reason="moved after the outage", actor="test")
+        out = promotion.rollback(store, NAME, reason="moved after the outage", actor="test")
         load.wait_for(out.champion, timeout=60)
     assert load.failures() == []
     load.assert_moved(champ, out.champion)
@@ -315,7 +316,7 @@ def test_a_router_replica_killed_during_a_switch_does_not_stop_it(app):
                   if v.version != champ and v.tags.get("eyenet.status") != audit.ARCHIVED)
     replica = requests.get(f"{url}/healthz", timeout=30).json()["replica"]
     t0 = time.time()
-    lifecycle.promote(store, NAME, target, force=True, reason="switch with a replica down", actor="test")
+    promotion.promote(store, NAME, target, force=True, reason="switch with a replica down", actor="test")
     ray.kill(ray.get_actor(replica, namespace="serve"), no_restart=False)
     swap = _swap(url, target, t0)
     assert "error" not in swap, swap

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet import data
-from eyenet.errors import InvalidInputError, NotEnoughDataError
+from eyenet.core import data
+from eyenet.core.errors import InvalidInputError, NotEnoughDataError
 
 HEADER = "timestamp,value"
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eyenet import presets, synthetic, training
-from eyenet.drift import DriftMonitor, DriftReference, Reference, Thresholds
-from eyenet.errors import ArtifactError, InvalidParameterError, NotEnoughDataError
-from eyenet.model import AnomalyModel, Scores
+from eyenet.core import presets, synthetic
+from eyenet.lifecycle import training
+from eyenet.monitoring.drift import DriftMonitor, DriftReference, Reference, Thresholds
+from eyenet.core.errors import ArtifactError, InvalidParameterError, NotEnoughDataError
+from eyenet.core.model import AnomalyModel, Scores
 
 
 def _normal(seed: int, n: int, loc: float = 0.0) -> np.ndarray:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eyenet import evaluation as ev
-from eyenet import nab
-from eyenet.errors import InvalidInputError
+from eyenet.core import evaluation as ev
+from eyenet.core import nab
+from eyenet.core.errors import InvalidInputError
 
 STD = ev.PROFILES["standard"]
 N = 60

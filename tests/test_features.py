@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet import features as F
-from eyenet.errors import EyenetError, InvalidInputError, InvalidParameterError, NotEnoughDataError, UnknownNameError
-from eyenet.synthetic import generate
+from eyenet.core import features as F
+from eyenet.core.errors import EyenetError, InvalidInputError, InvalidParameterError, NotEnoughDataError, UnknownNameError
+from eyenet.core.synthetic import generate
 
 
 def _naive_window_stats(x: np.ndarray, w: int) -> np.ndarray:

@@ -6,10 +6,10 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from eyenet import feedback
-from eyenet.errors import InvalidInputError, InvalidParameterError
-from eyenet.feedback import Feedback, FeedbackRequest, FeedbackTracker, check_feedback
-from eyenet.service import Limits, validation_message
+from eyenet.monitoring import feedback
+from eyenet.core.errors import InvalidInputError, InvalidParameterError
+from eyenet.monitoring.feedback import Feedback, FeedbackRequest, FeedbackTracker, check_feedback
+from eyenet.serving.schemas import Limits, validation_message
 
 
 class Clock:

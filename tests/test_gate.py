@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet import gate, holdout, presets, synthetic, training
-from eyenet.cli_train import DEFAULT_TRAIN_METRIC, _default_series
-from eyenet.data import Series
-from eyenet.errors import InvalidParameterError, LifecycleError
-from eyenet.gate import GatePolicy, GateReport
+from eyenet.lifecycle import gate, holdout, training
+from eyenet.core import presets, synthetic
+from eyenet.cli.training import DEFAULT_TRAIN_METRIC, _default_series
+from eyenet.core.data import Series
+from eyenet.core.errors import InvalidParameterError, LifecycleError
+from eyenet.lifecycle.gate import GatePolicy, GateReport
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from eyenet import audit, cli, gate, holdout, lifecycle, presets, training
-from eyenet.cli_train import DEFAULT_TRAIN_METRIC, _default_series
-from eyenet.errors import GateRejectedError, LifecycleError, UnknownNameError
-from eyenet.registry import CHAMPION, Registry
+from eyenet.lifecycle import audit, gate, holdout, promotion, training
+from eyenet import cli
+from eyenet.core import presets
+from eyenet.cli.training import DEFAULT_TRAIN_METRIC, _default_series
+from eyenet.core.errors import GateRejectedError, LifecycleError, UnknownNameError
+from eyenet.lifecycle.registry import CHAMPION, Registry
 
 GOOD = None  # default zscore window: finds the synthetic anomalies
 POOR = {"window": 3}  # a reference window far too short: a much lower NAB score
@@ -29,7 +31,7 @@ def _register(store: Registry, group: str, params: dict | None = GOOD, *, corrup
 
 
 def _events(store: Registry, name: str) -> list[tuple[str, int | None]]:
-    return [(e.event, e.version) for e in lifecycle.history(store, name)]
+    return [(e.event, e.version) for e in promotion.history(store, name)]
 
 
 def _champion(store: Registry, name: str) -> int:
@@ -48,12 +50,12 @@ def _artifact_dir(store: Registry, name: str, version: int) -> Path:
 def test_a_better_challenger_is_promoted_and_a_worse_one_archived(mlflow_store):
     name = "default.better.zscore"
     first = _register(mlflow_store, "better", POOR)
-    out = lifecycle.review(mlflow_store, name, actor="controller")
+    out = promotion.review(mlflow_store, name, actor="controller")
     assert (out.action, out.version, out.champion, out.previous) == ("promoted", first, first, None)
     assert "no champion" in out.reason
 
     second = _register(mlflow_store, "better", GOOD)
-    out = lifecycle.review(mlflow_store, name, actor="controller")
+    out = promotion.review(mlflow_store, name, actor="controller")
     assert (out.action, out.champion, out.previous) == ("promoted", second, first)
     assert "is better: NAB standard" in out.reason and out.metrics["nab_gain"] > 10
     assert _aliases(mlflow_store, name) == {second: [CHAMPION], first: []}  # challenger alias dealt with
@@ -62,7 +64,7 @@ def test_a_better_challenger_is_promoted_and_a_worse_one_archived(mlflow_store):
     assert json.loads(tags["eyenet.gate"])["nab_standard"] == pytest.approx(out.metrics["nab_standard"], abs=1e-3)
 
     third = _register(mlflow_store, "better", POOR)
-    out = lifecycle.review(mlflow_store, name, actor="controller")
+    out = promotion.review(mlflow_store, name, actor="controller")
     assert (out.action, out.champion) == ("rejected", second)
     assert _champion(mlflow_store, name) == second and _aliases(mlflow_store, name)[third] == []
     tags = mlflow_store.version(name, third).tags
@@ -73,7 +75,7 @@ def test_a_better_challenger_is_promoted_and_a_worse_one_archived(mlflow_store):
         ("TRAIN", second), ("REGISTER", second), ("GATE-PASS", second), ("PROMOTE", second),
         ("TRAIN", third), ("REGISTER", third), ("REJECT", third),
     ]
-    reject = lifecycle.history(mlflow_store, name)[-1]
+    reject = promotion.history(mlflow_store, name)[-1]
     assert reject.actor == "controller" and reject.previous == second and "not better by the margin" in reject.reason
     assert reject.metrics["champion.nab_standard"] > reject.metrics["nab_standard"]
 
@@ -81,9 +83,9 @@ def test_a_better_challenger_is_promoted_and_a_worse_one_archived(mlflow_store):
 def test_a_nan_producing_challenger_never_becomes_champion(mlflow_store):
     name = "default.nans.zscore"
     champion = _register(mlflow_store, "nans")
-    lifecycle.review(mlflow_store, name)
+    promotion.review(mlflow_store, name)
     broken = _register(mlflow_store, "nans", corrupt_state=True)
-    out = lifecycle.review(mlflow_store, name)
+    out = promotion.review(mlflow_store, name)
     assert out.action == "rejected" and "non-finite (NaN/inf) scores on 100.0% of rows" in out.reason
     assert _champion(mlflow_store, name) == champion
     assert mlflow_store.version(name, broken).tags["eyenet.status"] == audit.ARCHIVED
@@ -93,7 +95,7 @@ def test_a_version_that_fails_to_load_is_rejected(mlflow_store):
     name = "default.unloadable.zscore"
     v = _register(mlflow_store, "unloadable")
     next(_artifact_dir(mlflow_store, name, v).rglob("state.npz")).write_bytes(b"not an npz file")
-    out = lifecycle.review(mlflow_store, name)
+    out = promotion.review(mlflow_store, name)
     assert out.action == "rejected" and "failed to load" in out.reason and "state.npz" in out.reason
     assert out.champion is None and _aliases(mlflow_store, name) == {v: []}
 
@@ -101,9 +103,9 @@ def test_a_version_that_fails_to_load_is_rejected(mlflow_store):
 def test_a_challenger_over_the_latency_budget_is_rejected(mlflow_store):
     name = "default.slow.zscore"
     champion = _register(mlflow_store, "slow", POOR)
-    lifecycle.review(mlflow_store, name)
+    promotion.review(mlflow_store, name)
     _register(mlflow_store, "slow", GOOD)
-    out = lifecycle.review(mlflow_store, name, policy=gate.GatePolicy(latency_budget_ms=1e-6, latency_calls=20))
+    out = promotion.review(mlflow_store, name, policy=gate.GatePolicy(latency_budget_ms=1e-6, latency_calls=20))
     assert out.action == "rejected" and "exceeds the latency budget of 1e-06 ms" in out.reason
     assert _champion(mlflow_store, name) == champion
 
@@ -111,76 +113,76 @@ def test_a_challenger_over_the_latency_budget_is_rejected(mlflow_store):
 def test_explicit_promotion_is_gated_unless_forced(mlflow_store):
     name = "default.explicit.zscore"
     good = _register(mlflow_store, "explicit", GOOD)
-    lifecycle.promote(mlflow_store, name, good)
+    promotion.promote(mlflow_store, name, good)
     poor = _register(mlflow_store, "explicit", POOR)
     with pytest.raises(GateRejectedError, match=rf"version {poor} rejected: .*not better by the margin"):
-        lifecycle.promote(mlflow_store, name, poor, reason="operator says so")
+        promotion.promote(mlflow_store, name, poor, reason="operator says so")
     assert _champion(mlflow_store, name) == good
-    out = lifecycle.promote(mlflow_store, name, poor, force=True, reason="incident 42", actor="ops@example")
+    out = promotion.promote(mlflow_store, name, poor, force=True, reason="incident 42", actor="ops@example")
     assert out.champion == poor and _champion(mlflow_store, name) == poor
-    last = lifecycle.history(mlflow_store, name)[-1]
+    last = promotion.history(mlflow_store, name)[-1]
     assert (last.event, last.version, last.previous, last.actor) == ("PROMOTE", poor, good, "ops@example")
     assert last.reason == "forced past the gate: incident 42"
     with pytest.raises(LifecycleError, match="already the champion"):
-        lifecycle.promote(mlflow_store, name, poor, force=True)
+        promotion.promote(mlflow_store, name, poor, force=True)
 
 
 def test_rollback_returns_to_the_previous_good_version_and_is_recorded(mlflow_store):
     name = "default.rollback.zscore"
     with pytest.raises(UnknownNameError, match="no registered model"):
-        lifecycle.rollback(mlflow_store, name)
+        promotion.rollback(mlflow_store, name)
     first = _register(mlflow_store, "rollback", POOR)
     with pytest.raises(LifecycleError, match="has no champion to roll back"):
-        lifecycle.rollback(mlflow_store, name)
-    lifecycle.review(mlflow_store, name)
+        promotion.rollback(mlflow_store, name)
+    promotion.review(mlflow_store, name)
     with pytest.raises(LifecycleError, match=f"no earlier good champion to roll back to from version {first}"):
-        lifecycle.rollback(mlflow_store, name)
+        promotion.rollback(mlflow_store, name)
     second = _register(mlflow_store, "rollback", GOOD)
-    lifecycle.review(mlflow_store, name)
+    promotion.review(mlflow_store, name)
     archived = _register(mlflow_store, "rollback", POOR)
-    lifecycle.review(mlflow_store, name)  # rejected: archived
+    promotion.review(mlflow_store, name)  # rejected: archived
 
-    out = lifecycle.rollback(mlflow_store, name, actor="oncall@host", reason="alarm storm after deploy")
+    out = promotion.rollback(mlflow_store, name, actor="oncall@host", reason="alarm storm after deploy")
     assert (out.action, out.version, out.previous) == ("rolled-back", first, second)
     assert _champion(mlflow_store, name) == first
     withdrawn = mlflow_store.version(name, second).tags
     assert withdrawn["eyenet.status"] == audit.ROLLED_BACK and "alarm storm" in withdrawn["eyenet.reason"]
-    last = lifecycle.history(mlflow_store, name)[-1]
+    last = promotion.history(mlflow_store, name)[-1]
     assert (last.event, last.version, last.previous, last.actor, last.reason) == (
         "ROLLBACK", first, second, "oncall@host", "alarm storm after deploy")
     # nothing good before the first champion: a clean error, and the champion stays
     with pytest.raises(LifecycleError, match="no earlier good champion"):
-        lifecycle.rollback(mlflow_store, name)
+        promotion.rollback(mlflow_store, name)
     with pytest.raises(LifecycleError, match=f"version {archived} was archived by the gate"):
-        lifecycle.rollback(mlflow_store, name, to_version=archived)
+        promotion.rollback(mlflow_store, name, to_version=archived)
     assert _champion(mlflow_store, name) == first
-    out = lifecycle.rollback(mlflow_store, name, to_version=second, reason="false alarm")
+    out = promotion.rollback(mlflow_store, name, to_version=second, reason="false alarm")
     assert out.version == second and _champion(mlflow_store, name) == second
 
 
 def test_rollback_skips_versions_withdrawn_since(mlflow_store):
     name = "default.chain.zscore"
     a = _register(mlflow_store, "chain", {"window": 8})
-    lifecycle.review(mlflow_store, name)
+    promotion.review(mlflow_store, name)
     b = _register(mlflow_store, "chain", {"window": 64})
-    lifecycle.promote(mlflow_store, name, b, force=True)
+    promotion.promote(mlflow_store, name, b, force=True)
     c = _register(mlflow_store, "chain", {"window": 32})
-    lifecycle.promote(mlflow_store, name, c, force=True)
-    assert lifecycle.rollback(mlflow_store, name).version == b  # c withdrawn
-    assert lifecycle.rollback(mlflow_store, name).version == a  # b withdrawn
+    promotion.promote(mlflow_store, name, c, force=True)
+    assert promotion.rollback(mlflow_store, name).version == b  # c withdrawn
+    assert promotion.rollback(mlflow_store, name).version == a  # b withdrawn
     d = _register(mlflow_store, "chain", {"window": 16})
-    lifecycle.promote(mlflow_store, name, d, force=True)
-    assert lifecycle.rollback(mlflow_store, name, to_version=c, reason="c was fine after all").version == c
+    promotion.promote(mlflow_store, name, d, force=True)
+    assert promotion.rollback(mlflow_store, name, to_version=c, reason="c was fine after all").version == c
     assert mlflow_store.version(name, b).tags["eyenet.status"] == audit.ROLLED_BACK
-    assert lifecycle.rollback(mlflow_store, name).version == a  # c's predecessor b was withdrawn: skipped
+    assert promotion.rollback(mlflow_store, name).version == a  # c's predecessor b was withdrawn: skipped
 
 
 def test_review_needs_a_challenger(mlflow_store):
     name = "default.nochallenger.zscore"
     _register(mlflow_store, "nochallenger")
-    lifecycle.review(mlflow_store, name)
+    promotion.review(mlflow_store, name)
     with pytest.raises(LifecycleError, match="has no challenger to review"):
-        lifecycle.review(mlflow_store, name)
+        promotion.review(mlflow_store, name)
 
 
 def test_versions_without_a_training_data_record_need_explicit_validation(mlflow_store):
@@ -188,9 +190,9 @@ def test_versions_without_a_training_data_record_need_explicit_validation(mlflow
     series = _default_series()
     training.train_and_register(presets.model_config("zscore"), series.values, registry=mlflow_store, group="norecord")
     with pytest.raises(LifecycleError, match="does not record where its training data came from"):
-        lifecycle.review(mlflow_store, name)
+        promotion.review(mlflow_store, name)
     record = training.data_info(series, holdout.synthetic_source(DEFAULT_TRAIN_METRIC))
-    out = lifecycle.review(mlflow_store, name, validation=holdout.from_record(record))
+    out = promotion.review(mlflow_store, name, validation=holdout.from_record(record))
     assert out.action == "promoted"
 
 

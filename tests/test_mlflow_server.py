@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import requests
 
-from eyenet import audit, presets, registry, synthetic, training
+from eyenet.lifecycle import audit, registry, training
+from eyenet.core import presets, synthetic
 
 pytestmark = pytest.mark.slow
 

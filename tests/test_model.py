@@ -8,13 +8,13 @@ import pickle
 import numpy as np
 import pytest
 
-from eyenet import detectors
-from eyenet.alarms import AlarmPolicy, AlarmState
-from eyenet.calibration import RunningRank, TailCalibrator
-from eyenet.detectors.ensemble import Ensemble
-from eyenet.detectors.iforest import IForest
-from eyenet.errors import InvalidParameterError, NotEnoughDataError
-from eyenet.model import AnomalyModel
+from eyenet.core import detectors
+from eyenet.core.alarms import AlarmPolicy, AlarmState
+from eyenet.core.calibration import RunningRank, TailCalibrator
+from eyenet.core.detectors.ensemble import Ensemble
+from eyenet.core.detectors.iforest import IForest
+from eyenet.core.errors import InvalidParameterError, NotEnoughDataError
+from eyenet.core.model import AnomalyModel
 
 RNG_SEED = 11
 

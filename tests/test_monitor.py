@@ -10,9 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eyenet import presets, training
-from eyenet.feedback import FeedbackRequest, check_feedback
-from eyenet.monitor import Monitor, Outbox, merge_expositions
+from eyenet.core import presets
+from eyenet.lifecycle import training
+from eyenet.monitoring.feedback import FeedbackRequest, check_feedback
+from eyenet.monitoring.monitor import Monitor, Outbox, merge_expositions
 
 NAME = "default.mon.zscore"
 

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from eyenet import metrics as m
-from eyenet.drift import DriftMonitor, DriftReference, Reference, Thresholds
-from eyenet.feedback import Feedback, FeedbackTracker
+from eyenet.monitoring import metrics as m
+from eyenet.monitoring.drift import DriftMonitor, DriftReference, Reference, Thresholds
+from eyenet.monitoring.feedback import Feedback, FeedbackTracker
 
 
 def _value(name: str, **labels: str) -> float | None:

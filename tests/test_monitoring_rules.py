@@ -21,8 +21,8 @@ import yaml
 from prometheus_client import start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 
-from eyenet import metrics as m
-from eyenet.drift import DriftMonitor, DriftReference, Reference
+from eyenet.monitoring import metrics as m
+from eyenet.monitoring.drift import DriftMonitor, DriftReference, Reference
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = ROOT / "serve" / "prometheus"

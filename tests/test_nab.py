@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet import nab
-from eyenet.errors import InvalidInputError
+from eyenet.core import nab
+from eyenet.core.errors import InvalidInputError
 
 NAB_ROOT = Path(__file__).resolve().parents[2] / "shared" / "nab"
 

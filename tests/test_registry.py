@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet import presets, registry, synthetic, training
-from eyenet.errors import ArtifactError, InvalidParameterError, UnknownNameError
-from eyenet.registry import Registry, RegistryError
+from eyenet.core import presets, synthetic
+from eyenet.lifecycle import registry, training
+from eyenet.core.errors import ArtifactError, InvalidParameterError, UnknownNameError
+from eyenet.lifecycle.registry import Registry, RegistryError
 
 
 @pytest.fixture(scope="module")

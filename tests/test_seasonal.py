@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eyenet import detectors
-from eyenet.detectors.seasonal import Seasonal, find_period
-from eyenet.errors import InvalidParameterError
-from eyenet.model import AnomalyModel
+from eyenet.core import detectors
+from eyenet.core.detectors.seasonal import Seasonal, find_period
+from eyenet.core.errors import InvalidParameterError
+from eyenet.core.model import AnomalyModel
 
 
 def cycle(n: int, period: int, *, noise: float = 0.1, seed: int = 0) -> np.ndarray:

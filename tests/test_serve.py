@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import requests
 
-from eyenet import presets, service, synthetic, training
+from eyenet.core import presets, synthetic
+from eyenet.serving import schemas
+from eyenet.lifecycle import training
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -46,7 +48,7 @@ def served(ray_cluster, mlflow_store, values, tmp_path_factory):
     yield {"url": url, "model": trained.model, "version": trained.version}
     serve.delete("eyenet")
     serve.shutdown()
-    from eyenet.serve.controller import find_controller
+    from eyenet.serve.actors import find_controller
 
     ctl = find_controller("eyenet")  # detached: outlives the app unless stopped
     if ctl is not None:
@@ -82,7 +84,7 @@ def test_handle_api_gives_the_same_scores(served, values):
     from ray import serve
 
     handle = serve.get_app_handle("eyenet")
-    req = service.DetectRequest(series=[service.SeriesIn(id="web-1", values=values[:400].tolist())], group="served")
+    req = schemas.DetectRequest(series=[schemas.SeriesIn(id="web-1", values=values[:400].tolist())], group="served")
     out = handle.detect.remote(req).result(timeout_s=60)
     np.testing.assert_allclose(_scores(out["results"][0]["points"]), served["model"].score(values[:400]).score,
                                rtol=1e-12, equal_nan=True)
@@ -156,10 +158,10 @@ def test_malformed_requests_get_4xx_naming_the_problem(served, body, status, mes
 
 
 def test_oversized_requests_are_refused(served):
-    too_many = {"series": [{"id": "a", "values": [1.0] * (service.LIMITS.max_points + 1)}], "group": "served"}
+    too_many = {"series": [{"id": "a", "values": [1.0] * (schemas.LIMITS.max_points + 1)}], "group": "served"}
     resp = requests.post(f"{served['url']}/v1/detect", json=too_many, timeout=30)
     assert resp.status_code == 422 and "at most" in resp.json()["error"]
-    big = b'{"series": [{"id": "a", "values": [' + b"1.0," * (service.LIMITS.max_body_bytes // 4) + b'1.0]}]}'
+    big = b'{"series": [{"id": "a", "values": [' + b"1.0," * (schemas.LIMITS.max_body_bytes // 4) + b'1.0]}]}'
     resp = requests.post(f"{served['url']}/v1/detect", data=big, headers={"content-type": "application/json"}, timeout=60)
     assert resp.status_code == 413
     # and the service is still fine afterwards
@@ -254,7 +256,7 @@ def test_torch_replicas_take_gpu_fractions_when_the_cluster_has_gpus(ray_cluster
     import ray
     from ray import serve
 
-    from eyenet.serve.config import AppConfig
+    from eyenet.serving.settings import AppConfig
 
     cfg = AppConfig(families=["lstm", "gru", "cnn", "transformer", "zscore"])
     assert cfg.deployment_options("cnn", cluster_gpus=1)["ray_actor_options"]["num_gpus"] == 0.25
@@ -273,7 +275,7 @@ def test_torch_replicas_take_gpu_fractions_when_the_cluster_has_gpus(ray_cluster
 def test_serve_config_yaml_matches_the_builder():
     import yaml
 
-    from eyenet.serve.config import AppConfig
+    from eyenet.serving.settings import AppConfig
 
     path = __import__("pathlib").Path(__file__).resolve().parents[1] / "serve" / "serve_config.yaml"
     doc = yaml.safe_load(path.read_text())

@@ -26,7 +26,7 @@ def _eyenet(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 def test_up_serves_status_reports_and_down_leaves_nothing_running(tmp_path):
-    from eyenet import stack
+    from eyenet.cli import stack
 
     port = _free_port()
     env = {**os.environ, "EYENET_PORT": str(port)}

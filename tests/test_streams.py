@@ -6,9 +6,9 @@ import sqlite3
 import numpy as np
 import pytest
 
-from eyenet import presets, synthetic
-from eyenet.model import AnomalyModel, StreamState
-from eyenet.streams import Streams
+from eyenet.core import presets, synthetic
+from eyenet.core.model import AnomalyModel, StreamState
+from eyenet.serving.streams import Streams
 
 
 @pytest.fixture(scope="module")

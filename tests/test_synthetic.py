@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet import synthetic
-from eyenet.errors import EyenetError, InvalidParameterError, NotEnoughDataError, UnknownNameError
-from eyenet.synthetic import ANOMALY_KINDS, METRICS, InjectedAnomaly, generate, series
+from eyenet.core import synthetic
+from eyenet.core.errors import EyenetError, InvalidParameterError, NotEnoughDataError, UnknownNameError
+from eyenet.core.synthetic import ANOMALY_KINDS, METRICS, InjectedAnomaly, generate, series
 
 FLOOR = {"latency_ms": 0.1, "temperature_c": -np.inf}  # everything else: 0
 

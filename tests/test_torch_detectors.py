@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from eyenet.detectors.forecasters import (
+from eyenet.core.detectors.forecasters import (
     CNNForecaster,
     GRUForecaster,
     LSTMForecaster,
     TorchForecaster,
     TransformerForecaster,
 )
-from eyenet.detectors.lstm_ae import LSTMAutoencoder
-from eyenet.detectors.torch_common import TorchDetector, predict, resolve_device, validation_size
-from eyenet.errors import ArtifactError, InvalidInputError, InvalidParameterError, NotEnoughDataError, NotFittedError
+from eyenet.core.detectors.lstm_ae import LSTMAutoencoder
+from eyenet.core.detectors.torch_common import TorchDetector, predict, resolve_device, validation_size
+from eyenet.core.errors import ArtifactError, InvalidInputError, InvalidParameterError, NotEnoughDataError, NotFittedError
 
 pytestmark = pytest.mark.torch
 

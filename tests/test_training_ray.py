@@ -7,10 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eyenet import cli, presets, registry, synthetic, training
-from eyenet.data import Series
-from eyenet.errors import InvalidInputError
-from eyenet.detectors.torch_common import TrainJob, training_backend
+from eyenet import cli
+from eyenet.core import presets, synthetic
+from eyenet.lifecycle import registry, training
+from eyenet.core.data import Series
+from eyenet.core.errors import InvalidInputError
+from eyenet.core.detectors.torch_common import TrainJob, training_backend
 from eyenet.train import data as train_data
 from eyenet.train import trainer
 
@@ -140,15 +142,15 @@ def test_backend_hook_is_used_for_every_torch_network():
     seen = []
 
     def backend(job: TrainJob, on_epoch):
-        from eyenet.detectors.torch_common import TrainOutcome, state_dict_to_arrays
-        from eyenet import detectors
+        from eyenet.core.detectors.torch_common import TrainOutcome, state_dict_to_arrays
+        from eyenet.core import detectors
 
         seen.append(job.detector["family"])
         net = detectors.from_dict(job.detector)._build_net()
         return TrainOutcome(weights=state_dict_to_arrays(net.state_dict()), history=[], best_epoch=0)
 
     members = [{"family": "cnn", "params": {}}, {"family": "mad", "params": {}}, {"family": "gru", "params": {"hidden": 4}}]
-    from eyenet.model import AnomalyModel
+    from eyenet.core.model import AnomalyModel
 
     _, values, _ = synthetic.series("cpu_pct", n=600, seed=1)
     with training_backend(backend):

@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eyenet import presets, tuning
-from eyenet.errors import InvalidParameterError, NotEnoughDataError
-from eyenet.model import AnomalyModel
+from eyenet.core import presets
+from eyenet.lifecycle import tuning
+from eyenet.core.errors import InvalidParameterError, NotEnoughDataError
+from eyenet.core.model import AnomalyModel
 
 
 def test_space_errors_name_the_bad_entry():

@@ -1,4 +1,4 @@
 """Ray Train wiring: the TorchTrainer backend, Ray tasks across series, Ray Data input.
 
-Installed as ``eyenet.train``; the logic it runs lives in :mod:`eyenet.training`.
+Installed as ``eyenet.train``; the logic it runs lives in :mod:`eyenet.lifecycle.training`.
 """

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eyenet import data, nab
-from eyenet.errors import InvalidInputError
+from eyenet.core import data, nab
+from eyenet.core.errors import InvalidInputError
 
 
 def is_remote(path: str | Path) -> bool:
@@ -16,7 +16,7 @@ def is_remote(path: str | Path) -> bool:
 def read_series(path: str | Path, *, timestamp_col: str = "timestamp", value_col: str = "value",
                 min_rows: int = 2) -> list[data.Series]:
     """Series of a CSV or Parquet file or URI (``s3://``, ``gs://``, a local path) read with Ray Data,
-    validated by :mod:`eyenet.data`; a ``series`` column splits it into one series per name."""
+    validated by :mod:`eyenet.core.data`; a ``series`` column splits it into one series per name."""
     import ray.data
 
     where = str(path) if is_remote(path) else str(Path(path).absolute())  # workers have their own cwd

@@ -1,4 +1,4 @@
-"""Ray Train and Ray task wiring for :mod:`eyenet.training`.
+"""Ray Train and Ray task wiring for :mod:`eyenet.lifecycle.training`.
 
 * :class:`RayTrainBackend` trains every torch network of a model with a
   ``TorchTrainer`` (``ScalingConfig(num_workers, use_gpu)``), fed by Ray Data,
@@ -19,11 +19,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from eyenet import registry as reg
-from eyenet import training
-from eyenet.data import Series
-from eyenet.detectors.torch_common import EpochCallback, TrainJob, TrainOutcome, training_backend
-from eyenet.errors import EyenetError
+from eyenet.lifecycle import registry as reg
+from eyenet.lifecycle import training
+from eyenet.core.data import Series
+from eyenet.core.detectors.torch_common import EpochCallback, TrainJob, TrainOutcome, training_backend
+from eyenet.core.errors import EyenetError
 
 
 class TrainingInterrupted(EyenetError):
@@ -44,7 +44,7 @@ def run_key(*parts: Any) -> str:
 
 
 class RayTrainBackend:
-    """A :data:`~eyenet.detectors.torch_common.TrainBackend` running a ``TorchTrainer`` per network."""
+    """A :data:`~eyenet.core.detectors.torch_common.TrainBackend` running a ``TorchTrainer`` per network."""
 
     def __init__(
         self,
@@ -147,7 +147,7 @@ def train_torch(
     source: dict[str, Any] | None = None,
 ) -> training.TrainResult:
     """Train one model whose torch networks run on Ray Train, then register it (``source``: where the
-    series came from, see :mod:`eyenet.holdout`)."""
+    series came from, see :mod:`eyenet.lifecycle.holdout`)."""
     family = config["detector"]["family"]
     name = reg.model_name(family, group=group, tenant=tenant)
     run_id = registry.start_run(f"train-{family}", {"eyenet.family": family, "eyenet.group": group})

@@ -1,9 +1,9 @@
-"""Default search spaces (JSON form, see :mod:`eyenet.tuning`) and their Ray Tune domains."""
+"""Default search spaces (JSON form, see :mod:`eyenet.lifecycle.tuning`) and their Ray Tune domains."""
 from __future__ import annotations
 
 from typing import Any
 
-from eyenet.tuning import check_space
+from eyenet.lifecycle.tuning import check_space
 
 _TORCH = {
     "window": {"choice": [16, 32, 64]},

@@ -14,10 +14,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from eyenet import registry as reg
-from eyenet import training, tuning
-from eyenet.data import Series
-from eyenet.errors import EyenetError, InvalidParameterError
+from eyenet.lifecycle import registry as reg
+from eyenet.lifecycle import training, tuning
+from eyenet.core.data import Series
+from eyenet.core.errors import EyenetError, InvalidParameterError
 from eyenet.tune.spaces import default_space, to_tune
 
 METRIC = "nab_standard"
@@ -139,7 +139,7 @@ def search_and_register(
     **kw: Any,
 ) -> SearchResult:
     """:func:`search`, then retrain the best configuration on ``train`` and register it as challenger
-    (``source``: where ``train`` came from, see :mod:`eyenet.holdout`)."""
+    (``source``: where ``train`` came from, see :mod:`eyenet.lifecycle.holdout`)."""
     registry.check()
     result = search(family, validation, mlflow_uri=registry.uri, **kw)
     trained = training.train_and_register(

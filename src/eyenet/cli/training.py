@@ -1,0 +1,246 @@
+"""``eyenet train`` and ``eyenet tune``: training and tuning from the command line (``eyenet models``: :mod:`eyenet.cli.models`).
+
+Parsers are added by :func:`add_parsers`; errors propagate to :func:`eyenet.cli.main`,
+which turns them into one line and an exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from eyenet.core import presets
+from eyenet.cli import _info, _positive_int
+from eyenet.core.errors import InvalidParameterError
+
+TORCH_FAMILIES = ("lstm", "gru", "cnn", "transformer", "lstm_ae")
+#: `eyenet train` without --input: the anomaly-free head of this synthetic metric
+DEFAULT_TRAIN_METRIC = "cpu_pct"
+
+
+def add_parsers(sub: Any) -> None:
+    train = sub.add_parser(
+        "train",
+        help="train detectors (Ray Train for torch families, Ray tasks otherwise) and register them in MLflow",
+        description=(
+            "Train detector models and register each as a new version (alias 'challenger') in the MLflow "
+            "registry (embedded SQLite store under .eyenet/, or EYENET_MLFLOW_URI). Torch families train "
+            "on Ray Train (--workers data-parallel workers, --gpu to use GPUs); the others, and every family "
+            "when the input holds several series, train as parallel Ray tasks, one model per series. "
+            "Without --input or --corpus, trains on the anomaly-free start of the synthetic telemetry. "
+            "An interrupted Ray Train run resumes from its last checkpoint when the same command runs again."
+        ),
+    )
+    train.add_argument("--detector", default="all", metavar="NAMES",
+                       help="comma-separated families, or 'all' (the default suite and the ensemble)")
+    train.add_argument("--params", metavar="JSON", help="parameters for a single --detector, as a JSON object")
+    data = train.add_mutually_exclusive_group()
+    data.add_argument("--input", metavar="FILE",
+                      help=".csv or .parquet file or URI (s3://...) with timestamp,value (and optionally series) columns")
+    data.add_argument("--corpus", type=Path, metavar="DIR", help="NAB-format corpus: one model per file, on its probation rows")
+    train.add_argument("--group", default=None, metavar="NAME", help="series group in the model name (default: the series name)")
+    train.add_argument("--tenant", default="default", metavar="NAME")
+    train.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="Ray Train workers per torch model")
+    train.add_argument("--gpu", action="store_true", help="Ray Train workers use one GPU each")
+    train.add_argument("--address", metavar="ADDR", help="existing Ray cluster ('auto' or ray://host:10001)")
+    train.set_defaults(func=cmd_train)
+
+    tune = sub.add_parser(
+        "tune",
+        help="search a detector's hyper-parameters with Ray Tune (ASHA + Optuna) and register the best",
+        description=(
+            "Search a family's parameters and its calibration / alarm settings with Ray Tune (Optuna "
+            "search, ASHA early stopping). The objective is the NAB standard score on labelled validation "
+            "series: a NAB-format --corpus, the synthetic telemetry (default), or an unlabelled --input with "
+            "anomalies planted in its tail. Every trial is logged to MLflow; the best configuration is "
+            "retrained on the training series and registered as 'challenger'."
+        ),
+    )
+    tune.add_argument("--detector", required=True, metavar="NAME")
+    tune.add_argument("--trials", type=_positive_int, default=16, metavar="N")
+    tune.add_argument("--space", type=Path, metavar="FILE",
+                      help='JSON search space, e.g. {"window": {"choice": [16, 32]}, "lr": {"loguniform": [1e-4, 1e-2]}}')
+    vdata = tune.add_mutually_exclusive_group()
+    vdata.add_argument("--corpus", type=Path, metavar="DIR", help="labelled NAB-format corpus for validation")
+    vdata.add_argument("--input", type=Path, metavar="FILE", help="unlabelled series: anomalies are planted in its tail")
+    tune.add_argument("--every", type=_positive_int, default=1, metavar="K", help="--corpus: use every K-th file")
+    tune.add_argument("--train", type=Path, metavar="FILE", help="series to retrain the best configuration on "
+                      "(default: --input, else the synthetic training series)")
+    tune.add_argument("--group", default="default", metavar="NAME")
+    tune.add_argument("--tenant", default="default", metavar="NAME")
+    tune.add_argument("--concurrent", type=_positive_int, default=2, metavar="N", help="trials running at once")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--address", metavar="ADDR", help="existing Ray cluster ('auto' or ray://host:10001)")
+    tune.set_defaults(func=cmd_tune)
+
+
+# ----------------------------------------------------------------------------------------------
+# shared
+
+
+def _families(text: str) -> list[str]:
+    from eyenet.core import detectors
+
+    if text == "all":
+        return [*presets.DEFAULT_SUITE, "ensemble"]
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise InvalidParameterError("--detector: expected a family name, a comma-separated list, or 'all'")
+    for n in names:
+        detectors.get_class(n)  # UnknownNameError names the family and lists the known ones
+    return names
+
+
+def _default_series() -> Any:
+    from eyenet.core import synthetic
+    from eyenet.core.data import Series
+
+    n = presets.UP_ROWS
+    ts, values, _ = synthetic.series(DEFAULT_TRAIN_METRIC, n=n, seed=presets.UP_SEED)
+    head = int(n * presets.UP_TRAIN_FRACTION)  # the anomaly-free start
+    return Series(DEFAULT_TRAIN_METRIC.replace("_", "-"), ts[:head], np.asarray(values[:head]))
+
+
+def _read_input(path: Path) -> list[Any]:
+    """Local files are read and checked here, before Ray starts; URIs (s3://, gs://) through Ray Data."""
+    from eyenet.core import data
+    from eyenet.train import data as train_data
+
+    if train_data.is_remote(path):
+        return train_data.read_series(str(path))
+    return data.read_many(path)
+
+
+def _registry() -> Any:
+    from eyenet.lifecycle import registry
+
+    return registry.Registry().check()
+
+
+def _epoch_printer(label: str) -> Callable[[dict[str, Any]], None]:
+    def on_epoch(rec: dict[str, Any]) -> None:
+        _info(f"  {label}: epoch {rec['epoch']} train_loss={rec['train_loss']:.4g} val_loss={rec['val_loss']:.4g}")
+
+    return on_epoch
+
+
+# ----------------------------------------------------------------------------------------------
+# eyenet train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from eyenet.cli import cluster
+    from eyenet.lifecycle import holdout, registry
+    from eyenet.cli import _parse_params
+
+    families = _families(args.detector)
+    params = _parse_params(args.params)
+    if params and len(families) != 1:
+        raise InvalidParameterError("--params applies to a single --detector")
+    configs = {f: presets.model_config(f, params if params else None) for f in families}
+    if args.corpus is not None:
+        from eyenet.train import data as train_data
+
+        series = train_data.read_corpus(args.corpus)
+        source = holdout.corpus_source(args.corpus)
+    elif args.input is not None:
+        if "://" in str(args.input):  # remote storage: Ray Data reads it on the cluster
+            cluster.connect(args.address)
+        series = _read_input(args.input)
+        source = holdout.input_source(args.input)
+    else:
+        series = [_default_series()]
+        source = holdout.synthetic_source(DEFAULT_TRAIN_METRIC)
+    if args.group is not None:
+        registry.model_name("x", group=args.group, tenant=args.tenant)
+        if len(series) > 1:
+            raise InvalidParameterError(f"--group names one series group, but the input holds {len(series)} series")
+    reg = _registry()
+    _info(f"MLflow: {reg.uri}")
+    cluster.connect(args.address)
+    from eyenet.train import trainer
+
+    rows = []
+    for family in families:
+        t0 = time.perf_counter()
+        if len(series) == 1 and family in TORCH_FAMILIES + ("ensemble",):
+            s = series[0]
+            group = args.group or registry.slug(s.name)
+            _info(f"{family}: Ray Train, {args.workers} worker(s), {len(s)} rows of {s.name}")
+            result = trainer.train_torch(configs[family], s, registry=reg, group=group, tenant=args.tenant,
+                                         num_workers=args.workers, use_gpu=args.gpu,
+                                         on_epoch=_epoch_printer(family), source=source)
+            results = [result]
+        else:
+            _info(f"{family}: Ray tasks over {len(series)} series")
+            if args.group is not None:
+                series = [type(s)(args.group, s.timestamps, s.values) for s in series]
+            results = trainer.train_many(configs[family], series, registry=reg, tenant=args.tenant, progress=_info,
+                                         source=source)
+        seconds = time.perf_counter() - t0
+        for r in results:
+            v = r.version
+            resumed = max((run["resumed_from"] for run in r.runs), default=0)
+            note = f", resumed from epoch {resumed}" if resumed else ""
+            _info(f"{family}: registered {v.name} version {v.version} as challenger ({seconds:.1f}s{note})")
+            rows.append((v.name, str(v.version), ",".join(v.aliases), f"{r.metrics.get('fit_seconds', 0):.1f}"))
+    from eyenet.cli import _table
+
+    print("\n".join(_table(("model", "version", "aliases", "fit s"), rows, right=(1, 3))))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# eyenet tune
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from eyenet.cli import cluster
+    from eyenet.core import detectors
+    from eyenet.lifecycle import holdout, tuning
+
+    detectors.get_class(args.detector)
+    space = None
+    if args.space is not None:
+        try:
+            space = json.loads(Path(args.space).read_text())
+        except json.JSONDecodeError as exc:
+            raise InvalidParameterError(f"{args.space}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        tuning.check_space(args.detector, space)
+    if args.corpus is not None:
+        validation = tuning.from_corpus(args.corpus, every=args.every)
+        kind = f"{len(validation)} labelled series of {args.corpus}"
+    elif args.input is not None:
+        validation = [tuning.with_injected(s.name, np.asarray(s.values), seed=args.seed) for s in _read_input(args.input)]
+        kind = f"{len(validation)} series of {args.input} with planted anomalies"
+    else:
+        validation = tuning.from_synthetic()
+        kind = f"{len(validation)} labelled synthetic series"
+    if args.train is not None:
+        train_series, source = _read_input(args.train)[0], holdout.input_source(args.train)
+    elif args.input is not None:
+        train_series, source = _read_input(args.input)[0], holdout.input_source(args.input)
+    else:
+        train_series, source = _default_series(), holdout.synthetic_source(DEFAULT_TRAIN_METRIC)
+    reg = _registry()
+    _info(f"MLflow: {reg.uri}; validating on {kind}; {args.trials} trials")
+    cluster.connect(args.address)
+    from eyenet.tune import tuner
+
+    t0 = time.perf_counter()
+    result = tuner.search_and_register(
+        args.detector, validation, train_series, registry=reg, group=args.group, tenant=args.tenant,
+        trials=args.trials, space=space, max_concurrent=args.concurrent, seed=args.seed, progress=_info,
+        source=source,
+    )
+    v = result.version
+    print(f"{args.detector}: {result.trials} trials ({result.stopped_early} stopped early by ASHA) "
+          f"in {time.perf_counter() - t0:.0f}s")
+    print(f"  NAB standard on validation: best {result.best_score:.1f}, default configuration {result.default_score:.1f}")
+    print(f"  best: {json.dumps(result.best_sample, default=float)}")
+    print(f"  registered {v.name} version {v.version} as challenger")
+    return 0

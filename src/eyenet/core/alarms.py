@@ -1,0 +1,65 @@
+"""Alarm decisions on top of any [0, 1] scorer: threshold, k-of-n debounce, suppression.
+
+Scoring and deciding are separate: a policy never changes a score, it only
+decides which points raise an alarm. State is explicit so the same decision
+comes out of a batch run and of a stream fed one point at a time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from eyenet.core.errors import InvalidParameterError
+
+
+@dataclass
+class AlarmState:
+    recent: list[bool] = field(default_factory=list)  # last n-1 "over threshold" flags
+    cooldown: int = 0  # points still suppressed after the last alarm
+
+    def to_dict(self) -> dict:
+        return {"recent": list(self.recent), "cooldown": self.cooldown}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AlarmState":
+        return cls(recent=[bool(b) for b in d.get("recent", [])], cooldown=int(d.get("cooldown", 0)))
+
+
+@dataclass(frozen=True)
+class AlarmPolicy:
+    """Alarm when at least ``k`` of the last ``n`` scores reach ``threshold``;
+    after an alarm, stay quiet for ``suppress`` points (one incident, one page)."""
+
+    threshold: float = 0.7
+    k: int = 1
+    n: int = 1
+    suppress: int = 0
+
+    def validate(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise InvalidParameterError(f"alarm threshold={self.threshold} must be in (0, 1]")
+        if not (1 <= self.k <= self.n):
+            raise InvalidParameterError(f"alarm needs 1 <= k <= n, got k={self.k}, n={self.n}")
+        if self.suppress < 0:
+            raise InvalidParameterError(f"alarm suppress={self.suppress} must be >= 0")
+
+    def decide(self, scores: np.ndarray, state: AlarmState | None = None) -> tuple[np.ndarray, AlarmState]:
+        """Alarm flags for ``scores`` (NaN = not ready = no alarm) and the state after them."""
+        st = AlarmState(list(state.recent), state.cooldown) if state else AlarmState()
+        s = np.asarray(scores, dtype=float)
+        with np.errstate(invalid="ignore"):
+            over = (s >= self.threshold).tolist()
+        alarms = np.zeros(len(s), dtype=bool)
+        recent, cooldown, k, keep = st.recent, st.cooldown, self.k, self.n - 1
+        for i, o in enumerate(over):
+            recent.append(o)
+            if cooldown > 0:
+                cooldown -= 1
+            elif o and sum(recent) >= k:
+                alarms[i] = True
+                cooldown = self.suppress
+            if len(recent) > keep:
+                del recent[: len(recent) - keep]
+        st.recent, st.cooldown = recent, cooldown
+        return alarms, st

@@ -1,0 +1,257 @@
+"""Ensemble over calibrated member scores.
+
+Each member is a detector with its own calibrator fitted on held-out data, so
+its output is on the common [0, 1] scale; the ensemble combines them by
+``mean`` (weighted by each member's optional ``weight``), ``max``, ``weighted``
+mean (explicit ``weights``) or ``vote`` (fraction of members at or above
+``vote_threshold``) and reports the members' spread as uncertainty.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from eyenet.core.detectors.base import Detector, as_series, one_of
+from eyenet.core.errors import InvalidParameterError
+
+#: a seasonal baseline (distance from the same phase of past cycles, or from the usual level)
+#: and a one-step forecaster (distance from what the last values predict), the baseline
+#: weighted 3:1; chosen on the NAB subset in bench/RESULTS.md, where it beats each member
+DEFAULT_MEMBERS: tuple[dict[str, Any], ...] = (
+    {"family": "seasonal", "params": {}, "weight": 3.0},
+    {"family": "lstm", "params": {}, "weight": 1.0},
+)
+
+
+def _weight_ok(w: Any) -> bool:
+    return isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf")
+
+
+def _members_ok(v: Any) -> bool:
+    return v is None or isinstance(v, (list, tuple)) and len(v) >= 1 and all(
+        isinstance(m, dict)
+        and isinstance(m.get("family"), str)
+        and m["family"] != "ensemble"
+        and _weight_ok(m.get("weight", 1.0))
+        for m in v
+    ) and sum(float(m.get("weight", 1.0)) for m in v) > 0
+
+
+_members_ok.__doc__ = (
+    "None (the default members) or a non-empty list of {'family': name, 'params': {...}, 'weight': w} "
+    "(weight optional, default 1, non-negative with a positive sum; no nested ensembles)"
+)
+
+
+def _weights_ok(v: Any) -> bool:
+    return v is None or (isinstance(v, (list, tuple)) and all(isinstance(w, (int, float)) and w >= 0 for w in v))
+
+
+_weights_ok.__doc__ = "None or a list of non-negative numbers, one per member"
+
+
+def _fraction(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v < 1.0
+
+
+_fraction.__doc__ = "a number in (0, 1)"
+
+
+class Ensemble(Detector):
+    """Combines the calibrated scores of member detectors (mean, max, weighted, vote)."""
+
+    family = "ensemble"
+    _constraints = {
+        "members": _members_ok,
+        "combine": one_of("mean", "max", "weighted", "vote"),
+        "weights": _weights_ok,
+        "vote_threshold": _fraction,
+        "holdout": _fraction,
+    }
+
+    def __init__(
+        self,
+        *,
+        members: list[dict[str, Any]] | None = None,
+        combine: str = "mean",
+        weights: list[float] | None = None,
+        vote_threshold: float = 0.5,
+        holdout: float = 0.3,
+    ) -> None:
+        self.members = members
+        self.combine = combine
+        self.weights = weights
+        self.vote_threshold = vote_threshold
+        self.holdout = holdout
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        if self.combine == "weighted":
+            if self.weights is None or len(self.weights) != len(self.member_configs) or sum(self.weights) <= 0:
+                raise InvalidParameterError(
+                    f"ensemble: combine='weighted' needs {len(self.member_configs)} weights with a positive sum, got {self.weights}"
+                )
+
+    def _build(self) -> list:
+        from eyenet.core import detectors
+        from eyenet.core.model import AnomalyModel
+
+        return [
+            AnomalyModel(detectors.from_dict({"family": m["family"], "params": m.get("params") or {}}), holdout=self.holdout, rank=None)
+            for m in self.member_configs
+        ]
+
+    @property
+    def member_weights(self) -> np.ndarray:
+        """Each member's weight in ``mean`` (the members' ``weight`` keys, default 1)."""
+        return np.array([float(m.get("weight", 1.0)) for m in self.member_configs])
+
+    @property
+    def member_configs(self) -> list[dict[str, Any]]:
+        return [dict(m) for m in (self.members if self.members is not None else DEFAULT_MEMBERS)]
+
+    @property
+    def min_history(self) -> int:
+        models = getattr(self, "members_", None) or self._build()
+        return max(m.detector.min_history for m in models)
+
+    @property
+    def context(self) -> int:
+        models = getattr(self, "members_", None) or self._build()
+        return max(m.detector.context for m in models)
+
+    @property
+    def min_fit(self) -> int:
+        models = getattr(self, "members_", None) or self._build()
+        need = max(m.detector.min_fit for m in models)
+        return int(np.ceil(need / (1 - self.holdout))) + 10
+
+    def _fit(self, x: np.ndarray) -> None:
+        self.members_ = [m.fit(x) for m in self._build()]
+
+    def fit_split(self, values: Any, split: int) -> "Ensemble":
+        """Fit every member's detector on ``values[:split]`` and its calibrator on its
+        scores of ``values[split:]``: for a caller that holds out that tail itself, so
+        members learn from all of the fit part instead of holding out a part of it again."""
+        from eyenet.core.calibration import TailCalibrator
+
+        self._validate_params()
+        x = as_series(values)
+        models = self._build()
+        for m in models:
+            det = m.detector.fit(x[:split])
+            start = max(split - max(det.context, det.min_history) + 1, 0)
+            held = det.score(x[start:])[split - start :]
+            m.calibrator_ = TailCalibrator(tail_quantile=m.tail_quantile).fit(held)
+            m.reference_ = [held[np.isfinite(held)]]
+        self.members_ = models
+        self.fitted_ = True
+        return self
+
+    def member_raw(self, x: np.ndarray) -> np.ndarray:
+        """Raw scores of every member, shape (len(x), members); NaN where a member is not ready."""
+        return np.column_stack([m.detector.score(x) for m in self.members_])
+
+    def member_scores(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated member scores, shape (len(x), members); NaN where a member is not ready."""
+        return self.calibrate_members(self.member_raw(x))
+
+    def calibrate_members(self, raw: np.ndarray) -> np.ndarray:
+        return np.column_stack([m.calibrator_.transform(raw[:, j]) for j, m in enumerate(self.members_)])
+
+    def combine_scores(self, s: np.ndarray) -> np.ndarray:
+        """One score per row of a (points, members) matrix of [0, 1] scores."""
+        if self.combine == "max":
+            return s.max(axis=1)
+        if self.combine == "vote":
+            return (s >= self.vote_threshold).mean(axis=1)
+        if self.combine == "weighted":
+            return (s * self._unit_weights()).sum(axis=1)  # not s @ w: BLAS rounds one row and many differently
+        w = self.member_weights
+        if len(w) == s.shape[1] and not np.allclose(w, w[0]):
+            return (s * (w / w.sum())).sum(axis=1)
+        return s.mean(axis=1)
+
+    def _unit_weights(self) -> np.ndarray:
+        w = np.asarray(self.weights, dtype=float)
+        return w / w.sum()
+
+    def combine_raw(self, raw: np.ndarray) -> np.ndarray:
+        """Ensemble score from members' raw scores; NaN until every member is ready."""
+        if len(raw) == 1:
+            return np.array([self.combine_one(raw[0].tolist())])
+        s = self.calibrate_members(raw)
+        out = np.full(len(s), np.nan)
+        ok = np.isfinite(s).all(axis=1)
+        out[ok] = self.combine_scores(s[ok])
+        return out
+
+    def combine_one(self, raw: list[float]) -> float:
+        """:meth:`combine_raw` of one point (one raw score per member) without arrays,
+        equal to it bit for bit: the real-time path."""
+        return self.combine_row([m.calibrator_.transform_one(r) for m, r in zip(self.members_, raw)])
+
+    def combine_row(self, s: list[float]) -> float:
+        """:meth:`combine_scores` of one row of [0, 1] scores, without arrays and equal to it
+        bit for bit; NaN if any member is not ready."""
+        if any(v != v for v in s):
+            return math.nan
+        if self.combine == "max":
+            return max(s)
+        if self.combine == "vote":
+            return sum(v >= self.vote_threshold for v in s) / len(s)
+        if len(s) >= 8:  # numpy sums 8 or more numbers pairwise
+            return float(self.combine_scores(np.array([s]))[0])
+        w = self.member_weights
+        weighted = self.combine == "weighted" or (len(w) == len(s) and not np.allclose(w, w[0]))
+        if self.combine == "weighted":
+            s = [v * x for v, x in zip(s, self._unit_weights().tolist())]
+        elif weighted:  # a mean with member weights
+            s = [v * x for v, x in zip(s, (w / w.sum()).tolist())]
+        total = s[0]  # in order, as numpy sums fewer than 8 numbers
+        for v in s[1:]:
+            total += v
+        return total if weighted else total / len(s)
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        return self.combine_raw(self.member_raw(x))[self.min_history - 1 :]
+
+    def score_last(self, window: Any) -> float:
+        """The real-time path: each member scores only its own last window."""
+        if not self.is_fitted:
+            return super().score_last(window)  # raises NotFittedError
+        x = as_series(window)
+        h = self.min_history
+        if len(x) < h:
+            return float("nan")
+        x = x[-h:]
+        return self.combine_one([m.detector.score_last(x) for m in self.members_])
+
+    def uncertainty(self, x: np.ndarray) -> np.ndarray:
+        """Spread (standard deviation) of the members' calibrated scores per point."""
+        return np.std(self.member_scores(x), axis=1)
+
+    def _state(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for i, m in enumerate(self.members_):
+            for k, v in m.detector._state().items():
+                out[f"m{i}.det.{k}"] = v
+            for k, v in m.calibrator_.state().items():
+                out[f"m{i}.cal.{k}"] = v
+            out[f"m{i}.reference"] = m.reference_
+        return out
+
+    def _set_state(self, state: dict[str, np.ndarray]) -> None:
+        from eyenet.core.calibration import TailCalibrator
+
+        models = self._build()
+        for i, m in enumerate(models):
+            det = {k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"m{i}.det.")}
+            cal = {k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"m{i}.cal.")}
+            m.detector._set_state(det)
+            m.detector.fitted_ = True
+            m.calibrator_ = TailCalibrator.from_state(cal)
+            m.reference_ = state[f"m{i}.reference"]
+        self.members_ = models

@@ -1,0 +1,408 @@
+"""A deployable anomaly model: detector -> calibrator -> running rank -> alarm policy.
+
+The same :meth:`AnomalyModel.score_stream` serves a whole file offline, a window
+behind HTTP, and one point at a time with per-series state, so all three give
+the same numbers.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eyenet.core import detectors
+from eyenet.core.alarms import AlarmPolicy, AlarmState
+from eyenet.core.calibration import RunningRank, TailCalibrator
+from eyenet.core.detectors.base import Detector, as_series, load_npz
+from eyenet.core.detectors.ensemble import Ensemble
+from eyenet.core.errors import ArtifactError, InvalidParameterError, NotEnoughDataError, NotFittedError
+
+
+@dataclass
+class Scores:
+    """Per-point output. NaN in ``score`` means the model is not ready yet."""
+
+    raw: np.ndarray
+    calibrated: np.ndarray
+    score: np.ndarray
+    alarm: np.ndarray
+
+    @property
+    def ready(self) -> np.ndarray:
+        return np.isfinite(self.score)
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+
+@dataclass
+class StreamState:
+    """What a stream must remember between calls: recent values, its own raw scores and ranks.
+
+    ``scores`` holds only the scores this stream produced (per member, oldest
+    first, at most the rank history); the model's held-out reference scores
+    fill the rest of each rank history, so a new stream costs nothing to store.
+    ``model`` names the model version whose raw scores these are: raw scores of
+    another version are not comparable, and :meth:`AnomalyModel.adopt` drops them.
+    """
+
+    values: np.ndarray = field(default_factory=lambda: np.empty(0))
+    scores: list[np.ndarray] = field(default_factory=list)  # per member, oldest first
+    ranks: np.ndarray = field(default_factory=lambda: np.empty(0))
+    alarm: AlarmState = field(default_factory=AlarmState)
+    seen: int = 0
+    model: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "values": self.values.tolist(),
+            "scores": [h.tolist() for h in self.scores],
+            "ranks": self.ranks.tolist(),
+            "alarm": self.alarm.to_dict(),
+            "seen": self.seen,
+            "model": self.model,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StreamState":
+        return cls(
+            values=np.asarray(d["values"], dtype=float),
+            scores=[np.asarray(h, dtype=float) for h in d["scores"]],
+            ranks=np.asarray(d.get("ranks", []), dtype=float),
+            alarm=AlarmState.from_dict(d["alarm"]),
+            seen=int(d["seen"]),
+            model=str(d.get("model", "")),
+        )
+
+    def to_bytes(self) -> bytes:
+        """Compact binary form (a JSON header, then the float64 arrays back to back; no pickle)."""
+        arrays = [self.values, *self.scores, self.ranks]
+        head = json.dumps({"lengths": [len(a) for a in arrays], "alarm": self.alarm.to_dict(),
+                           "seen": self.seen, "model": self.model}).encode()
+        body = np.concatenate([np.asarray(a, dtype="<f8") for a in arrays]) if arrays else np.empty(0)
+        return len(head).to_bytes(4, "little") + head + body.astype("<f8").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "StreamState":
+        n = int.from_bytes(data[:4], "little")
+        head = json.loads(data[4 : 4 + n])
+        flat = np.frombuffer(data[4 + n :], dtype="<f8")
+        lengths = head["lengths"]
+        if sum(lengths) != len(flat) or len(lengths) < 2:
+            raise ValueError(f"stream state: {len(flat)} values for lengths {lengths}")
+        parts = np.split(flat.copy(), np.cumsum(lengths)[:-1])
+        return cls(values=parts[0], scores=parts[1:-1], ranks=parts[-1], alarm=AlarmState.from_dict(head["alarm"]),
+                   seen=int(head["seen"]), model=str(head.get("model", "")))
+
+
+class AnomalyModel:
+    """Detector + calibration fitted on held-out data + running rank + alarms.
+
+    ``holdout`` is the trailing fraction of the training series kept out of the
+    detector's fit; the calibrator learns the detector's score distribution on
+    it, so the calibration reflects unseen data. ``rank=None`` uses the
+    calibrated score directly as the final score.
+    """
+
+    def __init__(
+        self,
+        detector: Detector,
+        *,
+        holdout: float = 0.3,
+        tail_quantile: float = 0.9,
+        rank: RunningRank | None = RunningRank(),
+        alarm: AlarmPolicy = AlarmPolicy(),
+    ) -> None:
+        self.detector = detector
+        self.holdout = holdout
+        self.tail_quantile = tail_quantile
+        self.rank = rank
+        self.alarm = alarm
+
+    @property
+    def name(self) -> str:
+        return self.detector.family
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector.to_dict(),
+            "holdout": self.holdout,
+            "tail_quantile": self.tail_quantile,
+            "rank": asdict(self.rank) if self.rank else None,
+            "alarm": asdict(self.alarm),
+        }
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "AnomalyModel":
+        try:
+            kw: dict[str, Any] = {}
+            for key in ("holdout", "tail_quantile"):
+                if key in config:
+                    kw[key] = float(config[key])
+            if "rank" in config:
+                kw["rank"] = RunningRank(**config["rank"]) if config["rank"] is not None else None
+            if "alarm" in config:
+                kw["alarm"] = AlarmPolicy(**config["alarm"])
+            return cls(detectors.from_dict(config["detector"]), **kw)
+        except (KeyError, TypeError) as exc:
+            raise InvalidParameterError(f"model config: {exc}") from None
+
+    # -- fitting -------------------------------------------------------------------
+    def fit(self, values: Any) -> "AnomalyModel":
+        """Fit the detector on the head of ``values``, calibrate on its held-out tail."""
+        if not 0.05 <= self.holdout <= 0.8:
+            raise InvalidParameterError(f"holdout={self.holdout} must be in [0.05, 0.8]")
+        if self.rank:
+            self.rank.validate()
+        self.alarm.validate()
+        x = as_series(values)
+        det = self.detector
+        n_hold = int(round(len(x) * self.holdout))
+        split = len(x) - n_hold
+        if split < det.min_fit or n_hold < 10:
+            raise NotEnoughDataError(
+                f"{det.family}: training needs at least {det.min_fit + max(10, det.min_fit // 2)} points "
+                f"({det.min_fit} to fit, the rest held out for calibration), got {len(x)}"
+            )
+        if isinstance(det, Ensemble):
+            # members learn from all of the fit part and calibrate on the same held-out tail
+            det.fit_split(x, split)
+        else:
+            det.fit(x[:split])
+        # score the held-out tail with the history before it that its scores may use
+        start = max(split - max(det.context, det.min_history) + 1, 0)
+        held = det.score(x[start:])[split - start :]
+        self.calibrator_ = TailCalibrator(tail_quantile=self.tail_quantile).fit(held)
+        # each member's held-out raw scores seed its running rank's history
+        self.reference_ = [r[np.isfinite(r)] for r in self._member_raw(x[start:])[split - start :].T]
+        self.fit_tail_ = x[-min(len(x), max(4 * det.context, 4 * det.min_history, 200)) :]  # probe; not saved
+        return self
+
+    def _members(self) -> list[Detector]:
+        """The detectors whose scores are ranked: an ensemble's members, else the detector."""
+        if isinstance(self.detector, Ensemble):
+            return [m.detector for m in self.detector.members_]
+        return [self.detector]
+
+    def _member_raw(self, x: np.ndarray) -> np.ndarray:
+        """Raw scores of every member, shape (len(x), members)."""
+        if not len(x):
+            return np.empty((0, len(self._members())))
+        return np.column_stack([d.score(x) for d in self._members()])
+
+    def _combine(self, ranks: np.ndarray) -> np.ndarray:
+        """One rank per point from the members' ranks (NaN until every member is ready)."""
+        if ranks.shape[1] == 1:
+            return ranks[:, 0]
+        if len(ranks) == 1:  # one point: the real-time path
+            return np.array([self.detector.combine_row(ranks[0].tolist())])
+        out = np.full(len(ranks), np.nan)
+        ok = np.isfinite(ranks).all(axis=1)
+        if ok.any():
+            out[ok] = self.detector.combine_scores(ranks[ok])
+        return out
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "calibrator_")
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"{self.name}: model is not fitted")
+
+    # -- scoring -------------------------------------------------------------------
+    def calibrated(self, values: Any) -> np.ndarray:
+        """Pointwise calibrated scores in [0, 1] (NaN = not ready); no running state."""
+        self._check_fitted()
+        return self.calibrator_.transform(self.detector.score(values))
+
+    def new_state(self) -> StreamState:
+        self._check_fitted()
+        return StreamState(scores=[np.empty(0) for _ in self.reference_])
+
+    def adopt(self, state: StreamState, model: str) -> StreamState:
+        """``state`` for scoring with this model, known as ``model`` (e.g. ``name/version``): a state
+        another version wrote keeps the series' values, alarm state and count, and drops the raw
+        scores and ranks, which that version's scale made (this version's reference stands in)."""
+        if state.model == model or not state.model:
+            return state if state.model == model else replace(state, model=model)
+        return StreamState(values=state.values, scores=[np.empty(0) for _ in self.reference_],
+                           alarm=state.alarm, seen=state.seen, model=model)
+
+    def _rank_history(self, j: int, own: np.ndarray) -> np.ndarray:
+        """Member ``j``'s rank history: the newest reference scores, then the stream's own."""
+        keep = self.rank.history if self.rank else 0
+        if len(own) >= keep:
+            return own
+        ref = self.reference_[j]
+        return np.concatenate((ref[max(len(ref) - (keep - len(own)), 0) :], own))
+
+    def score_stream(self, values: Any, state: StreamState | None = None) -> tuple[Scores, StreamState]:
+        """Score new points of a stream given what came before; returns the new state."""
+        self._check_fitted()
+        st = state if state is not None else self.new_state()
+        x = as_series(values)
+        ctx = self.context(x, st)
+        inputs = self.member_inputs(ctx, len(x))
+        member_raw = np.column_stack([d.score(v)[len(v) - len(x) :] for d, v in zip(self._members(), inputs)]) \
+            if len(x) else np.empty((0, len(inputs)))
+        return self.finish_stream(member_raw, x, st)
+
+    def member_inputs(self, ctx: np.ndarray, n_new: int) -> list[np.ndarray]:
+        """What each member must score to produce the last ``n_new`` points of ``ctx``: only as much
+        history as its scores can depend on (``context``), so one new point costs one window."""
+        out = []
+        for d in self._members():
+            need = n_new + max(d.context, d.min_history) - 1
+            out.append(ctx[-need:] if need < len(ctx) else ctx)
+        return out
+
+    def context(self, values: np.ndarray, state: StreamState) -> np.ndarray:
+        """The values the members score to produce the new points' scores: remembered history + new points."""
+        return np.concatenate((state.values, values))
+
+    @property
+    def member_families(self) -> list[str]:
+        return [d.family for d in self._members()]
+
+    def member_calibrated(self, member_raw: np.ndarray) -> np.ndarray:
+        """Each member's calibrated [0, 1] score, shape like ``member_raw``."""
+        if isinstance(self.detector, Ensemble):
+            return self.detector.calibrate_members(member_raw)
+        return self.calibrator_.transform(member_raw[:, 0])[:, None]
+
+    def finish_stream(
+        self, member_raw: np.ndarray, values: np.ndarray, state: StreamState, *, missing: tuple[int, ...] = ()
+    ) -> tuple[Scores, StreamState]:
+        """Everything after the members' raw scores: calibration, ranks, combination, alarms, new state.
+
+        ``member_raw`` has one row per new point and one column per member
+        (what :meth:`score_stream` computes in-process, or what remote member
+        deployments returned). Members listed in ``missing`` (column indices)
+        did not answer: the combination uses the others (mean of their ranks)
+        and their histories are kept unchanged.
+        """
+        st, x, det = state, values, self.detector
+        present = [j for j in range(member_raw.shape[1]) if j not in missing]
+        if not present:
+            raise InvalidParameterError(f"{self.name}: no member answered")
+        if missing:
+            s = self.member_calibrated(member_raw)[:, present]
+            raw = np.where(np.isfinite(s).all(axis=1), s.mean(axis=1), np.nan)
+            cal = raw
+        else:
+            raw = det.combine_raw(member_raw) if isinstance(det, Ensemble) else member_raw[:, 0]
+            cal = self.calibrator_.transform(raw)
+        if self.rank:
+            # ranks need only the order of scores: rank raw ones, which never saturate
+            ranks, new_hist = [], []
+            for j, hist in enumerate(st.scores):
+                if j in missing:
+                    ranks.append(np.full(len(x), np.nan))
+                    new_hist.append(hist)
+                    continue
+                new = member_raw[:, j]
+                r, _ = self.rank.rank(new, self._rank_history(j, hist))
+                ranks.append(r)
+                new_hist.append(np.concatenate((hist, new[np.isfinite(new)]))[-self.rank.history :])
+            stacked = np.column_stack(ranks)
+            if missing:
+                sub = stacked[:, present]
+                combined = np.where(np.isfinite(sub).all(axis=1), sub.mean(axis=1), np.nan)
+            else:
+                combined = self._combine(stacked)
+            score, new_ranks = self.rank.novelty(combined, st.ranks)
+        else:
+            score, new_hist, new_ranks = cal, [np.empty(0) for _ in st.scores], np.empty(0)
+        alarm, alarm_state = self.alarm.decide(score, st.alarm)
+        ctx = np.concatenate((st.values, x))
+        keep = max(det.context, det.min_history) - 1
+        new_state = StreamState(
+            values=ctx[max(len(ctx) - keep, 0) :] if keep else np.empty(0),
+            scores=new_hist,
+            ranks=new_ranks,
+            alarm=alarm_state,
+            seen=st.seen + len(x),
+            model=st.model,
+        )
+        return Scores(raw=raw, calibrated=cal, score=score, alarm=alarm), new_state
+
+    def score(self, values: Any) -> Scores:
+        """Score a whole series from a fresh stream."""
+        return self.score_stream(values)[0]
+
+    # -- descriptions (recorded with every registered version) ------------------------------
+    def calibration_summary(self) -> dict[str, Any]:
+        """The fitted calibration in numbers: tail model and held-out score quantiles per member."""
+        self._check_fitted()
+        cal = self.calibrator_
+        q = [0.5, 0.9, 0.99]
+        return {
+            "tail_quantile": cal.tail_quantile,
+            "tail_threshold": cal.threshold_,
+            "tail_scale": cal.tail_scale_,
+            "held_out_scores": len(cal.body_),
+            "held_out_quantiles": dict(zip(map(str, q), np.quantile(cal.body_, q).tolist())),
+            "rank": asdict(self.rank) if self.rank else None,
+            "alarm": asdict(self.alarm),
+            "members": [
+                {"family": d.family, "reference_scores": len(r), "reference_median": float(np.median(r)) if len(r) else None}
+                for d, r in zip(self._members(), self.reference_)
+            ],
+        }
+
+    def feature_config(self) -> dict[str, Any]:
+        """What each member reads from the series: history length and its window parameters."""
+        members = []
+        for d in self._members():
+            params = d.get_params()
+            members.append({"family": d.family, "min_history": d.min_history,
+                            **{k: params[k] for k in ("window", "normalisation") if k in params}})
+        return {"input": "univariate values in timestamp order", "min_history": self.detector.min_history,
+                "members": members}
+
+    def training_history(self) -> dict[str, list[dict[str, Any]]]:
+        """Per-epoch training records of every torch member, keyed by a metric-name prefix."""
+        members = self._members()
+        out = {}
+        for i, d in enumerate(members):
+            history = getattr(d, "history_", None)
+            if history:
+                out["" if len(members) == 1 else f"m{i}.{d.family}."] = list(history)
+        return out
+
+    # -- persistence ---------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        self._check_fitted()
+        d = Path(path)
+        self.detector.save(d / "detector")
+        (d / "model.json").write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
+        refs = {f"reference.{j}": r for j, r in enumerate(self.reference_)}
+        np.savez(d / "calibration.npz", **refs, **self.calibrator_.state())
+        return d
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AnomalyModel":
+        d = Path(path)
+        try:
+            config = json.loads((d / "model.json").read_text())
+        except FileNotFoundError:
+            raise ArtifactError(f"{d / 'model.json'}: missing model config") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{d / 'model.json'}: corrupt model config ({exc})") from None
+        model = cls.from_dict(config)
+        model.detector = detectors.load(d / "detector")
+        cal = load_npz(d / "calibration.npz")
+        try:
+            model.calibrator_ = TailCalibrator.from_state(cal)
+            refs = sorted((k for k in cal if k.startswith("reference.")), key=lambda k: int(k.split(".")[1]))
+            model.reference_ = [np.asarray(cal[k], dtype=float) for k in refs]
+            if len(model.reference_) != len(model._members()):
+                raise ValueError(f"{len(model.reference_)} score histories for {len(model._members())} members")
+        except (KeyError, ValueError) as exc:
+            raise ArtifactError(f"{d / 'calibration.npz'}: incomplete calibration ({exc})") from None
+        return model
+

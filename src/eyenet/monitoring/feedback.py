@@ -1,0 +1,318 @@
+"""Operator feedback on alarms, and the precision, false-positive rate and alarm rate it gives.
+
+``POST /v1/feedback`` marks points of a series as ``true_anomaly`` (an alarm
+that was right), ``false_alarm`` (an alarm that was wrong) or
+``missed_anomaly`` (an anomaly no alarm caught). A :class:`FeedbackTracker`
+keeps, per model, the alarms the serving path raised (``record_alarms``) and
+the labels operators sent (``record``), over a sliding time window and in
+total:
+
+- precision = true anomalies / (true anomalies + false alarms), among labelled alarms;
+- false-positive rate = false alarms / points scored;
+- alarm rate = alarms / points scored.
+
+Every label is appended to a JSON-lines file (``.eyenet/feedback.jsonl`` by
+default), the durable record of who said what, when; a new tracker replays it.
+Counts are label events: marking the same point twice counts twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from eyenet.lifecycle import registry as reg
+from eyenet.core.errors import InvalidInputError, InvalidParameterError
+from eyenet.serving.schemas import LIMITS, Limits, SeriesIn
+
+LABELS: tuple[str, ...] = ("true_anomaly", "false_alarm", "missed_anomaly")
+FILE = "feedback.jsonl"
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: an operator's verdict on points of one series, by timestamp or by index."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="series id, as sent to /v1/detect or /v1/stream")
+    label: Literal["true_anomaly", "false_alarm", "missed_anomaly"]
+    timestamps: list[str | float] | None = Field(default=None, min_length=1,
+                                                 description="the points' timestamps (ISO 8601 or epoch seconds)")
+    indices: list[int] | None = Field(default=None, min_length=1,
+                                      description="the points' positions in the series (for a stream: its 'seen' count "
+                                                  "before the point)")
+    group: str = "default"
+    tenant: str = "default"
+    detector: str = Field(default="ensemble", description="family of the model that scored the points")
+    version: int | None = Field(default=None, ge=1, description="model version that scored the points, if known")
+    note: str | None = Field(default=None, max_length=1000)
+    by: str | None = Field(default=None, max_length=100, description="who gives the feedback")
+
+    _check_id = field_validator("id")(SeriesIn._id.__func__)
+
+    @model_validator(mode="after")
+    def _one_way_to_name_points(self) -> FeedbackRequest:
+        if (self.timestamps is None) == (self.indices is None):
+            raise ValueError("give the points as either 'timestamps' or 'indices', not both or neither")
+        return self
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A validated feedback request: one label on ``points`` points of one series of one model."""
+
+    model: str
+    series: str
+    label: str
+    points: int
+    timestamps: list[str] | None = None  # ISO 8601, UTC
+    indices: list[int] | None = None
+    version: int | None = None
+    note: str | None = None
+    by: str | None = None
+    received: float = field(default_factory=time.time)  # unix seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def check_feedback(req: FeedbackRequest, limits: Limits = LIMITS, *, now: float | None = None) -> Feedback:
+    """Validate a request beyond its schema (model name, point count, timestamps); raises
+    :class:`InvalidInputError` / :class:`InvalidParameterError` naming the field."""
+    name = reg.model_name(req.detector, group=req.group, tenant=req.tenant)
+    points = req.timestamps if req.timestamps is not None else req.indices
+    where = "timestamps" if req.timestamps is not None else "indices"
+    if len(points) > limits.max_points:
+        raise InvalidInputError(f"{where}: {len(points)} points, at most {limits.max_points} per request")
+    timestamps = indices = None
+    if req.timestamps is not None:
+        timestamps = _iso(req.timestamps)
+        keys: list[Any] = timestamps
+    else:
+        indices = list(req.indices)
+        for i, v in enumerate(indices):
+            if v < 0:
+                raise InvalidInputError(f"indices[{i}]: {v} is negative")
+        keys = indices
+    seen: dict[Any, int] = {}
+    for i, k in enumerate(keys):
+        if k in seen:
+            raise InvalidInputError(f"{where}[{i}]: the same point as {where}[{seen[k]}]")
+        seen[k] = i
+    return Feedback(model=name, series=req.id, label=req.label, points=len(points), timestamps=timestamps,
+                    indices=indices, version=req.version, note=req.note, by=req.by,
+                    received=time.time() if now is None else now)
+
+
+def _iso(ts: list[str | float]) -> list[str]:
+    """Timestamps as ISO 8601 UTC text (epoch seconds or ISO 8601 in)."""
+    import pandas as pd
+
+    out = []
+    for i, t in enumerate(ts):
+        try:
+            if isinstance(t, (int, float)):
+                if not np.isfinite(t):
+                    raise ValueError("not a finite number")
+                stamp = pd.Timestamp(t, unit="s", tz="UTC")
+            else:
+                stamp = pd.Timestamp(t)
+                stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidInputError(f"timestamps[{i}]: {t!r} is not a timestamp ({exc})") from None
+        out.append(stamp.isoformat())
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the tracker
+
+
+def default_path(root: str | Path | None = None) -> Path:
+    """Where a service keeps its feedback: ``.eyenet/feedback.jsonl`` (see :func:`eyenet.lifecycle.registry.home`)."""
+    return reg.home(root) / FILE
+
+
+@dataclass
+class Counts:
+    """Points scored, alarms raised and labels received; the rates they give (None: nothing to divide by)."""
+
+    points: int = 0
+    alarms: int = 0
+    true_anomaly: int = 0
+    false_alarm: int = 0
+    missed_anomaly: int = 0
+
+    def add(self, other: Counts) -> None:
+        self.points += other.points
+        self.alarms += other.alarms
+        self.true_anomaly += other.true_anomaly
+        self.false_alarm += other.false_alarm
+        self.missed_anomaly += other.missed_anomaly
+
+    @property
+    def labelled_alarms(self) -> int:
+        return self.true_anomaly + self.false_alarm
+
+    @property
+    def precision(self) -> float | None:
+        return self.true_anomaly / self.labelled_alarms if self.labelled_alarms else None
+
+    @property
+    def recall(self) -> float | None:
+        found = self.true_anomaly + self.missed_anomaly
+        return self.true_anomaly / found if found else None
+
+    @property
+    def false_positive_rate(self) -> float | None:
+        return self.false_alarm / self.points if self.points else None
+
+    @property
+    def alarm_rate(self) -> float | None:
+        return self.alarms / self.points if self.points else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "precision": self.precision, "recall": self.recall,
+                "false_positive_rate": self.false_positive_rate, "alarm_rate": self.alarm_rate}
+
+
+class FeedbackTracker:
+    """Per model: alarms and operator labels over the last ``window_s`` seconds and in total.
+
+    ``path`` (:func:`default_path` in a service; None keeps nothing on disk)
+    is appended on every label and replayed when the tracker starts.
+    ``min_labels``: the windowed precision is reported only once this many
+    alarms were labelled in the window (one early false alarm is not a
+    precision of 0). Thread-safe.
+    """
+
+    def __init__(self, path: str | Path | None, *, window_s: float = 3600.0, buckets: int = 60,
+                 min_labels: int = 5, clock: Callable[[], float] = time.time) -> None:
+        if window_s <= 0 or buckets < 1 or min_labels < 1:
+            raise InvalidParameterError(f"window_s={window_s}, buckets={buckets}, min_labels={min_labels}: "
+                                        "need window_s > 0, buckets >= 1, min_labels >= 1")
+        self.path = Path(path) if path is not None else None
+        self.window_s = float(window_s)
+        self.bucket_s = self.window_s / buckets
+        self.min_labels = min_labels
+        self.clock = clock
+        self._total: dict[str, Counts] = {}
+        self._buckets: dict[str, deque[tuple[int, Counts]]] = {}
+        self._lock = threading.Lock()
+        self.replayed = self._replay()
+
+    def _add(self, model: str, at: float, counts: Counts, now: float) -> None:
+        total = self._total.get(model)
+        if total is None:
+            total = self._total[model] = Counts()
+            self._buckets[model] = deque()
+        total.add(counts)
+        b = int(at // self.bucket_s)
+        q = self._buckets[model]
+        if not q or q[-1][0] < b:
+            q.append((b, counts))
+        elif q[-1][0] == b:
+            q[-1][1].add(counts)
+        else:  # a record older than the newest bucket (received out of order): keep buckets in time order
+            for i, (start, c) in enumerate(q):
+                if start == b:
+                    c.add(counts)
+                    break
+                if start > b:
+                    q.insert(i, (b, counts))
+                    break
+        self._expire(model, now)
+
+    def _expire(self, model: str, now: float) -> None:
+        q = self._buckets.get(model)
+        first = int((now - self.window_s) // self.bucket_s) + 1
+        while q and q[0][0] < first:
+            q.popleft()
+
+    def record_alarms(self, model: str, points: int, alarms: int) -> None:
+        """What the serving path feeds after scoring: ``points`` new points of ``model``, ``alarms`` of them alarmed."""
+        if points < 0 or not 0 <= alarms <= points:
+            raise InvalidParameterError(f"{model}: {alarms} alarms in {points} points")
+        now = self.clock()
+        with self._lock:
+            self._add(model, now, Counts(points=points, alarms=alarms), now)
+
+    def record(self, feedback: Feedback) -> None:
+        """Append a label to the file (flushed to disk), then count it."""
+        if feedback.label not in LABELS:
+            raise InvalidParameterError(f"label {feedback.label!r} is not one of {LABELS}")
+        line = (json.dumps(feedback.to_dict(), sort_keys=True) + "\n").encode()
+        with self._lock:
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a+b") as f:
+                    if f.tell():  # after a torn last write, start a new line rather than extend it
+                        f.seek(-1, os.SEEK_END)
+                        if f.read(1) != b"\n":
+                            line = b"\n" + line
+                    f.write(line)
+                    f.flush()
+                    os.fsync(f.fileno())
+            self._count(feedback)
+
+    def _count(self, fb: Feedback) -> None:
+        self._add(fb.model, fb.received, Counts(**{fb.label: fb.points}), self.clock())
+
+    def _replay(self) -> int:
+        """Count the labels already in the file; a line that is not a label (a torn last write) is skipped."""
+        if self.path is None or not self.path.exists():
+            return 0
+        n = 0
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    d = json.loads(line)
+                    fb = Feedback(**d)
+                    if fb.label not in LABELS or fb.points < 0:
+                        continue
+                except (json.JSONDecodeError, TypeError):
+                    continue
+                self._count(fb)
+                n += 1
+        return n
+
+    def models(self) -> list[str]:
+        return sorted(self._total)
+
+    def window(self, model: str) -> Counts:
+        """Counts of the last ``window_s`` seconds (to within one bucket)."""
+        with self._lock:
+            self._expire(model, self.clock())
+            out = Counts()
+            for _, c in self._buckets.get(model, ()):
+                out.add(c)
+            return out
+
+    def total(self, model: str) -> Counts:
+        with self._lock:
+            return Counts(**asdict(self._total.get(model, Counts())))
+
+    def precision(self, model: str) -> float | None:
+        """Windowed precision, or None before ``min_labels`` alarms were labelled in the window."""
+        w = self.window(model)
+        return w.precision if w.labelled_alarms >= self.min_labels else None
+
+    def report(self, model: str | None = None) -> dict[str, dict[str, Any]]:
+        """Per model: ``{"window": counts and rates, "total": counts and rates}`` (JSON-safe)."""
+        names = [model] if model is not None else self.models()
+        out = {}
+        for m in names:
+            w = self.window(m).to_dict()
+            if w["true_anomaly"] + w["false_alarm"] < self.min_labels:
+                w["precision"] = None
+            out[m] = {"window_s": self.window_s, "window": w, "total": self.total(m).to_dict()}
+        return out

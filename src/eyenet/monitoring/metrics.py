@@ -1,0 +1,93 @@
+"""EyeNet's Prometheus metrics (prometheus-client), exposed by the router on ``/metrics``."""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from eyenet.monitoring.drift import DriftMonitor
+    from eyenet.monitoring.feedback import Feedback, FeedbackTracker
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+_MS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50, 75, 100, 250, 500, 1000, 2500)
+
+REQUEST_LATENCY = Histogram("eyenet_request_latency_ms", "End-to-end latency of an API request in the router",
+                            ["endpoint"], buckets=_MS, registry=REGISTRY)
+DETECTOR_LATENCY = Histogram("eyenet_detector_latency_ms", "Latency of one member deployment call, as the router sees it",
+                             ["detector"], buckets=_MS, registry=REGISTRY)
+BATCH_SIZE = Histogram("eyenet_batch_size", "Requests per dynamic batch in a detector deployment", ["detector"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64), registry=REGISTRY)
+POINTS = Counter("eyenet_points_scored_total", "Points scored", ["model"], registry=REGISTRY)
+ANOMALIES = Counter("eyenet_anomalies_flagged_total", "Points that raised an alarm", ["model"], registry=REGISTRY)
+ERRORS = Counter("eyenet_errors_total", "Errors by kind (bad_input, unknown_name, member_failed, overload, internal)",
+                 ["kind"], registry=REGISTRY)
+DEGRADED = Counter("eyenet_degraded_responses_total", "Responses answered without some members", ["model"],
+                   registry=REGISTRY)
+MODEL_VERSION = Gauge("eyenet_model_version", "Registered model version served", ["model", "detector"],
+                      registry=REGISTRY)
+
+# -- monitoring: drift, operator feedback, model age (fed by eyenet.monitoring.drift and eyenet.monitoring.feedback) --
+DRIFT_SCORE = Gauge("eyenet_drift_score", "Drift of a model's recent inputs or scores from its training reference, "
+                    "by test: psi (population stability index), ks (Kolmogorov-Smirnov statistic), tail (share above "
+                    "the reference's 95th percentile / the reference's share); NaN until the window is full enough",
+                    ["model", "feature", "test"], registry=REGISTRY)
+DRIFT_THRESHOLD = Gauge("eyenet_drift_threshold", "Value of eyenet_drift_score above which a test calls drift",
+                        ["test"], registry=REGISTRY)
+DRIFTED = Gauge("eyenet_drifted", "1 when any drift test calls the feature drifted, else 0", ["model", "feature"],
+                registry=REGISTRY)
+FEEDBACK = Counter("eyenet_feedback_total", "Points labelled by operators (true_anomaly, false_alarm, missed_anomaly)",
+                   ["model", "label"], registry=REGISTRY)
+PRECISION = Gauge("eyenet_precision", "True anomalies / labelled alarms over the feedback window "
+                  "(NaN until enough alarms are labelled)", ["model"], registry=REGISTRY)
+FALSE_POSITIVE_RATE = Gauge("eyenet_false_positive_rate", "False alarms / points scored over the feedback window",
+                            ["model"], registry=REGISTRY)
+ALARM_RATE = Gauge("eyenet_alarm_rate", "Alarms / points scored over the feedback window", ["model"],
+                   registry=REGISTRY)
+MODEL_CREATED = Gauge("eyenet_model_created_timestamp_seconds", "When the served version of a model was registered "
+                      "(unix seconds)", ["model"], registry=REGISTRY)
+
+
+def _nan(v: float | None) -> float:
+    return math.nan if v is None else float(v)
+
+
+def publish_drift(monitor: DriftMonitor) -> None:
+    """Set the drift gauges from a monitor's current report (call it before exposing /metrics).
+    Models the monitor no longer watches disappear from the gauges."""
+    from eyenet.monitoring.drift import TESTS
+
+    report = monitor.report()
+    DRIFT_SCORE.clear()
+    DRIFTED.clear()
+    for test in TESTS:
+        DRIFT_THRESHOLD.labels(test).set(monitor.thresholds.of(test))
+    for model, features in report.items():
+        for feature, r in features.items():
+            for test in TESTS:
+                DRIFT_SCORE.labels(model, feature, test).set(_nan(r.score(test)))
+            DRIFTED.labels(model, feature).set(1 if r.drifted else 0)
+
+
+def publish_feedback(tracker: FeedbackTracker) -> None:
+    """Set the precision, false-positive-rate and alarm-rate gauges from a tracker's window."""
+    for model, r in tracker.report().items():
+        w = r["window"]
+        PRECISION.labels(model).set(_nan(w["precision"]))
+        FALSE_POSITIVE_RATE.labels(model).set(_nan(w["false_positive_rate"]))
+        ALARM_RATE.labels(model).set(_nan(w["alarm_rate"]))
+
+
+def count_feedback(feedback: Feedback) -> None:
+    """Count a received label (call it with :meth:`FeedbackTracker.record`)."""
+    FEEDBACK.labels(feedback.model, feedback.label).inc(feedback.points)
+
+
+def set_model_created(model: str, created: float) -> None:
+    """Record when the served version of ``model`` was registered (``VersionInfo.created``)."""
+    MODEL_CREATED.labels(model).set(created)
+
+
+def exposition() -> bytes:
+    return generate_latest(REGISTRY)

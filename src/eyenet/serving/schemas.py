@@ -1,0 +1,199 @@
+"""The service core behind HTTP and Serve handles: request schemas, limits, and their validation.
+
+Everything a request can get wrong is caught here and reported as a 4xx with
+the field named (``series[2].values[17]: not a finite number``); nothing a
+request sends can reach a model unchecked. The Ray Serve wiring in
+``eyenet.serve`` only routes validated requests.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from eyenet.core.errors import InvalidInputError
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry (oversized requests get 413 / 422 naming the limit)."""
+
+    max_series: int = 100
+    max_points: int = 10_000  # per series per request
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_forecast_horizon: int = 1
+
+
+LIMITS = Limits()
+
+
+class SeriesIn(BaseModel):
+    """One series' points: values in time order, optional timestamps (ISO 8601 or epoch seconds)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="series id, e.g. 'web-1/cpu'")
+    values: list[float] = Field(min_length=1)
+    timestamps: list[str | float] | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("must be 1-200 characters of letters, digits and _ . : / -, starting with a letter or digit")
+        return v
+
+
+class DetectRequest(BaseModel):
+    """``POST /v1/detect``: score windows of one or many series from a fresh stream each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    series: list[SeriesIn] = Field(min_length=1)
+    group: str = "default"
+    tenant: str = "default"
+    detectors: list[str] | None = Field(default=None, description="families to report (default: the ensemble's members)")
+
+
+class StreamRequest(BaseModel):
+    """``POST /v1/stream``: append new points of one series; the server keeps its history."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    values: list[float] = Field(min_length=1)
+    timestamps: list[str | float] | None = None
+    group: str = "default"
+    tenant: str = "default"
+    reset: bool = Field(default=False, description="forget the series' history first")
+
+    _check_id = field_validator("id")(SeriesIn._id.__func__)
+
+
+class ForecastRequest(BaseModel):
+    """``POST /v1/forecast``: one-step-ahead forecast of each series by a forecaster family."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    series: list[SeriesIn] = Field(min_length=1)
+    detector: str = "transformer"
+    group: str = "default"
+    tenant: str = "default"
+
+
+class PromoteRequest(BaseModel):
+    """``POST /v1/models/{name}/promote``: make a version champion (gated unless ``force``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(None, ge=1, description="default: the challenger")
+    force: bool = Field(False, description="skip the quality gate (the serving check still applies)")
+    reason: str = Field("", max_length=2000)
+    actor: str = Field("http", max_length=200, description="who asks, for the audit log")
+
+
+class RollbackRequest(BaseModel):
+    """``POST /v1/models/{name}/rollback``: champion back to the previous good version (or ``to``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: int | None = Field(None, ge=1)
+    reason: str = Field("", max_length=2000)
+    actor: str = Field("http", max_length=200, description="who asks, for the audit log")
+
+
+def _finite(values: list[float], where: str) -> np.ndarray:
+    x = np.asarray(values, dtype=float)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InvalidInputError(f"{where}[{i}]: not a finite number ({values[i]!r})")
+    return x
+
+
+def _timestamps(ts: list[Any] | None, n: int, where: str) -> np.ndarray | None:
+    if ts is None:
+        return None
+    if len(ts) != n:
+        raise InvalidInputError(f"{where}: {len(ts)} timestamps for {n} values")
+    try:
+        if all(isinstance(t, (int, float)) for t in ts):
+            if not all(math.isfinite(t) for t in ts):
+                raise ValueError("non-finite epoch seconds")
+            out = (np.asarray(ts, dtype=float) * 1e9).astype("datetime64[ns]")
+        else:
+            import pandas as pd
+
+            out = pd.to_datetime(pd.Series([str(t) for t in ts]), utc=True, format="ISO8601").dt.tz_localize(None).to_numpy()
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidInputError(f"{where}: not parseable as timestamps ({exc})") from None
+    d = np.diff(out.astype("int64"))
+    if (d == 0).any():
+        i = int(np.argmax(d == 0)) + 1
+        raise InvalidInputError(f"{where}[{i}]: duplicate timestamp {ts[i]!r}")
+    if (d < 0).any():
+        i = int(np.argmax(d < 0)) + 1
+        raise InvalidInputError(f"{where}[{i}]: timestamp {ts[i]!r} is earlier than the one before (unsorted)")
+    return out
+
+
+@dataclass(frozen=True)
+class SeriesData:
+    """A validated series of a request."""
+
+    id: str
+    values: np.ndarray
+    timestamps: np.ndarray | None
+
+
+def check_series(series: list[SeriesIn], limits: Limits = LIMITS, field: str = "series") -> list[SeriesData]:
+    """Validated arrays of a request's series; raises :class:`InvalidInputError` naming the field."""
+    if len(series) > limits.max_series:
+        raise InvalidInputError(f"{field}: {len(series)} series in one request, at most {limits.max_series}")
+    seen: set[str] = set()
+    out = []
+    for j, s in enumerate(series):
+        where = f"{field}[{j}]"
+        if s.id in seen:
+            raise InvalidInputError(f"{where}.id: series {s.id!r} appears twice in the request")
+        seen.add(s.id)
+        if len(s.values) > limits.max_points:
+            raise InvalidInputError(f"{where}.values: {len(s.values)} points, at most {limits.max_points} per series")
+        x = _finite(s.values, f"{where}.values")
+        out.append(SeriesData(s.id, x, _timestamps(s.timestamps, len(x), f"{where}.timestamps")))
+    return out
+
+
+def validation_message(errors: list[dict[str, Any]]) -> str:
+    """One line naming the first bad field of pydantic/FastAPI errors: ``series[0].values[3]: ...``."""
+    err = errors[0] if errors else {}
+    parts = list(err.get("loc", ()))
+    if parts and parts[0] == "body":  # FastAPI prefixes body fields
+        parts = parts[1:]
+    loc = ""
+    for part in parts:
+        loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+    return f"{loc or 'body'}: {err.get('msg', 'invalid request')}"
+
+
+def result_body(name: str, version: int, families: list[str], missing: list[str], scores: Any,
+                member_calibrated: np.ndarray) -> dict[str, Any]:
+    """The JSON of one scored series: per point the ensemble score, alarm and each answering member's score."""
+
+    def nums(a: np.ndarray) -> list[float | None]:
+        return [v if v == v and abs(v) != np.inf else None for v in np.asarray(a, dtype=float).tolist()]
+
+    score, calibrated, alarm = nums(scores.score), nums(scores.calibrated), np.asarray(scores.alarm).tolist()
+    answered = [(f, nums(member_calibrated[:, j])) for j, f in enumerate(families) if f not in missing]
+    points = [
+        {"score": score[i], "calibrated": calibrated[i], "alarm": bool(alarm[i]), "ready": score[i] is not None,
+         "detectors": {f: col[i] for f, col in answered}}
+        for i in range(len(score))
+    ]
+    return {"model": name, "version": version, "degraded": bool(missing), "missing": sorted(missing), "points": points}

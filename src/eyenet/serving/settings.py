@@ -1,0 +1,148 @@
+"""Typed settings of the application (pydantic): the Serve builder, serve_config.yaml and the actors all read these."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TORCH_FAMILIES = ("lstm", "gru", "cnn", "transformer", "lstm_ae")
+
+
+class Autoscaling(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(4.0, gt=0)
+    upscale_delay_s: float = 2.0
+    downscale_delay_s: float = 30.0
+
+
+class DeploymentSettings(BaseModel):
+    """Resources and limits of one deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_cpus: float = Field(0.25, gt=0)
+    num_gpus: float = Field(0.0, ge=0, description="fraction of a GPU per replica (torch families, when the cluster has GPUs)")
+    max_ongoing_requests: int = Field(16, ge=1)
+    max_queued_requests: int = Field(64, ge=-1, description="beyond this the proxy answers 503 with Retry-After")
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After of a 503 under overload")
+    autoscaling: Autoscaling = Autoscaling()
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+
+
+class RetrainSettings(BaseModel):
+    """Automated retraining by the model controller (see eyenet.lifecycle.retrain)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="retrain a served model on drift, poor precision or a schedule")
+    features: list[str] = Field(default_factory=lambda: ["value"],
+                                description="drift of which features triggers it (value, calibrated, score)")
+    drift_for_s: float = Field(300.0, ge=0, description="how long drift must persist before retraining")
+    precision_below: float | None = Field(0.5, ge=0, le=1, description="retrain when operator-feedback precision "
+                                          "falls below this (None: never)")
+    every_s: float | None = Field(None, gt=0, description="also retrain on this schedule (None: never)")
+    cooldown_s: float = Field(3600.0, ge=0, description="least time between two retrainings of a model")
+    rows: int = Field(1000, ge=400, description="recent points of the busiest live series to learn from "
+                      "(60 % to fit, 40 % held out for the gate)")
+    check_s: float = Field(5.0, gt=0, description="how often the triggers are checked")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs of the Ray task that trains")
+    root: str | None = Field(None, description="where the recent data is written (default .eyenet/retrain)")
+
+
+class ControllerSettings(BaseModel):
+    """The model controller: how it watches the registry and switches versions (see eyenet.serving.controller)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    poll_s: float = Field(0.5, gt=0, description="how often the registry's aliases are read")
+    max_backoff_s: float = Field(10.0, gt=0, description="longest wait between retries while the registry fails")
+    review_challengers: bool = Field(True, description="put every new `challenger` through the gate by itself")
+    ready_timeout_s: float = Field(60.0, gt=0, description="longest wait for every router replica to load a new version")
+    switch_delay_s: float = Field(0.25, ge=0, description="lead time between announcing a switch and making it, "
+                                  "so every replica switches at the same instant (raised when replicas hear late)")
+    max_switch_delay_s: float = Field(2.0, gt=0, description="longest lead time between announcing a switch and making it")
+    replica_ttl_s: float = Field(5.0, gt=0, description="a router replica not heard from for this long is gone")
+    check_rows: int = Field(2000, ge=100, description="rows of held-out data a new version is checked on before it serves")
+    gate: dict[str, Any] = Field(default_factory=dict, description="gate policy (eyenet.lifecycle.gate.GatePolicy fields)")
+    audit_path: str | None = Field(None, description="the controller's audit log (default: EYENET_AUDIT_PATH, else "
+                                   "beside a SQLite store, else .eyenet/audit.jsonl where the controller runs)")
+    retrain: RetrainSettings = RetrainSettings()
+
+
+class MonitorSettings(BaseModel):
+    """The app-wide monitor: drift windows, feedback, merged metrics (see eyenet.monitoring.monitor)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="feed drift, alarm-rate and retraining data from the serving path")
+    drift_window: int = Field(1000, ge=10, description="recent points per model and feature the drift tests use")
+    drift_min_points: int = Field(200, ge=10, description="fewer points than this: drift not ready")
+    drift_thresholds: dict[str, float] = Field(default_factory=dict,
+                                               description="eyenet.monitoring.drift.Thresholds fields (psi 0.3 by default)")
+    feedback_path: str | None = Field(None, description="append-only feedback log (default .eyenet/feedback.jsonl)")
+    recent_points: int = Field(4096, ge=400, description="points kept per live series for retraining")
+    push_s: float = Field(1.0, gt=0, description="how often a router replica sends what it scored")
+
+
+class AppConfig(BaseModel):
+    """The whole application: which families are deployed and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "eyenet"
+    route_prefix: str = "/"
+    families: list[str] = Field(default_factory=lambda: ["zscore", "mad", "iqr", "iforest", "seasonal", *TORCH_FAMILIES])
+    mlflow_uri: str | None = Field(None, description="default: EYENET_MLFLOW_URI, else the embedded store")
+    state_dir: str | None = Field(None, description="where stream state is snapshotted (default .eyenet/state)")
+    member_timeout_s: float = Field(2.0, gt=0, description="a member slower than this is left out (degraded)")
+    inline_max_points: int = Field(
+        4096, ge=0, description="requests of at most this many points are scored in the router by members on CPU "
+        "(one hop to a member deployment costs more than their compute); 0: always call the member deployments")
+    thread_min_points: int = Field(64, ge=1, description="requests of this many points or more are scored on the "
+                                   "router's scoring threads (torch releases the GIL), smaller ones on its event loop")
+    score_threads: int = Field(2, ge=1, description="scoring threads per router replica")
+    alias: str = "champion"
+    alias_ttl_s: float = Field(2.0, ge=0, description="how long a resolved alias is reused")
+    gpu_fraction: float = Field(0.25, gt=0, le=1, description="GPU share of a torch replica when GPUs exist")
+    use_gpus: bool | None = Field(None, description="None: use GPUs when the cluster has some")
+    router: DeploymentSettings = DeploymentSettings(
+        num_cpus=0.25, max_ongoing_requests=64, max_queued_requests=256,
+        # two from the start: one replica's crash or restart never interrupts the API, and each
+        # replica process has a core's worth of Python (GIL) to itself
+        autoscaling=Autoscaling(min_replicas=2, max_replicas=4))
+    family: DeploymentSettings = DeploymentSettings()
+    overrides: dict[str, DeploymentSettings] = Field(default_factory=dict, description="per-family settings")
+    controller: ControllerSettings = ControllerSettings()
+    monitor: MonitorSettings = MonitorSettings()
+
+    def settings(self, family: str) -> DeploymentSettings:
+        return self.overrides.get(family, self.family)
+
+    def deployment_options(self, family: str, cluster_gpus: float) -> dict[str, Any]:
+        """Ray Serve options of a family's deployment (GPU fraction only for torch families with GPUs)."""
+        s = self.settings(family)
+        use_gpu = (cluster_gpus > 0) if self.use_gpus is None else self.use_gpus
+        gpus = (s.num_gpus or self.gpu_fraction) if (use_gpu and family in TORCH_FAMILIES) else 0.0
+        return {
+            "name": f"family-{family}",
+            "ray_actor_options": {"num_cpus": s.num_cpus, **({"num_gpus": gpus} if gpus else {})},
+            "max_ongoing_requests": s.max_ongoing_requests,
+            "max_queued_requests": s.max_queued_requests,
+            "backpressure_config": {"status_code": 503, "retry_after_s": s.retry_after_s},
+            "autoscaling_config": s.autoscaling.model_dump(),
+        }
+
+    def router_options(self) -> dict[str, Any]:
+        r = self.router
+        return {
+            "name": "router",
+            "ray_actor_options": {"num_cpus": r.num_cpus},
+            "max_ongoing_requests": r.max_ongoing_requests,
+            "max_queued_requests": r.max_queued_requests,
+            "backpressure_config": {"status_code": 503, "retry_after_s": r.retry_after_s},
+            "autoscaling_config": r.autoscaling.model_dump(),
+        }
