@@ -17,7 +17,8 @@ import argparse
 from bench.latency import median_ms
 from eyenet.monitoring import metrics
 from eyenet.core import presets, synthetic
-from eyenet.monitoring.drift import DriftMonitor, DriftReference
+from eyenet.core.reference import DriftReference
+from eyenet.monitoring.drift import DriftMonitor
 from eyenet.monitoring.feedback import FeedbackTracker
 from eyenet.core.model import AnomalyModel
 

@@ -21,7 +21,8 @@ import numpy as np
 from eyenet.cli import cluster
 from eyenet.core import presets, synthetic
 from eyenet.lifecycle import registry, training
-from eyenet.cli.training import TORCH_FAMILIES, _default_series
+from eyenet.cli.training import _default_series
+from eyenet.core.detectors import TORCH_FAMILIES
 from eyenet.core.data import Series
 
 

@@ -6,6 +6,7 @@ and :mod:`eyenet.monitoring.monitor`, which need no Ray.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 NAMESPACE = "eyenet"
@@ -51,10 +52,14 @@ def controller_name(app: str) -> str:
 
 
 def get_controller(app: str, mlflow_uri: str | None = None, settings: dict[str, Any] | None = None) -> Any:
-    """The application's model controller; ``mlflow_uri`` and ``settings`` matter only to the call that creates it."""
+    """The application's model controller; ``mlflow_uri`` and ``settings`` matter only to the call that creates it.
+
+    It finds the app's monitor with :func:`monitor_client` and runs retrainings as Ray tasks
+    (:func:`launch_retrain`)."""
     from eyenet.serving.controller import Controller
 
-    return get_actor(Controller, controller_name(app), mlflow_uri, settings)
+    return get_actor(Controller, controller_name(app), mlflow_uri, settings,
+                     functools.partial(monitor_client, app), launch_retrain)
 
 
 def find_controller(app: str) -> Any | None:
@@ -74,3 +79,34 @@ def get_monitor(app: str, mlflow_uri: str | None = None, settings: dict[str, Any
 
 def find_monitor(app: str) -> Any | None:
     return find_actor(monitor_name(app))
+
+
+class Remote:
+    """An actor handle whose methods are awaited like local coroutines: ``await Remote(h).report(name)``."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def __getattr__(self, method: str) -> Any:
+        bound = getattr(self._handle, method)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await bound.remote(*args, **kwargs)
+
+        return call
+
+
+def monitor_client(app: str) -> Remote | None:
+    """The app's monitor as the controller's retraining scheduler calls it, or None while there is none."""
+    handle = find_monitor(app)
+    return None if handle is None else Remote(handle)
+
+
+async def launch_retrain(num_cpus: float, *args: Any, **kwargs: Any) -> Any:
+    """Run :func:`eyenet.lifecycle.retrain.retrain` as a Ray task of ``num_cpus`` (not retried)."""
+    import ray
+
+    from eyenet.lifecycle import retrain
+
+    task = ray.remote(retrain.retrain).options(num_cpus=num_cpus, max_retries=0)
+    return await task.remote(*args, **kwargs)

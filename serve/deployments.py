@@ -1,10 +1,13 @@
 """The Serve deployments: one stateless scorer per detector family, and the router (FastAPI ingress).
 
-A request flows: proxy -> ``Router`` (validates, resolves the ``champion``
-version of ``<tenant>.<group>.ensemble``) -> the members' raw scores -> ``Router``
-combines them with the ensemble's calibration, ranks and alarm policy
-(``AnomalyModel.finish_stream``, the code ``eyenet score`` runs) and, for a
-stream, commits the series' new state to the stream store.
+The router is wiring: the HTTP routes, the Ray handles (family deployments, stream
+store, controller, monitor) and the background tasks. What a request computes is
+:class:`eyenet.serving.pipeline.Pipeline` (no Ray): resolve the ``champion``
+version of ``<tenant>.<group>.ensemble``, the members' raw scores, their
+combination (``AnomalyModel.finish_stream``, the code ``eyenet score`` runs) and,
+for a stream, the commit of the series' new state to the store. A
+``/v1/stream`` request: :meth:`Router.http_stream` -> :meth:`Pipeline.stream
+<eyenet.serving.pipeline.Pipeline.stream>` -> :mod:`eyenet.core.model`.
 
 Where members run: a request of at most ``inline_max_points`` points is scored
 by the router itself for every member whose family runs on CPU, because one
@@ -18,27 +21,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import ValidationError
 from ray import serve
 
-from eyenet.monitoring import feedback as fbk
-from eyenet.monitoring import metrics as m
-from eyenet.lifecycle import registry as reg
-from eyenet.serving import schemas
-from eyenet.serving.controller import settings_from
 from eyenet.core.errors import EyenetError, InvalidInputError, NotServableError, UnknownNameError
-from eyenet.serving.follower import Follower, unwrap
-from eyenet.serving.settings import AppConfig
+from eyenet.lifecycle import registry as reg
+from eyenet.monitoring import metrics as m
 from eyenet.monitoring.monitor import Outbox
-from eyenet.serve.actors import get_controller
-from eyenet.serve.actors import get_monitor
+from eyenet.serve.actors import get_controller, get_monitor, get_store
+from eyenet.serving import http, schemas
+from eyenet.serving.controller import settings_from
+from eyenet.serving.follower import Follower, unwrap
+from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline, model_id, parse_model_id
+from eyenet.serving.settings import AppConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +48,6 @@ log = logging.getLogger(__name__)
 #: models (versions, tenants, series groups) a family replica keeps loaded; the least recently
 #: used is unloaded beyond this
 MODELS_PER_REPLICA = 8
-#: ensemble models a router replica keeps loaded (least recently used dropped beyond this)
-MODELS_PER_ROUTER = 32
-#: series states a router replica caches between calls (the store stays the authority)
-STREAMS_PER_ROUTER = 50_000
-
-
-def _model_id(name: str, version: int) -> str:
-    return f"{name}/{version}"
-
-
-def _parse_model_id(model_id: str) -> tuple[str, int]:
-    name, _, version = model_id.rpartition("/")
-    return name, int(version)
 
 
 class FamilyScorer:
@@ -75,13 +64,13 @@ class FamilyScorer:
 
     @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
     async def get_model(self, model_id: str) -> Any:
-        name, version = _parse_model_id(model_id)
+        name, version = parse_model_id(model_id)
         return await asyncio.get_running_loop().run_in_executor(None, lambda: self.registry.load(name, version=version))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def score_batch(self, requests: list[tuple[int, np.ndarray, int]]) -> list[np.ndarray]:
         model = await self.get_model(serve.get_multiplexed_model_id())
-        members = model._members()
+        members = model.members
         out = []
         for member, ctx, n_new in requests:
             det = members[member]
@@ -100,7 +89,7 @@ class FamilyScorer:
 
     async def forecast(self, ctx: np.ndarray) -> float:
         model = await self.get_model(serve.get_multiplexed_model_id())
-        det = model._members()[0]
+        det = model.members[0]
         if not hasattr(det, "forecast_next"):
             raise InvalidInputError(f"{self.family} is not a forecaster")
         return float(det.forecast_next(ctx))
@@ -127,9 +116,10 @@ class LimitAndMeasure:
         limit = schemas.LIMITS.max_body_bytes
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
-            m.ERRORS.labels("bad_input").inc()
+            status, kind = http.TOO_LARGE
+            m.ERRORS.labels(kind).inc()
             return await JSONResponse({"error": f"body: {int(length)} bytes, at most {limit}"},
-                                      status_code=413)(scope, receive, send)
+                                      status_code=status)(scope, receive, send)
         path = scope["path"]
         root = scope.get("root_path", "")
         path = path[len(root):] if root and path.startswith(root) else path  # the app's own route
@@ -152,48 +142,89 @@ app.add_middleware(LimitAndMeasure)
 
 @app.exception_handler(RequestValidationError)
 async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    m.ERRORS.labels("bad_input").inc()
-    return JSONResponse({"error": schemas.validation_message(exc.errors())}, status_code=422)
+    status, kind = http.BAD_REQUEST
+    m.ERRORS.labels(kind).inc()
+    return JSONResponse({"error": schemas.validation_message(exc.errors())}, status_code=status)
 
 
-@app.exception_handler(EyenetError)
-async def _eyenet_error(request: Request, exc: EyenetError) -> JSONResponse:
-    status = exc.http_status if exc.http_status < 500 else 503
-    m.ERRORS.labels("unknown_name" if isinstance(exc, UnknownNameError) else
-                    "bad_input" if status < 500 else "internal").inc()
-    return JSONResponse({"error": str(exc)}, status_code=status)
+async def _mapped_error(request: Request, exc: Exception) -> JSONResponse:
+    """Every route's EyeNet errors (and pydantic errors raised inside a route): the status and error
+    kind of :data:`eyenet.serving.http.STATUS`."""
+    status, kind = http.error_status(exc) or (503, "internal")
+    m.ERRORS.labels(kind).inc()
+    return JSONResponse(http.error_body(exc), status_code=status)
+
+
+app.add_exception_handler(EyenetError, _mapped_error)
+app.add_exception_handler(ValidationError, _mapped_error)
+
+
+class _StoreActor:
+    """The stream store actor behind the pipeline's async ``get/commit/delete/count``."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    async def get(self, key: str) -> tuple[int, Any]:
+        return await self.actor.get.remote(key)
+
+    async def commit(self, key: str, version: int, state: Any) -> tuple[bool, int, Any]:
+        return await self.actor.commit.remote(key, version, state)
+
+    async def delete(self, key: str) -> int:
+        return await self.actor.delete.remote(key)
+
+    async def count(self) -> int:
+        return await self.actor.count.remote()
+
+
+class _FamilyDeployments:
+    """The family deployments as the pipeline's remote members (multiplexed by model version)."""
+
+    def __init__(self, scorers: dict[str, Any], gpu_families: Iterable[str]) -> None:
+        self.scorers = scorers
+        self.remote_only = set(gpu_families)  # their replicas hold a GPU; the router does not
+
+    def deployed(self, family: str) -> bool:
+        return family in self.scorers
+
+    def local(self, family: str) -> bool:
+        return family not in self.remote_only
+
+    def raw(self, family: str, key: str, member: int, inputs: np.ndarray, n_new: int) -> Any:
+        return self.scorers[family].options(multiplexed_model_id=key).raw.remote(member, inputs, n_new)
+
+    async def warm(self, key: str, model: Any) -> None:
+        """Load the version into the member deployments before it answers requests."""
+        calls = [self.scorers[f].options(multiplexed_model_id=key).warm.remote()
+                 for f in set(model.member_families) if f in self.scorers]
+        await asyncio.gather(*(asyncio.wait_for(c, timeout=120) for c in calls), return_exceptions=True)
 
 
 @serve.ingress(app)
 class Router:
-    """The HTTP API and the ensemble: fans out to the member families, combines, keeps stream state."""
+    """The HTTP API: routes, Ray handles and background tasks around the :class:`Pipeline`."""
 
     async def __init__(self, config: dict[str, Any], scorers: dict[str, Any],
                        gpu_families: list[str] | None = None) -> None:
+        import ray
         import torch
 
         torch.set_num_threads(1)
         self.config = AppConfig(**config)
         self.scorers = scorers
-        self.remote_only = set(gpu_families or ())  # their replicas hold a GPU; the router does not
         self.registry = reg.Registry(self.config.mlflow_uri)
-        self._aliases: dict[str, tuple[float, int]] = {}
-        self._refreshing: dict[str, asyncio.Task] = {}
-        self._locks: dict[str, list[Any]] = {}  # series -> [lock, requests holding or awaiting it]
-        self._models: OrderedDict[str, Any] = OrderedDict()
-        self._loading: dict[str, asyncio.Future] = {}
-        self._streams: OrderedDict[str, tuple[int, Any]] = OrderedDict()
-        self._pool = ThreadPoolExecutor(self.config.score_threads, thread_name_prefix="eyenet-score")
-        from eyenet.serve.actors import get_store
-
-        self.store = get_store(self.config.state_dir or str(reg.home() / "state"))
-        import ray
-
         self.replica_id = ray.get_runtime_context().get_actor_name() or ray.get_runtime_context().get_actor_id()
-        self._controller_handle: Any = None
-        self.follower = Follower(self._controller, self.replica_id, self._load)
-        self._controller()  # created with the app (and its settings) by the first replica
+        members = _FamilyDeployments(scorers, gpu_families or ())
+        self.models = ModelCache(self.registry, prepare=members.warm)
+        self._here = AliasResolver(self.registry, self.config.alias, self.config.alias_ttl_s)
         self.outbox = Outbox(self.config.monitor.recent_points)
+        store = _StoreActor(get_store(self.config.state_dir or str(reg.home() / "state")))
+        self.pipeline = Pipeline(self._resolve, self.models, store, members=members,
+                                 outbox=self.outbox if self.config.monitor.enabled else None, config=self.config)
+        self._controller_handle: Any = None
+        self.follower = Follower(self._controller, self.replica_id, self.models.get)
+        self._controller()  # created with the app (and its settings) by the first replica
         self._monitor_handle: Any = None
         self._pusher: asyncio.Task | None = None
         self._monitor()
@@ -203,20 +234,12 @@ class Router:
         """Load the versions the app serves (and any announced next one) before taking traffic, so a
         new replica (scale-up, restart) answers its first requests without a model load and a
         switch in progress need not wait for it. Best effort: what fails here loads on first use."""
-        loop = asyncio.get_running_loop()
         try:
             table = await asyncio.wait_for(self._controller().snapshot.remote(), timeout=10)
         except Exception as exc:  # noqa: BLE001 - controller starting or away
             log.info("warm start skipped: %s", unwrap(exc))
             return
-        wanted = [(name, v) for name, raw in table.items() for v in (raw[1], raw[0]) if v is not None]
-        for name, version in wanted[:MODELS_PER_ROUTER]:
-            try:
-                model = await loop.run_in_executor(None, lambda: self.registry.load(name, version=version))
-            except Exception as exc:  # noqa: BLE001
-                log.warning("warm start: %s version %s did not load: %s", name, version, exc)
-                continue
-            self._models[_model_id(name, version)] = model
+        await self.models.preload((name, v) for name, raw in table.items() for v in (raw[1], raw[0]) if v is not None)
 
     def _controller(self) -> Any:
         if self._controller_handle is None:
@@ -252,7 +275,6 @@ class Router:
         """Serve's periodic health check: also keeps the controller follower and monitor push running."""
         self._background()
 
-    # -- models ----------------------------------------------------------------------------------
     async def _resolve(self, name: str) -> int:
         """The version of ``name`` that serves a request starting now: from the controller's serving
         table, which this replica follows (no registry call on the request path). A model the table
@@ -268,225 +290,32 @@ class Router:
             if isinstance(cause, EyenetError):
                 raise cause from None
             m.ERRORS.labels("controller").inc()  # controller away: resolve it here meanwhile
-            return await self._resolve_here(name)
+            return await self._here(name)
         self.follower.merge(name, entry)
         return self.follower.version(name)
-
-    async def _resolve_here(self, name: str) -> int:
-        """The alias from MLflow, cached for ``alias_ttl_s`` and refreshed in the background."""
-        hit = self._aliases.get(name)
-        if hit is None:
-            return await self._lookup(name)
-        if time.monotonic() - hit[0] >= self.config.alias_ttl_s and name not in self._refreshing:
-            self._refreshing[name] = asyncio.get_running_loop().create_task(self._refresh(name))
-        return hit[1]
-
-    async def _lookup(self, name: str) -> int:
-        loop = asyncio.get_running_loop()
-        info = await loop.run_in_executor(None, lambda: self.registry.version(name, alias=self.config.alias))
-        self._aliases[name] = (time.monotonic(), info.version)
-        return info.version
-
-    async def _refresh(self, name: str) -> None:
-        try:
-            await self._lookup(name)
-        except Exception:  # noqa: BLE001 - keep serving the known version; retried after the next TTL
-            self._aliases[name] = (time.monotonic(), self._aliases[name][1])
-            m.ERRORS.labels("registry").inc()
-        finally:
-            self._refreshing.pop(name, None)
-
-    async def _model(self, tenant: str, group: str) -> tuple[str, int, Any]:
-        name = reg.model_name("ensemble", group=group, tenant=tenant)
-        version = await self._resolve(name)
-        return name, version, await self._load(name, version)
-
-    async def _load(self, name: str, version: int) -> Any:
-        """The model of ``name`` version ``version``, loaded here and in the member deployments it
-        fans out to (once: concurrent callers wait for the same load)."""
-        key = _model_id(name, version)
-        if key in self._models:
-            self._models.move_to_end(key)
-            return self._models[key]
-        pending = self._loading.get(key)
-        if pending is None:
-            pending = self._loading[key] = asyncio.get_running_loop().create_task(self._load_now(name, version))
-            pending.add_done_callback(lambda _t: self._loading.pop(key, None))
-        return await asyncio.shield(pending)
-
-    async def _load_now(self, name: str, version: int) -> Any:
-        key = _model_id(name, version)
-        loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(None, lambda: self.registry.load(name, version=version))
-        try:
-            info = await loop.run_in_executor(None, lambda: self.registry.version(name, version))
-            m.set_model_created(name, info.created)
-        except EyenetError:
-            pass
-        # load the version into the member deployments before it answers requests
-        warm = [self.scorers[f].options(multiplexed_model_id=key).warm.remote()
-                for f in set(model.member_families) if f in self.scorers]
-        await asyncio.gather(*(asyncio.wait_for(w, timeout=120) for w in warm), return_exceptions=True)
-        self._models[key] = model
-        while len(self._models) > MODELS_PER_ROUTER:
-            self._models.popitem(last=False)
-        return model
-
-    def _inline(self, family: str, n_points: int) -> bool:
-        return family in self.scorers and family not in self.remote_only and n_points <= self.config.inline_max_points
-
-    async def _off_loop(self, n_points: int, fn: Any, *args: Any) -> Any:
-        """Run ``fn`` here for small requests; on the scoring threads for big ones, so the event
-        loop keeps taking requests and torch's kernels (which release the GIL) use every core."""
-        if n_points < self.config.thread_min_points:
-            return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
-    @staticmethod
-    def _score_inline(members: list[Any], todo: list[tuple[int, np.ndarray]], n_new: int,
-                      out: np.ndarray) -> list[tuple[int, float | None]]:
-        """Raw scores of the members in ``todo`` into ``out``; per member its milliseconds (None: failed)."""
-        done = []
-        for j, inputs in todo:
-            t0 = time.perf_counter()
-            try:
-                out[:, j] = members[j].score(inputs)[len(inputs) - n_new :]
-                done.append((j, 1000 * (time.perf_counter() - t0)))
-            except Exception:  # noqa: BLE001 - a member's fault degrades, never fails, the answer
-                done.append((j, None))
-        return done
-
-    async def _members_raw(self, key: str, model: Any, ctx: np.ndarray, n_new: int,
-                           n_points: int) -> tuple[np.ndarray, list[str]]:
-        """Every member's raw scores for the new points (members that fail or time out are NaN):
-        in this replica for small requests on CPU members, else from the family deployments in parallel."""
-        families = model.member_families
-        out = np.full((n_new, len(families)), np.nan)
-        missing: list[str] = []
-        inline, calls = [], []
-        for j, (fam, inputs) in enumerate(zip(families, model.member_inputs(ctx, n_new))):
-            if fam not in self.scorers:
-                missing.append(fam)
-            elif self._inline(fam, n_points):
-                inline.append((j, inputs))
-            else:
-                calls.append((j, self.scorers[fam].options(multiplexed_model_id=key).raw.remote(j, inputs, n_new)))
-
-        async def here() -> None:
-            for j, ms in await self._off_loop(n_points, self._score_inline, model._members(), inline, n_new, out):
-                if ms is None:
-                    missing.append(families[j])
-                    m.ERRORS.labels("member_failed").inc()
-                else:
-                    m.DETECTOR_LATENCY.labels(families[j]).observe(ms)
-
-        async def one(j: int, call: Any) -> None:
-            t0 = time.perf_counter()
-            try:
-                raw, batch = await asyncio.wait_for(call, timeout=self.config.member_timeout_s)
-                out[:, j] = raw
-                m.DETECTOR_LATENCY.labels(families[j]).observe(1000 * (time.perf_counter() - t0))
-                m.BATCH_SIZE.labels(families[j]).observe(batch)
-            except Exception:  # noqa: BLE001 - a member's fault or timeout degrades, never fails, the answer
-                missing.append(families[j])
-                m.ERRORS.labels("member_failed").inc()
-
-        await asyncio.gather(*([here()] if inline else []), *(one(j, c) for j, c in calls))
-        return out, missing
-
-    @staticmethod
-    def _finish(name: str, version: int, model: Any, member_raw: np.ndarray, x: np.ndarray, st: Any,
-                missing: list[str]) -> tuple[dict[str, Any], Any, int, Any]:
-        families = model.member_families
-        idx = tuple(families.index(f) for f in missing)
-        scores, new_state = model.finish_stream(member_raw, x, st, missing=idx)
-        body = schemas.result_body(name, version, families, missing, scores, model.member_calibrated(member_raw))
-        return body, new_state, int(scores.alarm.sum()), scores
-
-    async def _score(self, tenant: str, group: str, x: np.ndarray, state: Any | None,
-                     n_points: int, series: str | None = None) -> tuple[dict[str, Any], Any]:
-        name, version, model = await self._model(tenant, group)
-        key = _model_id(name, version)
-        st = model.adopt(state if state is not None else model.new_state(), key)
-        ctx = model.context(x, st)
-        member_raw, missing = await self._members_raw(key, model, ctx, len(x), n_points)
-        families = model.member_families
-        if len(missing) == len(families):
-            raise EyenetError(f"{name} v{version}: no member answered")
-        body, new_state, alarms, scores = await self._off_loop(n_points, self._finish, name, version, model,
-                                                               member_raw, x, st, missing)
-        if self.config.monitor.enabled:  # drift, alarm rate, retraining data (see eyenet.monitoring.monitor)
-            self.outbox.add(name, version, x, scores, series)
-        m.POINTS.labels(name).inc(len(x))
-        m.ANOMALIES.labels(name).inc(alarms)
-        if missing:
-            m.DEGRADED.labels(name).inc()
-        for f in families:
-            m.MODEL_VERSION.labels(name, f).set(version)
-        return body, new_state
 
     # -- HTTP ------------------------------------------------------------------------------------
     # The HTTP routes return JSONResponse: the bodies are JSON-ready already, and FastAPI's generic
     # encoder costs ~1 ms per 256 points. Handle callers (Ray jobs) call detect / stream for dicts.
     @app.post("/v1/detect")
     async def http_detect(self, req: schemas.DetectRequest) -> JSONResponse:
-        """Score windows of one or many series, each from a fresh stream (no stored state)."""
-        return JSONResponse(await self.detect(req))
+        """Score windows of one or many series, each from a fresh stream (no stored state). ``detectors``
+        names the members whose own scores each point reports (default: all)."""
+        return JSONResponse(await self.pipeline.detect(req))
 
     @app.post("/v1/stream")
     async def http_stream(self, req: schemas.StreamRequest) -> JSONResponse:
         """Append points to a series; its history is kept by the server between calls (send one
         point at a time if you like). An ``X-EyeNet-Series`` header naming the series lets the
         ingress send all of a series' points to the same router replica (faster, not required)."""
-        body, timing = await self._stream_points(req)
+        body, timing = await self.pipeline.stream(req)
         return JSONResponse(body, headers={"Server-Timing": timing})
 
     async def detect(self, req: schemas.DetectRequest) -> dict[str, Any]:
-        data = schemas.check_series(req.series)
-        total = sum(len(s.values) for s in data)
-        results = await asyncio.gather(*(self._score(req.tenant, req.group, s.values, None, total) for s in data))
-        return {"results": [{"id": s.id, **body} for s, (body, _) in zip(data, results)]}
+        return await self.pipeline.detect(req)
 
     async def stream(self, req: schemas.StreamRequest) -> dict[str, Any]:
-        return (await self._stream_points(req))[0]
-
-    async def _stream_points(self, req: schemas.StreamRequest) -> tuple[dict[str, Any], str]:
-        """The replica scores from its cached copy of the series' state and commits the result to
-        the store in one call; when another replica moved the series on meanwhile, the store answers
-        with its newer state and the points are scored again from that."""
-        (s,) = schemas.check_series([schemas.SeriesIn(id=req.id, values=req.values, timestamps=req.timestamps)],
-                                    field="body")
-        key = f"{req.tenant}/{req.group}/{req.id}"
-        # one request of a series at a time in this replica: points of a series are applied in order
-        entry = self._locks.setdefault(key, [asyncio.Lock(), 0])
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                return await self._stream(req, s.values, key)
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                self._locks.pop(key, None)
-
-    async def _stream(self, req: schemas.StreamRequest, values: np.ndarray, key: str) -> tuple[dict[str, Any], str]:
-        if req.reset:
-            version, state = await self.store.delete.remote(key), None
-        else:
-            version, state = self._streams.get(key, (0, None))
-        for _ in range(3):
-            t0 = time.perf_counter()
-            body, new_state = await self._score(req.tenant, req.group, values, state, len(values), series=req.id)
-            t1 = time.perf_counter()
-            ok, now, stored = await self.store.commit.remote(key, version, new_state)
-            if ok:
-                self._streams[key] = (now, new_state)
-                if len(self._streams) > STREAMS_PER_ROUTER:
-                    self._streams.popitem(last=False)
-                # where the time went, for clients and load tests (the HTTP Server-Timing header)
-                timing = f"score;dur={1000 * (t1 - t0):.2f}, state;dur={1000 * (time.perf_counter() - t1):.2f}"
-                return {"id": req.id, "seen": new_state.seen, **body}, timing
-            version, state = now, stored
-        raise InvalidInputError(f"series {req.id!r} is being updated concurrently; send its points in order")
+        return (await self.pipeline.stream(req))[0]
 
     @app.post("/v1/forecast")
     async def forecast(self, req: schemas.ForecastRequest) -> dict[str, Any]:
@@ -495,7 +324,7 @@ class Router:
             raise UnknownNameError(f"detector {req.detector!r} is not deployed (deployed: {sorted(self.scorers)})")
         name = reg.model_name(req.detector, group=req.group, tenant=req.tenant)
         version = await self._resolve(name)
-        handle = self.scorers[req.detector].options(multiplexed_model_id=_model_id(name, version))
+        handle = self.scorers[req.detector].options(multiplexed_model_id=model_id(name, version))
         values = await asyncio.gather(*(handle.forecast.remote(s.values) for s in data))
         return {"model": name, "version": version,
                 "results": [{"id": s.id, "forecast": v} for s, v in zip(data, values)]}
@@ -567,7 +396,7 @@ class Router:
         ctl = self.follower.status()
         registry_ok = (ctl["registry"] or {}).get("ok", True)
         try:
-            streams = await asyncio.wait_for(self.store.count.remote(), timeout=2)
+            streams = await asyncio.wait_for(self.pipeline.store.count(), timeout=2)
         except Exception:  # noqa: BLE001
             streams = None
         problems = []
@@ -595,10 +424,10 @@ class Router:
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/feedback")
-    async def feedback(self, req: fbk.FeedbackRequest) -> dict[str, Any]:
+    async def feedback(self, req: schemas.FeedbackRequest) -> dict[str, Any]:
         """An operator's verdict on points a model scored (true anomaly, false alarm, missed anomaly);
         EyeNet tracks precision, false-positive rate and alarm rate per model from it."""
-        fb = fbk.check_feedback(req)
+        fb = schemas.check_feedback(req)
         if fb.model not in self.follower.table:  # unknown model: 404 naming it
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, lambda: self.registry.version(fb.model, alias=self.config.alias))

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from eyenet import cli
+from eyenet.cli import demo
 from eyenet.core import detectors, presets
 from eyenet.core.errors import UnknownNameError
 
@@ -275,11 +276,22 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Traceback" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", sorted(cli.PENDING))
-def test_pending_commands_say_so_and_exit_2(command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _run(capsys, command, "list")
+def test_bench_times_stream_steps_and_windows_with_the_tail(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "bench", "--detectors", "zscore,mad", "--calls", "30", "--window", "64", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [(r["model"], r["what"]) for r in rows] == [
+        ("zscore", "stream, 1 point"), ("zscore", "window, 64 points"),
+        ("mad", "stream, 1 point"), ("mad", "window, 64 points")]
+    for r in rows:
+        assert 0 < r["p50_ms"] <= r["p99_ms"] and r["points_per_s"] > 0
+    assert "bench: zscore" in err
+
+
+def test_bench_rejects_an_unknown_detector_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(capsys, "bench", "--detectors", "nope")
     assert code == 2 and out == ""
-    assert err == f"eyenet {command}: not available yet (arrives with the serving/registry work)\n"
+    assert err.startswith("eyenet: error: ") and "nope" in err and err.count("\n") == 1
 
 
 def test_detectors_lists_every_family_with_default_params(capsys: pytest.CaptureFixture[str]) -> None:
@@ -323,7 +335,7 @@ def test_match_alarms_counts_detections_delays_and_false_alarms() -> None:
     alarms = np.zeros(100, dtype=bool)
     alarms[[5, 32, 33, 55, 80]] = True
     anomalies = [InjectedAnomaly("spike", 30, 31), InjectedAnomaly("drift", 50, 54), InjectedAnomaly("dip", 70, 72)]
-    found, false = cli.match_alarms(alarms, anomalies, first_row=10, tolerance=3)
+    found, false = demo.match_alarms(alarms, anomalies, first_row=10, tolerance=3)
     assert [(f.detected, f.delay) for f in found] == [(True, 2), (True, 5), (False, None)]
     assert false.tolist() == [80]  # row 5 is in the training part, 32/33/55 belong to anomalies
 

@@ -255,6 +255,103 @@ def test_score_last_equals_score(fitted: Detector, test_scores: np.ndarray) -> N
         assert np.allclose(last, test_scores[i], rtol=1e-5, atol=1e-6, equal_nan=True), (i, last, test_scores[i])
 
 
+# -- members: what a model ranks and combines ------------------------------------------------------------
+def test_members_are_fitted_detectors_whose_raw_scores_combine_into_the_detectors(fitted: Detector,
+                                                                                   test_scores: np.ndarray) -> None:
+    members = fitted.member_detectors
+    assert members and all(isinstance(m, Detector) and m.is_fitted for m in members)
+    assert all(m.member_detectors == [m] for m in members)  # one level: a member has no members of its own
+    raw = np.column_stack([m.score(TEST) for m in members])
+    np.testing.assert_array_equal(fitted.combine_raw(raw), test_scores)
+    assert fitted.min_history == max(m.min_history for m in members)
+
+
+def test_model_ranks_one_score_history_per_member(model: AnomalyModel) -> None:
+    assert model.member_families == [m.family for m in model.detector.member_detectors]
+    assert len(model.reference_) == len(model.detector.member_detectors)
+    assert model.member_calibrated(np.column_stack([m.score(TEST) for m in model.detector.member_detectors])).shape \
+        == (len(TEST), len(model.reference_))
+
+
+def test_a_single_detector_is_its_own_only_member() -> None:
+    det = make("zscore")
+    assert det.member_detectors == [det]
+    det.fit(TRAIN)
+    assert det.member_detectors == [det]
+
+
+def test_an_ensembles_members_are_its_detectors() -> None:
+    ens = make("ensemble")
+    assert [d.family for d in ens.member_detectors] == ["zscore", "mad", "iforest"]
+    assert not any(d.is_fitted for d in ens.member_detectors)
+    ens.fit(TRAIN)
+    assert [d.family for d in ens.member_detectors] == ["zscore", "mad", "iforest"]
+    assert all(d.is_fitted for d in ens.member_detectors)
+    assert ens.member_detectors[0] is ens.member_detectors[0]  # the fitted members, not new ones
+
+
+class _Pair(Detector):
+    """A composite from outside the package: a z-score and a MAD detector, their calibrated scores averaged."""
+
+    family = "pair"
+    _constraints: dict[str, Any] = {}
+
+    def __init__(self) -> None:
+        self.parts_ = [detectors.create("zscore", window=16), detectors.create("mad", window=16)]
+
+    @property
+    def member_detectors(self) -> list[Detector]:
+        return self.parts_
+
+    @property
+    def min_history(self) -> int:
+        return max(d.min_history for d in self.parts_)
+
+    def _fit(self, x: np.ndarray) -> None:
+        for d in self.parts_:
+            d.fit(x)
+
+    def _score(self, x: np.ndarray) -> np.ndarray:
+        return self.combine_raw(np.column_stack([d.score(x) for d in self.parts_]))[self.min_history - 1 :]
+
+    def combine_raw(self, member_raw: np.ndarray) -> np.ndarray:
+        return member_raw.mean(axis=1)
+
+    def calibrate_members(self, member_raw: np.ndarray, calibrator: Any) -> np.ndarray:
+        return np.column_stack([calibrator.transform(c) for c in member_raw.T])
+
+    def combine_scores(self, s: np.ndarray) -> np.ndarray:
+        return s.mean(axis=1)
+
+    def combine_row(self, s: list[float]) -> float:
+        return float(np.mean(s))
+
+
+def test_the_model_serves_any_composite_through_the_contract() -> None:
+    """The model knows no detector class: a composite it has never heard of ranks and streams like an ensemble."""
+    model = AnomalyModel(_Pair()).fit(TRAIN)
+    assert model.member_families == ["zscore", "mad"] and len(model.reference_) == 2
+    whole = model.score(TEST)
+    state, parts = None, []
+    for v in TEST:
+        out, state = model.score_stream([v], state)
+        parts.append(out)
+    _assert_same_scores(_concat(parts), whole)
+    assert len(state.scores) == 2
+    assert whole.score[SPIKE] == np.nanmax(whole.score)
+
+
+def test_torch_families_are_named_without_importing_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys; from eyenet.core.detectors import TORCH_FAMILIES; print(TORCH_FAMILIES, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False")
+    assert set(detectors.TORCH_FAMILIES) == {f for f in FAMILIES if _is_torch(f) and
+                                             detectors.get_class(f).__module__.startswith("eyenet.")}
+
+
 # -- artifacts -------------------------------------------------------------------------------------------
 def test_save_load_gives_identical_scores(fitted: Detector, test_scores: np.ndarray, tmp_path: Path) -> None:
     d = fitted.save(tmp_path / "det")

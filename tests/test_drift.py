@@ -10,7 +10,8 @@ import pytest
 
 from eyenet.core import presets, synthetic
 from eyenet.lifecycle import training
-from eyenet.monitoring.drift import DriftMonitor, DriftReference, Reference, Thresholds
+from eyenet.core.reference import DriftReference, Reference
+from eyenet.monitoring.drift import DriftMonitor, Thresholds
 from eyenet.core.errors import ArtifactError, InvalidParameterError, NotEnoughDataError
 from eyenet.core.model import AnomalyModel, Scores
 

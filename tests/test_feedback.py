@@ -8,8 +8,8 @@ from pydantic import ValidationError
 
 from eyenet.monitoring import feedback
 from eyenet.core.errors import InvalidInputError, InvalidParameterError
-from eyenet.monitoring.feedback import Feedback, FeedbackRequest, FeedbackTracker, check_feedback
-from eyenet.serving.schemas import Limits, validation_message
+from eyenet.monitoring.feedback import Feedback, FeedbackTracker
+from eyenet.serving.schemas import FeedbackRequest, Limits, check_feedback, validation_message
 
 
 class Clock:

@@ -262,5 +262,5 @@ def test_ensemble_model_fits_members_on_the_whole_fit_part() -> None:
     alone = detectors.create("zscore", window=16).fit(x[:700])
     assert member.detector.spread_floor_ == alone.spread_floor_
     held = alone.score(x[700 - 16 :])[16:]
-    np.testing.assert_allclose(np.sort(member.reference_[0]), np.sort(held[np.isfinite(held)]))
+    np.testing.assert_allclose(np.sort(member.reference), np.sort(held[np.isfinite(held)]))
     np.testing.assert_allclose(model.reference_[0], held[np.isfinite(held)])

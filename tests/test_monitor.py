@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from eyenet.core import presets
 from eyenet.lifecycle import training
-from eyenet.monitoring.feedback import FeedbackRequest, check_feedback
+from eyenet.serving.schemas import FeedbackRequest, check_feedback
 from eyenet.monitoring.monitor import Monitor, Outbox, merge_expositions
 
 NAME = "default.mon.zscore"

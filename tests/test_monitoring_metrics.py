@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from eyenet.monitoring import metrics as m
-from eyenet.monitoring.drift import DriftMonitor, DriftReference, Reference, Thresholds
+from eyenet.core.reference import DriftReference, Reference
+from eyenet.monitoring.drift import DriftMonitor, Thresholds
 from eyenet.monitoring.feedback import Feedback, FeedbackTracker
 
 

@@ -22,7 +22,8 @@ from prometheus_client import start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 
 from eyenet.monitoring import metrics as m
-from eyenet.monitoring.drift import DriftMonitor, DriftReference, Reference
+from eyenet.core.reference import DriftReference, Reference
+from eyenet.monitoring.drift import DriftMonitor
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = ROOT / "serve" / "prometheus"

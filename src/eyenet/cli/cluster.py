@@ -31,7 +31,6 @@ class ClusterError(EyenetError):
     """Ray could not be started or reached."""
 
     exit_code = 5
-    http_status = 503
 
 
 def connect(address: str | None = None, *, num_cpus: float | None = None, num_gpus: float | None = None,

@@ -5,7 +5,7 @@ import argparse
 import json
 from typing import Any
 
-from eyenet.cli import _info
+from eyenet.cli.output import info
 
 
 def add_parsers(sub: Any) -> None:
@@ -44,7 +44,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from eyenet.cli import stack
 
     families = [f.strip() for f in args.families.split(",")] if args.families else None
-    s = stack.up(port=args.port, families=families, say=_info)
+    s = stack.up(port=args.port, families=families, say=info)
     endpoint, body = _example(s.url)
     resp = requests.post(endpoint, json=body, timeout=120)
     print(f"EyeNet is up at {s.url}  (OpenAPI: {s.url}/docs, metrics: {s.url}/metrics)")
@@ -105,6 +105,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     from eyenet.cli import stack
 
-    print("stopped" if stack.down(say=_info) else "nothing was running")
+    print("stopped" if stack.down(say=info) else "nothing was running")
     return 0
 

@@ -11,7 +11,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from eyenet.cli import _positive_int, _table
+from eyenet.cli.arguments import positive_int
+from eyenet.cli.output import table
 from eyenet.core.errors import GateRejectedError
 
 
@@ -72,7 +73,7 @@ def add_parsers(sub: Any) -> None:
                     "still load) and the audit log records that it was forced.",
     )
     promote.add_argument("name", metavar="NAME")
-    promote.add_argument("--version", type=_positive_int, metavar="N", help="version to promote (default: the challenger)")
+    promote.add_argument("--version", type=positive_int, metavar="N", help="version to promote (default: the challenger)")
     promote.add_argument("--force", action="store_true", help="skip the gate (recorded in the audit log)")
     promote.add_argument("--reason", default="", metavar="TEXT", help="why, for the audit log")
     _gate_args(promote)
@@ -85,7 +86,7 @@ def add_parsers(sub: Any) -> None:
                     "archived since), or to --to N. The withdrawn version is tagged rolled-back.",
     )
     rollback.add_argument("name", metavar="NAME")
-    rollback.add_argument("--to", type=_positive_int, metavar="N", help="the version to return to")
+    rollback.add_argument("--to", type=positive_int, metavar="N", help="the version to return to")
     rollback.add_argument("--reason", default="", metavar="TEXT", help="why, for the audit log")
     rollback.add_argument("--json", action="store_true")
     rollback.set_defaults(func=cmd_rollback)
@@ -93,7 +94,7 @@ def add_parsers(sub: Any) -> None:
     hist = cmds.add_parser("history", help="audit events of a model: train, register, gate, promote, rollback",
                            description="The audit events of a model in order, with time, actor, version and reason.")
     hist.add_argument("name", metavar="NAME")
-    hist.add_argument("--limit", type=_positive_int, metavar="N", help="only the last N events")
+    hist.add_argument("--limit", type=positive_int, metavar="N", help="only the last N events")
     hist.add_argument("--json", action="store_true", help="print JSON (with the metrics of each event)")
     hist.set_defaults(func=cmd_history)
 
@@ -163,7 +164,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         metrics = " ".join(f"{k}={x:.3g}" for k, x in shown.items())
         status = v.tags.get("eyenet.status", "-")
         rows.append((v.name, str(v.version), ",".join(v.aliases) or "-", status, when, metrics))
-    print("\n".join(_table(("model", "version", "aliases", "status", "created (UTC)", "metrics"), rows, right=(1,))))
+    print("\n".join(table(("model", "version", "aliases", "status", "created (UTC)", "metrics"), rows, right=(1,))))
     return 0
 
 
@@ -208,5 +209,5 @@ def cmd_history(args: argparse.Namespace) -> int:
          "-" if e.version is None else str(e.version), "-" if e.previous is None else str(e.previous), e.actor, e.reason)
         for e in events
     ]
-    print("\n".join(_table(("time (UTC)", "event", "version", "champion before", "actor", "reason"), rows, right=(2, 3))))
+    print("\n".join(table(("time (UTC)", "event", "version", "champion before", "actor", "reason"), rows, right=(2, 3))))
     return 0

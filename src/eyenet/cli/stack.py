@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from eyenet.lifecycle import registry as reg
 from eyenet.cli.cluster import QUIET_ENV, SERVE_ENV, ClusterError
 from eyenet.core.errors import EyenetError
+from eyenet.lifecycle import registry as reg
 
 # token authentication for the cluster `up` starts and every client of it (the token is in
 # ~/.ray/auth_token); Ray reads this when it is imported, so it is set before that
@@ -119,9 +119,9 @@ def start_ray(say: Say) -> tuple[str, bool, str]:
 
 def ensure_models(registry: reg.Registry, say: Say, *, group: str = "default", tenant: str = "default") -> dict[str, int]:
     """Champion versions of the default models, training and registering them when missing."""
-    from eyenet.lifecycle import holdout, promotion, training
     from eyenet.core import presets, synthetic
     from eyenet.core.data import Series
+    from eyenet.lifecycle import holdout, promotion, training
 
     out = {}
     for family in DEFAULT_MODELS:

@@ -13,11 +13,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from eyenet.cli.arguments import positive_int
+from eyenet.cli.output import info
 from eyenet.core import presets
-from eyenet.cli import _info, _positive_int
+from eyenet.core.detectors import TORCH_FAMILIES
 from eyenet.core.errors import InvalidParameterError
 
-TORCH_FAMILIES = ("lstm", "gru", "cnn", "transformer", "lstm_ae")
 #: `eyenet train` without --input: the anomaly-free head of this synthetic metric
 DEFAULT_TRAIN_METRIC = "cpu_pct"
 
@@ -44,7 +45,7 @@ def add_parsers(sub: Any) -> None:
     data.add_argument("--corpus", type=Path, metavar="DIR", help="NAB-format corpus: one model per file, on its probation rows")
     train.add_argument("--group", default=None, metavar="NAME", help="series group in the model name (default: the series name)")
     train.add_argument("--tenant", default="default", metavar="NAME")
-    train.add_argument("--workers", type=_positive_int, default=1, metavar="N", help="Ray Train workers per torch model")
+    train.add_argument("--workers", type=positive_int, default=1, metavar="N", help="Ray Train workers per torch model")
     train.add_argument("--gpu", action="store_true", help="Ray Train workers use one GPU each")
     train.add_argument("--address", metavar="ADDR", help="existing Ray cluster ('auto' or ray://host:10001)")
     train.set_defaults(func=cmd_train)
@@ -61,18 +62,18 @@ def add_parsers(sub: Any) -> None:
         ),
     )
     tune.add_argument("--detector", required=True, metavar="NAME")
-    tune.add_argument("--trials", type=_positive_int, default=16, metavar="N")
+    tune.add_argument("--trials", type=positive_int, default=16, metavar="N")
     tune.add_argument("--space", type=Path, metavar="FILE",
                       help='JSON search space, e.g. {"window": {"choice": [16, 32]}, "lr": {"loguniform": [1e-4, 1e-2]}}')
     vdata = tune.add_mutually_exclusive_group()
     vdata.add_argument("--corpus", type=Path, metavar="DIR", help="labelled NAB-format corpus for validation")
     vdata.add_argument("--input", type=Path, metavar="FILE", help="unlabelled series: anomalies are planted in its tail")
-    tune.add_argument("--every", type=_positive_int, default=1, metavar="K", help="--corpus: use every K-th file")
+    tune.add_argument("--every", type=positive_int, default=1, metavar="K", help="--corpus: use every K-th file")
     tune.add_argument("--train", type=Path, metavar="FILE", help="series to retrain the best configuration on "
                       "(default: --input, else the synthetic training series)")
     tune.add_argument("--group", default="default", metavar="NAME")
     tune.add_argument("--tenant", default="default", metavar="NAME")
-    tune.add_argument("--concurrent", type=_positive_int, default=2, metavar="N", help="trials running at once")
+    tune.add_argument("--concurrent", type=positive_int, default=2, metavar="N", help="trials running at once")
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--address", metavar="ADDR", help="existing Ray cluster ('auto' or ray://host:10001)")
     tune.set_defaults(func=cmd_tune)
@@ -123,7 +124,7 @@ def _registry() -> Any:
 
 def _epoch_printer(label: str) -> Callable[[dict[str, Any]], None]:
     def on_epoch(rec: dict[str, Any]) -> None:
-        _info(f"  {label}: epoch {rec['epoch']} train_loss={rec['train_loss']:.4g} val_loss={rec['val_loss']:.4g}")
+        info(f"  {label}: epoch {rec['epoch']} train_loss={rec['train_loss']:.4g} val_loss={rec['val_loss']:.4g}")
 
     return on_epoch
 
@@ -134,11 +135,11 @@ def _epoch_printer(label: str) -> Callable[[dict[str, Any]], None]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from eyenet.cli import cluster
+    from eyenet.cli.arguments import parse_params
     from eyenet.lifecycle import holdout, registry
-    from eyenet.cli import _parse_params
 
     families = _families(args.detector)
-    params = _parse_params(args.params)
+    params = parse_params(args.params)
     if params and len(families) != 1:
         raise InvalidParameterError("--params applies to a single --detector")
     configs = {f: presets.model_config(f, params if params else None) for f in families}
@@ -160,7 +161,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if len(series) > 1:
             raise InvalidParameterError(f"--group names one series group, but the input holds {len(series)} series")
     reg = _registry()
-    _info(f"MLflow: {reg.uri}")
+    info(f"MLflow: {reg.uri}")
     cluster.connect(args.address)
     from eyenet.train import trainer
 
@@ -170,27 +171,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         if len(series) == 1 and family in TORCH_FAMILIES + ("ensemble",):
             s = series[0]
             group = args.group or registry.slug(s.name)
-            _info(f"{family}: Ray Train, {args.workers} worker(s), {len(s)} rows of {s.name}")
+            info(f"{family}: Ray Train, {args.workers} worker(s), {len(s)} rows of {s.name}")
             result = trainer.train_torch(configs[family], s, registry=reg, group=group, tenant=args.tenant,
                                          num_workers=args.workers, use_gpu=args.gpu,
                                          on_epoch=_epoch_printer(family), source=source)
             results = [result]
         else:
-            _info(f"{family}: Ray tasks over {len(series)} series")
+            info(f"{family}: Ray tasks over {len(series)} series")
             if args.group is not None:
                 series = [type(s)(args.group, s.timestamps, s.values) for s in series]
-            results = trainer.train_many(configs[family], series, registry=reg, tenant=args.tenant, progress=_info,
+            results = trainer.train_many(configs[family], series, registry=reg, tenant=args.tenant, progress=info,
                                          source=source)
         seconds = time.perf_counter() - t0
         for r in results:
             v = r.version
             resumed = max((run["resumed_from"] for run in r.runs), default=0)
             note = f", resumed from epoch {resumed}" if resumed else ""
-            _info(f"{family}: registered {v.name} version {v.version} as challenger ({seconds:.1f}s{note})")
+            info(f"{family}: registered {v.name} version {v.version} as challenger ({seconds:.1f}s{note})")
             rows.append((v.name, str(v.version), ",".join(v.aliases), f"{r.metrics.get('fit_seconds', 0):.1f}"))
-    from eyenet.cli import _table
+    from eyenet.cli.output import table
 
-    print("\n".join(_table(("model", "version", "aliases", "fit s"), rows, right=(1, 3))))
+    print("\n".join(table(("model", "version", "aliases", "fit s"), rows, right=(1, 3))))
     return 0
 
 
@@ -227,14 +228,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         train_series, source = _default_series(), holdout.synthetic_source(DEFAULT_TRAIN_METRIC)
     reg = _registry()
-    _info(f"MLflow: {reg.uri}; validating on {kind}; {args.trials} trials")
+    info(f"MLflow: {reg.uri}; validating on {kind}; {args.trials} trials")
     cluster.connect(args.address)
     from eyenet.tune import tuner
 
     t0 = time.perf_counter()
     result = tuner.search_and_register(
         args.detector, validation, train_series, registry=reg, group=args.group, tenant=args.tenant,
-        trials=args.trials, space=space, max_concurrent=args.concurrent, seed=args.seed, progress=_info,
+        trials=args.trials, space=space, max_concurrent=args.concurrent, seed=args.seed, progress=info,
         source=source,
     )
     v = result.version

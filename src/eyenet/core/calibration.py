@@ -12,6 +12,10 @@ Two steps, composed by :class:`eyenet.core.model.AnomalyModel`:
   metric run high all the time; what matters is a score that is high *for
   this series*. This keeps alarms rare on noisy series and still sensitive
   on quiet ones, and turns an incident into one alarm at its onset.
+
+:func:`holdout_split` and :func:`held_out_start` say which part of a training
+series a detector learns from and which held-out scores calibrate it (for a
+model and for each ensemble member alike).
 """
 from __future__ import annotations
 
@@ -19,17 +23,45 @@ import bisect
 import math
 from collections import deque
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
 
 from eyenet.core.errors import InvalidParameterError, NotEnoughDataError
 
+if TYPE_CHECKING:
+    from eyenet.core.detectors.base import Detector
+
 #: tail probability that maps to a calibrated score of 1.0 (10 ** -DECADES)
 DECADES = 16.0
 #: up to this many new scores, :meth:`RunningRank.rank` and :meth:`RunningRank.novelty`
 #: scan the history with numpy instead of sorting it (the one-point stream step)
 FEW = 8
+
+
+def check_holdout(holdout: float) -> None:
+    """Refuse a held-out fraction that leaves too little to fit or to calibrate on."""
+    if not 0.05 <= holdout <= 0.8:
+        raise InvalidParameterError(f"holdout={holdout} must be in [0.05, 0.8]")
+
+
+def holdout_split(n: int, holdout: float, det: "Detector") -> int:
+    """Where the fit part of ``n`` training points ends: the trailing ``holdout`` fraction is kept
+    out of ``det``'s fit, for calibration on scores of unseen data."""
+    n_hold = int(round(n * holdout))
+    split = n - n_hold
+    if split < det.min_fit or n_hold < 10:
+        raise NotEnoughDataError(
+            f"{det.family}: training needs at least {det.min_fit + max(10, det.min_fit // 2)} points "
+            f"({det.min_fit} to fit, the rest held out for calibration), got {n}"
+        )
+    return split
+
+
+def held_out_start(det: "Detector", split: int) -> int:
+    """First point to score so that the scores from ``split`` on have all the history they may use."""
+    return max(split - max(det.context, det.min_history) + 1, 0)
 
 
 @dataclass

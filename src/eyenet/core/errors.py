@@ -1,4 +1,5 @@
-"""One exception family for EyeNet, mapped to CLI exit codes and HTTP statuses here only."""
+"""One exception family for EyeNet. Each class carries its CLI exit code; the HTTP statuses are
+mapped in one place, :mod:`eyenet.serving.http`."""
 from __future__ import annotations
 
 
@@ -6,14 +7,12 @@ class EyenetError(Exception):
     """Base of every error EyeNet raises on purpose. The message names the problem."""
 
     exit_code: int = 1
-    http_status: int = 500
 
 
 class InvalidInputError(EyenetError, ValueError):
     """Input data is malformed: NaN/inf values, wrong shape, unsorted or duplicate timestamps."""
 
     exit_code = 2
-    http_status = 422
 
 
 class NotEnoughDataError(InvalidInputError):
@@ -24,14 +23,12 @@ class InvalidParameterError(EyenetError, ValueError):
     """A detector or command parameter has a value outside its declared constraints."""
 
     exit_code = 2
-    http_status = 422
 
 
 class UnknownNameError(EyenetError, KeyError):
     """An unknown detector family, model, series or corpus file was named."""
 
     exit_code = 2
-    http_status = 404
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
@@ -41,14 +38,12 @@ class NotFittedError(EyenetError, RuntimeError):
     """A detector was asked to score before it was fitted."""
 
     exit_code = 3
-    http_status = 409
 
 
 class ArtifactError(EyenetError):
     """A saved model is missing, corrupt, or not in a safe format."""
 
     exit_code = 4
-    http_status = 500
 
 
 class LifecycleError(EyenetError):
@@ -56,7 +51,6 @@ class LifecycleError(EyenetError):
     earlier champion, a version the gate archived)."""
 
     exit_code = 6
-    http_status = 409
 
 
 class GateRejectedError(LifecycleError):
@@ -67,21 +61,15 @@ class NotServableError(EyenetError):
     """A model has no version that may serve (its champion failed the controller's serving check)."""
 
     exit_code = 6
-    http_status = 503
 
 
 class AuditError(EyenetError):
     """The audit log cannot be written."""
 
     exit_code = 7
-    http_status = 500
 
 
 def exit_code_for(exc: BaseException) -> int:
     """CLI exit code for an exception (1 for anything not in the family)."""
     return exc.exit_code if isinstance(exc, EyenetError) else 1
 
-
-def http_status_for(exc: BaseException) -> int:
-    """HTTP status for an exception (500 for anything not in the family)."""
-    return exc.http_status if isinstance(exc, EyenetError) else 500

@@ -15,10 +15,9 @@ import numpy as np
 
 from eyenet.core import detectors
 from eyenet.core.alarms import AlarmPolicy, AlarmState
-from eyenet.core.calibration import RunningRank, TailCalibrator
+from eyenet.core.calibration import RunningRank, TailCalibrator, check_holdout, held_out_start, holdout_split
 from eyenet.core.detectors.base import Detector, as_series, load_npz
-from eyenet.core.detectors.ensemble import Ensemble
-from eyenet.core.errors import ArtifactError, InvalidParameterError, NotEnoughDataError, NotFittedError
+from eyenet.core.errors import ArtifactError, InvalidParameterError, NotFittedError
 
 
 @dataclass
@@ -153,27 +152,17 @@ class AnomalyModel:
     # -- fitting -------------------------------------------------------------------
     def fit(self, values: Any) -> "AnomalyModel":
         """Fit the detector on the head of ``values``, calibrate on its held-out tail."""
-        if not 0.05 <= self.holdout <= 0.8:
-            raise InvalidParameterError(f"holdout={self.holdout} must be in [0.05, 0.8]")
+        check_holdout(self.holdout)
         if self.rank:
             self.rank.validate()
         self.alarm.validate()
         x = as_series(values)
         det = self.detector
-        n_hold = int(round(len(x) * self.holdout))
-        split = len(x) - n_hold
-        if split < det.min_fit or n_hold < 10:
-            raise NotEnoughDataError(
-                f"{det.family}: training needs at least {det.min_fit + max(10, det.min_fit // 2)} points "
-                f"({det.min_fit} to fit, the rest held out for calibration), got {len(x)}"
-            )
-        if isinstance(det, Ensemble):
-            # members learn from all of the fit part and calibrate on the same held-out tail
-            det.fit_split(x, split)
-        else:
-            det.fit(x[:split])
+        split = holdout_split(len(x), self.holdout, det)
+        # an ensemble's members learn from all of the fit part and calibrate on the same held-out tail
+        det.fit_split(x, split)
         # score the held-out tail with the history before it that its scores may use
-        start = max(split - max(det.context, det.min_history) + 1, 0)
+        start = held_out_start(det, split)
         held = det.score(x[start:])[split - start :]
         self.calibrator_ = TailCalibrator(tail_quantile=self.tail_quantile).fit(held)
         # each member's held-out raw scores seed its running rank's history
@@ -181,17 +170,16 @@ class AnomalyModel:
         self.fit_tail_ = x[-min(len(x), max(4 * det.context, 4 * det.min_history, 200)) :]  # probe; not saved
         return self
 
-    def _members(self) -> list[Detector]:
+    @property
+    def members(self) -> list[Detector]:
         """The detectors whose scores are ranked: an ensemble's members, else the detector."""
-        if isinstance(self.detector, Ensemble):
-            return [m.detector for m in self.detector.members_]
-        return [self.detector]
+        return self.detector.member_detectors
 
     def _member_raw(self, x: np.ndarray) -> np.ndarray:
         """Raw scores of every member, shape (len(x), members)."""
         if not len(x):
-            return np.empty((0, len(self._members())))
-        return np.column_stack([d.score(x) for d in self._members()])
+            return np.empty((0, len(self.members)))
+        return np.column_stack([d.score(x) for d in self.members])
 
     def _combine(self, ranks: np.ndarray) -> np.ndarray:
         """One rank per point from the members' ranks (NaN until every member is ready)."""
@@ -247,7 +235,7 @@ class AnomalyModel:
         x = as_series(values)
         ctx = self.context(x, st)
         inputs = self.member_inputs(ctx, len(x))
-        member_raw = np.column_stack([d.score(v)[len(v) - len(x) :] for d, v in zip(self._members(), inputs)]) \
+        member_raw = np.column_stack([d.score(v)[len(v) - len(x) :] for d, v in zip(self.members, inputs)]) \
             if len(x) else np.empty((0, len(inputs)))
         return self.finish_stream(member_raw, x, st)
 
@@ -255,7 +243,7 @@ class AnomalyModel:
         """What each member must score to produce the last ``n_new`` points of ``ctx``: only as much
         history as its scores can depend on (``context``), so one new point costs one window."""
         out = []
-        for d in self._members():
+        for d in self.members:
             need = n_new + max(d.context, d.min_history) - 1
             out.append(ctx[-need:] if need < len(ctx) else ctx)
         return out
@@ -266,13 +254,11 @@ class AnomalyModel:
 
     @property
     def member_families(self) -> list[str]:
-        return [d.family for d in self._members()]
+        return [d.family for d in self.members]
 
     def member_calibrated(self, member_raw: np.ndarray) -> np.ndarray:
         """Each member's calibrated [0, 1] score, shape like ``member_raw``."""
-        if isinstance(self.detector, Ensemble):
-            return self.detector.calibrate_members(member_raw)
-        return self.calibrator_.transform(member_raw[:, 0])[:, None]
+        return self.detector.calibrate_members(member_raw, self.calibrator_)
 
     def finish_stream(
         self, member_raw: np.ndarray, values: np.ndarray, state: StreamState, *, missing: tuple[int, ...] = ()
@@ -294,7 +280,7 @@ class AnomalyModel:
             raw = np.where(np.isfinite(s).all(axis=1), s.mean(axis=1), np.nan)
             cal = raw
         else:
-            raw = det.combine_raw(member_raw) if isinstance(det, Ensemble) else member_raw[:, 0]
+            raw = det.combine_raw(member_raw)
             cal = self.calibrator_.transform(raw)
         if self.rank:
             # ranks need only the order of scores: rank raw ones, which never saturate
@@ -334,6 +320,13 @@ class AnomalyModel:
         """Score a whole series from a fresh stream."""
         return self.score_stream(values)[0]
 
+    def stream(self) -> Any:
+        """A :class:`~eyenet.core.stream.Stream` of one series from a fresh state: ``stream.score_one(x)``."""
+        from eyenet.core.stream import Stream
+
+        self._check_fitted()
+        return Stream(self)
+
     # -- descriptions (recorded with every registered version) ------------------------------
     def calibration_summary(self) -> dict[str, Any]:
         """The fitted calibration in numbers: tail model and held-out score quantiles per member."""
@@ -350,14 +343,14 @@ class AnomalyModel:
             "alarm": asdict(self.alarm),
             "members": [
                 {"family": d.family, "reference_scores": len(r), "reference_median": float(np.median(r)) if len(r) else None}
-                for d, r in zip(self._members(), self.reference_)
+                for d, r in zip(self.members, self.reference_)
             ],
         }
 
     def feature_config(self) -> dict[str, Any]:
         """What each member reads from the series: history length and its window parameters."""
         members = []
-        for d in self._members():
+        for d in self.members:
             params = d.get_params()
             members.append({"family": d.family, "min_history": d.min_history,
                             **{k: params[k] for k in ("window", "normalisation") if k in params}})
@@ -366,7 +359,7 @@ class AnomalyModel:
 
     def training_history(self) -> dict[str, list[dict[str, Any]]]:
         """Per-epoch training records of every torch member, keyed by a metric-name prefix."""
-        members = self._members()
+        members = self.members
         out = {}
         for i, d in enumerate(members):
             history = getattr(d, "history_", None)
@@ -400,8 +393,8 @@ class AnomalyModel:
             model.calibrator_ = TailCalibrator.from_state(cal)
             refs = sorted((k for k in cal if k.startswith("reference.")), key=lambda k: int(k.split(".")[1]))
             model.reference_ = [np.asarray(cal[k], dtype=float) for k in refs]
-            if len(model.reference_) != len(model._members()):
-                raise ValueError(f"{len(model.reference_)} score histories for {len(model._members())} members")
+            if len(model.reference_) != len(model.members):
+                raise ValueError(f"{len(model.reference_)} score histories for {len(model.members)} members")
         except (KeyError, ValueError) as exc:
             raise ArtifactError(f"{d / 'calibration.npz'}: incomplete calibration ({exc})") from None
         return model

@@ -7,7 +7,7 @@ for each feature (the input ``value``, the ``calibrated`` score and the final
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np

@@ -2,7 +2,8 @@
 
 Every event is one JSON line appended to ``audit.jsonl`` (beside the embedded
 MLflow store, i.e. ``.eyenet/audit.jsonl``; ``EYENET_AUDIT_PATH`` puts it
-elsewhere, e.g. on storage shared by the cluster). Appends hold an exclusive
+elsewhere, e.g. on storage shared by the cluster; a process that keeps its own log
+gives its :class:`~eyenet.lifecycle.registry.Registry` an ``audit_log``). Appends hold an exclusive
 ``fcntl`` lock and are fsynced, so concurrent writers never interleave and an
 event that was reported written survives a crash. A line torn by a crash in
 mid-write is skipped when reading, and the next append starts on a fresh line
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from eyenet.core.errors import AuditError, InvalidParameterError
+from eyenet.lifecycle.paths import home
 
 TRAIN = "TRAIN"
 REGISTER = "REGISTER"
@@ -110,8 +112,6 @@ def default_path(registry_uri: str | None = None) -> Path:
         return Path(os.environ[ENV_PATH]).absolute()
     if registry_uri and registry_uri.startswith("sqlite:///"):
         return Path(registry_uri[len("sqlite:///") :]).absolute().parent / FILE
-    from eyenet.lifecycle.registry import home
-
     return home() / FILE
 
 
@@ -185,8 +185,10 @@ class AuditLog:
 
 
 def for_registry(registry: Any) -> AuditLog:
-    """The audit log that belongs with ``registry``'s store."""
-    return AuditLog(default_path(registry.uri))
+    """``registry``'s audit log: the one it was given (its ``audit_log``), else the one that belongs
+    with its store."""
+    given = getattr(registry, "audit_log", None)
+    return given if given is not None else AuditLog(default_path(registry.uri))
 
 
 def record(

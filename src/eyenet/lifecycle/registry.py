@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 import pandas as pd
 
-from eyenet import __version__
 from eyenet.core.errors import ArtifactError, EyenetError, InvalidParameterError, UnknownNameError
+from eyenet.lifecycle import audit
+from eyenet.lifecycle.paths import HOME, home  # noqa: F401 - re-exported: callers use registry.home()
 
 if TYPE_CHECKING:
     from eyenet.core.reference import DriftReference
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 ENV_URI = "EYENET_MLFLOW_URI"
-HOME = ".eyenet"
 EXPERIMENT = "eyenet"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -58,16 +58,10 @@ class RegistryError(EyenetError):
     """The tracking server is unreachable or refused an operation."""
 
     exit_code = 5
-    http_status = 503
 
 
 # ----------------------------------------------------------------------------------------------
 # where
-
-
-def home(root: str | Path | None = None) -> Path:
-    """The working folder of the embedded defaults (``.eyenet`` under ``root`` or the cwd)."""
-    return Path(root or Path.cwd()).absolute() / HOME
 
 
 def default_uri(root: str | Path | None = None) -> str:
@@ -162,6 +156,16 @@ def _load_pyfunc(data_path: str) -> PyfuncModel:
     return PyfuncModel(AnomalyModel.load(data_path))
 
 
+def _requirement() -> str:
+    """The pip requirement of the logged model: this EyeNet release (the installed package's metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"eyenet=={version('eyenet')}"
+    except PackageNotFoundError:  # run from a source tree
+        return "eyenet"
+
+
 def _signature() -> Any:
     from mlflow.models import infer_signature
 
@@ -175,11 +179,15 @@ def _signature() -> Any:
 
 
 class Registry:
-    """Runs, versions and aliases in one MLflow tracking store (``uri``, default :func:`tracking_uri`)."""
+    """Runs, versions and aliases in one MLflow tracking store (``uri``, default :func:`tracking_uri`).
+
+    ``audit_log`` is where the lifecycle events of its versions are written (default: the log that
+    belongs with the store, :func:`eyenet.lifecycle.audit.default_path`)."""
 
     def __init__(self, uri: str | None = None, *, experiment: str = EXPERIMENT, timeout: float = 10.0,
-                 artifact_root: str | None = None) -> None:
+                 artifact_root: str | None = None, audit_log: audit.AuditLog | None = None) -> None:
         self.uri = uri or tracking_uri()
+        self.audit_log = audit_log
         self.experiment = experiment
         # where a new experiment keeps its artifacts: beside an embedded store, else the server's choice
         if artifact_root is None and self.uri.startswith("sqlite:///"):
@@ -328,7 +336,7 @@ class Registry:
                             loader_module="eyenet.lifecycle.registry",
                             data_path=str(tmpd / MODEL_DATA),
                             signature=_signature(),
-                            pip_requirements=[f"eyenet=={__version__}"],
+                            pip_requirements=[_requirement()],
                         )
             # verify before registering: the stored files must score as the fitted model does
             with tempfile.TemporaryDirectory(prefix="eyenet-verify-") as tmp:
@@ -366,8 +374,6 @@ class Registry:
     def _audit_registration(self, name: str, version: int, run_id: str, alias: str | None,
                             metrics: dict[str, float] | None, data: dict[str, Any] | None) -> None:
         """TRAIN and REGISTER audit events: every version, whichever trainer made it, passes here."""
-        from eyenet.lifecycle import audit
-
         trained_on = f"trained on {data.get('series')} ({data.get('rows')} rows)" if data else "trained"
         audit.record(self, audit.TRAIN, name, version, reason=f"{trained_on}, run {run_id}", metrics=metrics,
                      mirror=False)

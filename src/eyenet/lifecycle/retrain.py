@@ -1,5 +1,5 @@
 """Retraining a served model on what it has seen lately (launched by the model controller on drift,
-poor precision or a schedule; see :mod:`eyenet.serving.controller`).
+poor precision or a schedule; see :mod:`eyenet.serving.retraining`).
 
 The champion's own configuration is fitted again on the recent points of its
 busiest live series. Those points are written to a Parquet file under
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from eyenet.lifecycle import holdout, training
+from eyenet.lifecycle import audit, holdout, training
 from eyenet.lifecycle import registry as reg
 from eyenet.core.errors import NotEnoughDataError
 
@@ -56,14 +56,15 @@ def write_recent(root: str | Path, name: str, series: str, values: np.ndarray, s
 
 
 def retrain(mlflow_uri: str | None, name: str, series: str, values: list[float], root: str,
-            train_fraction: float = TRAIN_FRACTION) -> RetrainResult:
-    """Fit the champion's configuration on the head of ``values`` and register it as challenger."""
+            train_fraction: float = TRAIN_FRACTION, audit_path: str | None = None) -> RetrainResult:
+    """Fit the champion's configuration on the head of ``values`` and register it as challenger
+    (its TRAIN and REGISTER events go to the audit log at ``audit_path``, default the store's)."""
     from eyenet.core import data
     from eyenet.core.model import AnomalyModel
 
     started = time.time()
     tenant, group, family = reg.split_name(name)
-    store = reg.Registry(mlflow_uri)
+    store = reg.Registry(mlflow_uri, audit_log=audit.AuditLog(audit_path) if audit_path else None)
     champion = store.load(name, alias=reg.CHAMPION)
     config = champion.to_dict()
     x = np.asarray(values, dtype=float)

@@ -4,9 +4,11 @@ The Ray parts stay thin (``eyenet.train`` builds the ``TorchTrainer``, the
 Ray tasks and the Ray Data input); what runs inside them lives here:
 
 * :func:`torch_train_loop` is the per-worker loop of a Ray Train run for one
-  torch network: data-parallel (DDP) over the worker group, early stopping,
-  a checkpoint per epoch through ``ray.train.report`` and resumption from the
-  latest one, per-epoch curves logged to MLflow by rank 0 only.
+  torch network: the epoch loop of in-process fitting
+  (:func:`~eyenet.core.detectors.torch_common.train_epochs`), data-parallel
+  (DDP) over the worker group, with a per-epoch hook that checkpoints through
+  ``ray.train.report`` (resumption from the latest one) and logs the curves to
+  MLflow from rank 0 only.
 * :func:`fit_model` fits an :class:`~eyenet.core.model.AnomalyModel` (calibration
   and alarm threshold on held-out data) and :func:`train_and_register` records
   it and registers a ``challenger`` version.
@@ -19,13 +21,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from eyenet.lifecycle import registry as reg
 from eyenet.core.errors import InvalidParameterError
 from eyenet.core.model import AnomalyModel
+
+if TYPE_CHECKING:
+    from eyenet.core.detectors.torch_common import EpochEnd, EpochHook, TrainProgress
 
 #: environment variable (read by the driver) that makes a training worker fail right after
 #: checkpointing the given epoch: fault injection for exercising recovery (tests, game days)
@@ -42,13 +47,12 @@ class InjectedFault(RuntimeError):
 # the Ray Train worker loop
 
 
-def _state_tensors(net: Any) -> dict[str, Any]:
-    module = getattr(net, "module", net)  # unwrap DistributedDataParallel
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-
-
 def torch_train_loop(config: dict[str, Any]) -> None:
     """Train one torch detector's network on this worker's shard (runs inside Ray Train).
+
+    The epochs are :func:`~eyenet.core.detectors.torch_common.train_epochs`, seeded and
+    shuffled as an in-process fit is; the per-epoch hook prints, logs the curve to MLflow
+    (rank 0) and reports a checkpoint from which an interrupted run resumes.
 
     ``config``: ``detector`` (family + params), ``x_shape`` / ``y_shape`` (per-row
     shapes of inputs and targets, packed side by side in the datasets' ``data``
@@ -58,109 +62,115 @@ def torch_train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     import torch
-    from torch import nn
 
     from eyenet.core import detectors
-    from eyenet.core.detectors.torch_common import GRAD_CLIP, MIN_REL_IMPROVEMENT
+    from eyenet.core.detectors import torch_common as tc
 
     torch.set_num_threads(int(config.get("torch_threads", 1)))
     det = detectors.from_dict(config["detector"])
     p = det.get_params()
-    seed, lr, batch_size = int(p["seed"]), float(p["lr"]), int(p["batch_size"])
-    max_epochs, patience = int(p["max_epochs"]), int(p["patience"])
+    max_epochs = int(p["max_epochs"])
     x_shape, y_shape = tuple(config["x_shape"]), tuple(config["y_shape"])
     x_width = int(np.prod(x_shape))
+    device = ray.train.torch.get_device()
+    rank = ray.train.get_context().get_world_rank()
 
-    torch.manual_seed(seed)
-    net = det._build_net()
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    start, best, best_epoch, waited = 0, math.inf, 0, 0
-    best_state: dict[str, Any] | None = None
-    history: list[dict[str, Any]] = []
-    resumed_from = 0
+    def rows(name: str) -> tuple[np.ndarray, np.ndarray]:
+        shard = ray.train.get_dataset_shard(name)
+        parts = [b["data"] for b in shard.iter_batches(batch_size=8192, batch_format="numpy")]
+        a = np.concatenate(parts).astype(np.float32) if parts else np.empty((0, x_width), np.float32)
+        return a[:, :x_width].reshape(-1, *x_shape), a[:, x_width:].reshape(-1, *y_shape)
+
+    # a series' windows fit in memory: read this worker's shard once, not once per epoch
+    x_train, y_train = rows("train")
+    val = rows("val")
+    with tc.seeded(int(p["seed"]), device) as rng:
+        net = det._build_net()
+        opt = tc.make_optimizer(net, float(p["lr"]))
+        progress = _resume(net, opt, rng)
+        resumed_from = progress.epoch
+        tc.train_epochs(
+            ray.train.torch.prepare_model(net),
+            opt,
+            (tc.to_tensor(x_train, device), tc.to_tensor(y_train, device)),
+            val,
+            batch_size=int(p["batch_size"]),
+            max_epochs=max_epochs,
+            patience=int(p["patience"]),
+            rng=rng,
+            device=device,
+            progress=progress,
+            on_epoch_end=_epoch_reporter(config, rank, rng, resumed_from, max_epochs),
+        )
+
+
+def _resume(net: Any, opt: Any, rng: np.random.Generator) -> TrainProgress:
+    """The progress of the run's latest checkpoint, loaded into ``net``, ``opt`` and ``rng``
+    (a fresh start without one)."""
+    import ray.train
+    import torch
+
+    from eyenet.core.detectors.torch_common import TrainProgress
+
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
-            meta = json.loads((Path(d) / "progress.json").read_text())
-        net.load_state_dict(saved["net"])
-        opt.load_state_dict(saved["opt"])
-        best_state = saved["best"] or None
-        start, best, best_epoch, waited = meta["epoch"], meta["best"], meta["best_epoch"], meta["waited"]
-        history, resumed_from = meta["history"], meta["epoch"]
+    if not checkpoint:
+        return TrainProgress()
+    with checkpoint.as_directory() as d:
+        saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+        meta = json.loads((Path(d) / "progress.json").read_text())
+    net.load_state_dict(saved["net"])
+    opt.load_state_dict(saved["opt"])
+    rng.bit_generator.state = meta["rng"]
+    return TrainProgress(epoch=meta["epoch"], best=meta["best"], best_epoch=meta["best_epoch"], waited=meta["waited"],
+                         best_state=saved["best"] or None, history=meta["history"])
 
-    net = ray.train.torch.prepare_model(net)
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+
+def _epoch_reporter(config: dict[str, Any], rank: int, rng: np.random.Generator, resumed_from: int,
+                    max_epochs: int) -> EpochHook:
+    """The Ray Train run's per-epoch hook: print, log the curve to MLflow, report a checkpoint
+    (written by rank 0), and fail on purpose after the epoch :data:`FAULT_AT_EPOCH` names."""
+    import ray.train
+    import torch
+
+    from eyenet.core.detectors.torch_common import weights_of
+
     client = None
     if rank == 0 and config.get("mlflow_run_id"):
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=config["mlflow_uri"])
     prefix = config.get("metric_prefix", "")
-
-    def rows(name: str) -> np.ndarray:
-        shard = ray.train.get_dataset_shard(name)
-        parts = [b["data"] for b in shard.iter_batches(batch_size=8192, batch_format="numpy")]
-        return np.concatenate(parts).astype(np.float32) if parts else np.empty((0, x_width), np.float32)
-
-    def split(a: np.ndarray) -> tuple[Any, Any]:
-        t = torch.from_numpy(np.ascontiguousarray(a))
-        return t[:, :x_width].reshape(-1, *x_shape), t[:, x_width:].reshape(-1, *y_shape)
-
-    x_val, y_val = split(rows("val"))
-    loss_fn = nn.MSELoss()
     fault = int(config.get("fault_at_epoch", 0))
-    # a series' windows fit in memory: read this worker's shard once, not once per epoch
-    x_train, y_train = split(rows("train"))
-    for epoch in range(start + 1, max_epochs + 1):
-        order = torch.from_numpy(np.random.default_rng([seed, epoch, rank]).permutation(len(x_train)))
-        net.train()
-        total = 0.0
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x_train[idx]), y_train[idx])
-            loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP)
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        net.eval()
-        with torch.inference_mode():
-            val_loss = float(loss_fn(net(x_val), y_val)) if len(x_val) else math.nan
-        record = {"epoch": epoch, "train_loss": total / max(1, len(order)), "val_loss": val_loss}
-        history.append(record)
-        if val_loss < best * (1.0 - MIN_REL_IMPROVEMENT):
-            best, best_epoch, waited = val_loss, epoch, 0
-            best_state = _state_tensors(net)
-        else:
-            waited += 1
-        stop = waited >= patience or epoch == max_epochs
+
+    def report(end: EpochEnd) -> None:
+        record, p, epoch = end.record, end.progress, end.record["epoch"]
         if rank == 0:
             print(f"{config['detector']['family']} epoch {epoch}/{max_epochs}: train_loss={record['train_loss']:.4g} "
-                  f"val_loss={val_loss:.4g}" + (" (best)" if best_epoch == epoch else ""), flush=True)
+                  f"val_loss={record['val_loss']:.4g}" + (" (best)" if p.best_epoch == epoch else ""), flush=True)
         if client is not None:
             from mlflow.entities import Metric
 
             now = int(time.time() * 1000)
             client.log_batch(config["mlflow_run_id"], metrics=[
                 Metric(f"{prefix}train_loss", record["train_loss"], now, epoch),
-                Metric(f"{prefix}val_loss", val_loss, now, epoch),
+                Metric(f"{prefix}val_loss", record["val_loss"], now, epoch),
             ])
-        metrics = {**record, "best_epoch": best_epoch, "best_val_loss": best, "resumed_from": resumed_from, "done": stop}
+        metrics = {**record, "best_epoch": p.best_epoch, "best_val_loss": p.best, "resumed_from": resumed_from,
+                   "done": end.last}
         with tempfile.TemporaryDirectory() as tmp:
             cp = None
             if rank == 0:
-                torch.save({"net": _state_tensors(net), "opt": opt.state_dict(), "best": best_state or {}},
+                torch.save({"net": weights_of(end.net), "opt": end.opt.state_dict(), "best": p.best_state or {}},
                            Path(tmp) / "state.pt")
                 (Path(tmp) / "progress.json").write_text(json.dumps(
-                    {"epoch": epoch, "best": best, "best_epoch": best_epoch, "waited": waited, "history": history}))
+                    {"epoch": epoch, "best": p.best, "best_epoch": p.best_epoch, "waited": p.waited,
+                     "history": p.history, "rng": rng.bit_generator.state}))
                 cp = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=cp)
         if fault and epoch == fault and resumed_from < fault:
             raise InjectedFault(f"{FAULT_AT_EPOCH}={fault}: worker {rank} stops after epoch {epoch}")
-        if stop:
-            break
+
+    return report
 
 
 def read_outcome(checkpoint_dir: str | Path) -> dict[str, Any]:

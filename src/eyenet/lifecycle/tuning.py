@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np

@@ -37,10 +37,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
-from eyenet.core.errors import ArtifactError, InvalidParameterError, NotEnoughDataError
-from eyenet.core.reference import FEATURES, PSI_EPSILON, TESTS, DriftReference, Reference, _bin_counts, _finite
+from eyenet.core.errors import InvalidParameterError
+from eyenet.core.reference import DriftReference, Reference
 
 # ----------------------------------------------------------------------------------------------
 # the monitor

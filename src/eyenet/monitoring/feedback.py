@@ -14,6 +14,10 @@ total:
 Every label is appended to a JSON-lines file (``.eyenet/feedback.jsonl`` by
 default), the durable record of who said what, when; a new tracker replays it.
 Counts are label events: marking the same point twice counts twice.
+
+The HTTP request and its validation (``FeedbackRequest``, ``check_feedback``,
+which make a :class:`Feedback`) are the serving layer's, in
+:mod:`eyenet.serving.schemas`.
 """
 from __future__ import annotations
 
@@ -25,45 +29,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
+from eyenet.core.errors import InvalidParameterError
 from eyenet.lifecycle import registry as reg
-from eyenet.core.errors import InvalidInputError, InvalidParameterError
-from eyenet.serving.schemas import LIMITS, Limits, SeriesIn
 
 LABELS: tuple[str, ...] = ("true_anomaly", "false_alarm", "missed_anomaly")
 FILE = "feedback.jsonl"
-
-
-class FeedbackRequest(BaseModel):
-    """``POST /v1/feedback``: an operator's verdict on points of one series, by timestamp or by index."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(description="series id, as sent to /v1/detect or /v1/stream")
-    label: Literal["true_anomaly", "false_alarm", "missed_anomaly"]
-    timestamps: list[str | float] | None = Field(default=None, min_length=1,
-                                                 description="the points' timestamps (ISO 8601 or epoch seconds)")
-    indices: list[int] | None = Field(default=None, min_length=1,
-                                      description="the points' positions in the series (for a stream: its 'seen' count "
-                                                  "before the point)")
-    group: str = "default"
-    tenant: str = "default"
-    detector: str = Field(default="ensemble", description="family of the model that scored the points")
-    version: int | None = Field(default=None, ge=1, description="model version that scored the points, if known")
-    note: str | None = Field(default=None, max_length=1000)
-    by: str | None = Field(default=None, max_length=100, description="who gives the feedback")
-
-    _check_id = field_validator("id")(SeriesIn._id.__func__)
-
-    @model_validator(mode="after")
-    def _one_way_to_name_points(self) -> FeedbackRequest:
-        if (self.timestamps is None) == (self.indices is None):
-            raise ValueError("give the points as either 'timestamps' or 'indices', not both or neither")
-        return self
 
 
 @dataclass(frozen=True)
@@ -83,54 +55,6 @@ class Feedback:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
-
-
-def check_feedback(req: FeedbackRequest, limits: Limits = LIMITS, *, now: float | None = None) -> Feedback:
-    """Validate a request beyond its schema (model name, point count, timestamps); raises
-    :class:`InvalidInputError` / :class:`InvalidParameterError` naming the field."""
-    name = reg.model_name(req.detector, group=req.group, tenant=req.tenant)
-    points = req.timestamps if req.timestamps is not None else req.indices
-    where = "timestamps" if req.timestamps is not None else "indices"
-    if len(points) > limits.max_points:
-        raise InvalidInputError(f"{where}: {len(points)} points, at most {limits.max_points} per request")
-    timestamps = indices = None
-    if req.timestamps is not None:
-        timestamps = _iso(req.timestamps)
-        keys: list[Any] = timestamps
-    else:
-        indices = list(req.indices)
-        for i, v in enumerate(indices):
-            if v < 0:
-                raise InvalidInputError(f"indices[{i}]: {v} is negative")
-        keys = indices
-    seen: dict[Any, int] = {}
-    for i, k in enumerate(keys):
-        if k in seen:
-            raise InvalidInputError(f"{where}[{i}]: the same point as {where}[{seen[k]}]")
-        seen[k] = i
-    return Feedback(model=name, series=req.id, label=req.label, points=len(points), timestamps=timestamps,
-                    indices=indices, version=req.version, note=req.note, by=req.by,
-                    received=time.time() if now is None else now)
-
-
-def _iso(ts: list[str | float]) -> list[str]:
-    """Timestamps as ISO 8601 UTC text (epoch seconds or ISO 8601 in)."""
-    import pandas as pd
-
-    out = []
-    for i, t in enumerate(ts):
-        try:
-            if isinstance(t, (int, float)):
-                if not np.isfinite(t):
-                    raise ValueError("not a finite number")
-                stamp = pd.Timestamp(t, unit="s", tz="UTC")
-            else:
-                stamp = pd.Timestamp(t)
-                stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise InvalidInputError(f"timestamps[{i}]: {t!r} is not a timestamp ({exc})") from None
-        out.append(stamp.isoformat())
-    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ BATCH_SIZE = Histogram("eyenet_batch_size", "Requests per dynamic batch in a det
                        buckets=(1, 2, 4, 8, 16, 32, 64), registry=REGISTRY)
 POINTS = Counter("eyenet_points_scored_total", "Points scored", ["model"], registry=REGISTRY)
 ANOMALIES = Counter("eyenet_anomalies_flagged_total", "Points that raised an alarm", ["model"], registry=REGISTRY)
-ERRORS = Counter("eyenet_errors_total", "Errors by kind (bad_input, unknown_name, member_failed, overload, internal)",
+ERRORS = Counter("eyenet_errors_total", "Errors by kind (bad_input, unknown_name, member_failed, unavailable, "
+                 "registry, controller, monitor, internal)",
                  ["kind"], registry=REGISTRY)
 DEGRADED = Counter("eyenet_degraded_responses_total", "Responses answered without some members", ["model"],
                    registry=REGISTRY)
@@ -56,7 +57,7 @@ def _nan(v: float | None) -> float:
 def publish_drift(monitor: DriftMonitor) -> None:
     """Set the drift gauges from a monitor's current report (call it before exposing /metrics).
     Models the monitor no longer watches disappear from the gauges."""
-    from eyenet.monitoring.drift import TESTS
+    from eyenet.core.reference import TESTS
 
     report = monitor.report()
     DRIFT_SCORE.clear()

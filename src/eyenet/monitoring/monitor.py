@@ -24,8 +24,9 @@ import numpy as np
 
 from eyenet.monitoring import drift as dr
 from eyenet.monitoring import metrics as m
-from eyenet.monitoring.feedback import Feedback, FeedbackTracker, default_path
 from eyenet.lifecycle.registry import Registry
+from eyenet.monitoring.feedback import Feedback, FeedbackTracker, default_path
+from eyenet.monitoring.settings import MonitorSettings
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,15 @@ class Outbox:
 class Monitor:
     """The actor's logic (see the module docstring)."""
 
-    def __init__(self, mlflow_uri: str | None, settings: dict[str, Any] | None = None) -> None:
-        s = settings or {}
+    def __init__(self, mlflow_uri: str | None, settings: MonitorSettings | dict[str, Any] | None = None) -> None:
+        # over Ray the settings come as a dict (MonitorSettings.model_dump()); unknown keys are an error
+        s = settings if isinstance(settings, MonitorSettings) else MonitorSettings.model_validate(settings or {})
+        self.settings = s
         self.registry = Registry(mlflow_uri)
-        self.drift = dr.DriftMonitor(window=int(s.get("drift_window", 1000)),
-                                     min_points=int(s.get("drift_min_points", 200)),
-                                     thresholds=dr.Thresholds(**s.get("drift_thresholds", {})))
-        self.feedback = FeedbackTracker(s.get("feedback_path") or default_path())
-        self.recent_points = int(s.get("recent_points", 4096))
+        self.drift = dr.DriftMonitor(window=s.drift_window, min_points=s.drift_min_points,
+                                     thresholds=dr.Thresholds(**s.drift_thresholds))
+        self.feedback = FeedbackTracker(s.feedback_path or default_path())
+        self.recent_points = s.recent_points
         self.versions: dict[str, int] = {}  # model -> version whose reference the drift windows use
         self.no_reference: set[tuple[str, int]] = set()
         self.recent: dict[str, dict[str, deque[float]]] = defaultdict(dict)

@@ -1,4 +1,4 @@
-"""The service core behind HTTP and Serve handles: request schemas, limits, and their validation.
+"""The HTTP request models behind HTTP and Serve handles: request schemas, limits, and their validation.
 
 Everything a request can get wrong is caught here and reported as a 4xx with
 the field named (``series[2].values[17]: not a finite number``); nothing a
@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from eyenet.core.errors import InvalidInputError
+from eyenet.lifecycle import registry as reg
+from eyenet.monitoring.feedback import Feedback
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$")
 
@@ -58,7 +61,11 @@ class DetectRequest(BaseModel):
     series: list[SeriesIn] = Field(min_length=1)
     group: str = "default"
     tenant: str = "default"
-    detectors: list[str] | None = Field(default=None, description="families to report (default: the ensemble's members)")
+    detectors: list[str] | None = Field(
+        default=None, max_length=32,
+        description="member families whose own scores each point reports under 'detectors' (default: every member; "
+                    "[]: none). The ensemble score always combines every member; a family that is not a member "
+                    "of the served model is refused (422 naming it)")
 
 
 class StreamRequest(BaseModel):
@@ -106,6 +113,34 @@ class RollbackRequest(BaseModel):
     to: int | None = Field(None, ge=1)
     reason: str = Field("", max_length=2000)
     actor: str = Field("http", max_length=200, description="who asks, for the audit log")
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: an operator's verdict on points of one series, by timestamp or by index."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="series id, as sent to /v1/detect or /v1/stream")
+    label: Literal["true_anomaly", "false_alarm", "missed_anomaly"]
+    timestamps: list[str | float] | None = Field(default=None, min_length=1,
+                                                 description="the points' timestamps (ISO 8601 or epoch seconds)")
+    indices: list[int] | None = Field(default=None, min_length=1,
+                                      description="the points' positions in the series (for a stream: its 'seen' count "
+                                                  "before the point)")
+    group: str = "default"
+    tenant: str = "default"
+    detector: str = Field(default="ensemble", description="family of the model that scored the points")
+    version: int | None = Field(default=None, ge=1, description="model version that scored the points, if known")
+    note: str | None = Field(default=None, max_length=1000)
+    by: str | None = Field(default=None, max_length=100, description="who gives the feedback")
+
+    _check_id = field_validator("id")(SeriesIn._id.__func__)
+
+    @model_validator(mode="after")
+    def _one_way_to_name_points(self) -> FeedbackRequest:
+        if (self.timestamps is None) == (self.indices is None):
+            raise ValueError("give the points as either 'timestamps' or 'indices', not both or neither")
+        return self
 
 
 def _finite(values: list[float], where: str) -> np.ndarray:
@@ -170,6 +205,67 @@ def check_series(series: list[SeriesIn], limits: Limits = LIMITS, field: str = "
     return out
 
 
+def check_feedback(req: FeedbackRequest, limits: Limits = LIMITS, *, now: float | None = None) -> Feedback:
+    """Validate a request beyond its schema (model name, point count, timestamps) into a
+    :class:`~eyenet.monitoring.feedback.Feedback`; raises :class:`InvalidInputError` /
+    :class:`~eyenet.core.errors.InvalidParameterError` naming the field."""
+    name = reg.model_name(req.detector, group=req.group, tenant=req.tenant)
+    points = req.timestamps if req.timestamps is not None else req.indices
+    where = "timestamps" if req.timestamps is not None else "indices"
+    if len(points) > limits.max_points:
+        raise InvalidInputError(f"{where}: {len(points)} points, at most {limits.max_points} per request")
+    timestamps = indices = None
+    if req.timestamps is not None:
+        timestamps = _iso(req.timestamps)
+        keys: list[Any] = timestamps
+    else:
+        indices = list(req.indices)
+        for i, v in enumerate(indices):
+            if v < 0:
+                raise InvalidInputError(f"indices[{i}]: {v} is negative")
+        keys = indices
+    seen: dict[Any, int] = {}
+    for i, k in enumerate(keys):
+        if k in seen:
+            raise InvalidInputError(f"{where}[{i}]: the same point as {where}[{seen[k]}]")
+        seen[k] = i
+    return Feedback(model=name, series=req.id, label=req.label, points=len(points), timestamps=timestamps,
+                    indices=indices, version=req.version, note=req.note, by=req.by,
+                    received=time.time() if now is None else now)
+
+
+def _iso(ts: list[str | float]) -> list[str]:
+    """Timestamps as ISO 8601 UTC text (epoch seconds or ISO 8601 in)."""
+    import pandas as pd
+
+    out = []
+    for i, t in enumerate(ts):
+        try:
+            if isinstance(t, (int, float)):
+                if not np.isfinite(t):
+                    raise ValueError("not a finite number")
+                stamp = pd.Timestamp(t, unit="s", tz="UTC")
+            else:
+                stamp = pd.Timestamp(t)
+                stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidInputError(f"timestamps[{i}]: {t!r} is not a timestamp ({exc})") from None
+        out.append(stamp.isoformat())
+    return out
+
+
+def check_detectors(detectors: list[str] | None, members: list[str], model: str,
+                    field: str = "detectors") -> set[str]:
+    """The member families a request asks to report (``None``: every member); raises
+    :class:`InvalidInputError` naming the first entry that is not a member of ``model``."""
+    if detectors is None:
+        return set(members)
+    for i, f in enumerate(detectors):
+        if f not in members:
+            raise InvalidInputError(f"{field}[{i}]: {f!r} is not a member of {model} (members: {sorted(set(members))})")
+    return set(detectors)
+
+
 def validation_message(errors: list[dict[str, Any]]) -> str:
     """One line naming the first bad field of pydantic/FastAPI errors: ``series[0].values[3]: ...``."""
     err = errors[0] if errors else {}
@@ -183,14 +279,16 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
 
 
 def result_body(name: str, version: int, families: list[str], missing: list[str], scores: Any,
-                member_calibrated: np.ndarray) -> dict[str, Any]:
-    """The JSON of one scored series: per point the ensemble score, alarm and each answering member's score."""
+                member_calibrated: np.ndarray, report: set[str] | None = None) -> dict[str, Any]:
+    """The JSON of one scored series: per point the ensemble score, alarm and each answering member's
+    score (of the members in ``report`` only, when given)."""
 
     def nums(a: np.ndarray) -> list[float | None]:
         return [v if v == v and abs(v) != np.inf else None for v in np.asarray(a, dtype=float).tolist()]
 
     score, calibrated, alarm = nums(scores.score), nums(scores.calibrated), np.asarray(scores.alarm).tolist()
-    answered = [(f, nums(member_calibrated[:, j])) for j, f in enumerate(families) if f not in missing]
+    answered = [(f, nums(member_calibrated[:, j])) for j, f in enumerate(families)
+                if f not in missing and (report is None or f in report)]
     points = [
         {"score": score[i], "calibrated": calibrated[i], "alarm": bool(alarm[i]), "ready": score[i] is not None,
          "detectors": {f: col[i] for f, col in answered}}

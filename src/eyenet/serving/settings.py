@@ -5,7 +5,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-TORCH_FAMILIES = ("lstm", "gru", "cnn", "transformer", "lstm_ae")
+from eyenet.core.detectors import TORCH_FAMILIES
+from eyenet.lifecycle.settings import RetrainSettings
+from eyenet.monitoring.settings import MonitorSettings
+
+__all__ = ["AppConfig", "Autoscaling", "ControllerActorSettings", "ControllerSettings", "DeploymentSettings",
+           "MonitorSettings", "RetrainSettings", "TORCH_FAMILIES"]
 
 
 class Autoscaling(BaseModel):
@@ -33,26 +38,6 @@ class DeploymentSettings(BaseModel):
     batch_wait_timeout_s: float = Field(0.002, ge=0)
 
 
-class RetrainSettings(BaseModel):
-    """Automated retraining by the model controller (see eyenet.lifecycle.retrain)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(True, description="retrain a served model on drift, poor precision or a schedule")
-    features: list[str] = Field(default_factory=lambda: ["value"],
-                                description="drift of which features triggers it (value, calibrated, score)")
-    drift_for_s: float = Field(300.0, ge=0, description="how long drift must persist before retraining")
-    precision_below: float | None = Field(0.5, ge=0, le=1, description="retrain when operator-feedback precision "
-                                          "falls below this (None: never)")
-    every_s: float | None = Field(None, gt=0, description="also retrain on this schedule (None: never)")
-    cooldown_s: float = Field(3600.0, ge=0, description="least time between two retrainings of a model")
-    rows: int = Field(1000, ge=400, description="recent points of the busiest live series to learn from "
-                      "(60 % to fit, 40 % held out for the gate)")
-    check_s: float = Field(5.0, gt=0, description="how often the triggers are checked")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs of the Ray task that trains")
-    root: str | None = Field(None, description="where the recent data is written (default .eyenet/retrain)")
-
-
 class ControllerSettings(BaseModel):
     """The model controller: how it watches the registry and switches versions (see eyenet.serving.controller)."""
 
@@ -73,19 +58,13 @@ class ControllerSettings(BaseModel):
     retrain: RetrainSettings = RetrainSettings()
 
 
-class MonitorSettings(BaseModel):
-    """The app-wide monitor: drift windows, feedback, merged metrics (see eyenet.monitoring.monitor)."""
+class ControllerActorSettings(ControllerSettings):
+    """What the controller actor is created with: its app's :class:`ControllerSettings`, and which app
+    (its monitor is found by this name) and alias it serves (see ``eyenet.serving.controller.settings_from``)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(True, description="feed drift, alarm-rate and retraining data from the serving path")
-    drift_window: int = Field(1000, ge=10, description="recent points per model and feature the drift tests use")
-    drift_min_points: int = Field(200, ge=10, description="fewer points than this: drift not ready")
-    drift_thresholds: dict[str, float] = Field(default_factory=dict,
-                                               description="eyenet.monitoring.drift.Thresholds fields (psi 0.3 by default)")
-    feedback_path: str | None = Field(None, description="append-only feedback log (default .eyenet/feedback.jsonl)")
-    recent_points: int = Field(4096, ge=400, description="points kept per live series for retraining")
-    push_s: float = Field(1.0, gt=0, description="how often a router replica sends what it scored")
+    app: str = "eyenet"
+    alias: str = "champion"
+    hold_s: float = Field(2.0, gt=0, description="longest a replica's follow call waits for a change")
 
 
 class AppConfig(BaseModel):

@@ -20,6 +20,7 @@ import asyncio
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from eyenet.core.model import StreamState
 

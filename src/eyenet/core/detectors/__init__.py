@@ -17,6 +17,9 @@ from eyenet.core.detectors.base import Detector
 from eyenet.core.errors import ArtifactError, InvalidParameterError, UnknownNameError
 
 GROUP = "eyenet.detectors"
+#: the families whose networks train with torch (and may run on Ray Train or a GPU); named here
+#: so that callers need not import torch to tell
+TORCH_FAMILIES: tuple[str, ...] = ("lstm", "gru", "cnn", "transformer", "lstm_ae")
 
 
 @lru_cache(maxsize=1)
@@ -69,8 +72,6 @@ def load(path: str | Path) -> Detector:
         raise ArtifactError(f"{cfg_file}: corrupt detector config ({exc})") from None
     det = from_dict(config)
     try:
-        det._set_state(det._load_state(d))
+        return det.restore(det._load_state(d))
     except (KeyError, ValueError, RuntimeError) as exc:
         raise ArtifactError(f"{d}: model state does not match its config ({exc})") from None
-    det.fitted_ = True
-    return det

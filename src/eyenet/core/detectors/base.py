@@ -10,18 +10,31 @@ Subclasses declare ``family``, ``_constraints`` (param -> check), and implement
 ``_fit(x)``, ``_score(x)`` and ``min_history``. State that must be saved is
 returned by ``_state()`` as numpy arrays and restored by ``_set_state``; the
 base class stores it as ``.npz`` without pickle, next to a JSON config.
+
+A model (:class:`eyenet.core.model.AnomalyModel`) ranks the raw scores of the
+detector's ``member_detectors`` one column each and asks the detector to
+combine them (``fit_split``, ``combine_raw``, ``calibrate_members``,
+``combine_scores``, ``combine_row``). The defaults describe a single detector;
+a composite such as the ensemble overrides them, so the model never needs to
+know which kind it holds.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Protocol
 
 import numpy as np
 
 from eyenet.core.errors import ArtifactError, InvalidInputError, InvalidParameterError, NotEnoughDataError, NotFittedError
 
 Constraint = Callable[[Any], bool]
+
+
+class Calibration(Protocol):
+    """Raw scores -> [0, 1] (e.g. :class:`eyenet.core.calibration.TailCalibrator`)."""
+
+    def transform(self, raw: np.ndarray) -> np.ndarray: ...
 
 
 def interval(low: float | None = None, high: float | None = None, *, integer: bool = False) -> Constraint:
@@ -150,6 +163,33 @@ class Detector:
             return float("nan")
         return float(self._score(x[-max(self.context, self.min_history) :])[-1])
 
+    # -- members: what a model ranks and combines ------------------------------------------
+    @property
+    def member_detectors(self) -> list["Detector"]:
+        """The detectors whose raw scores a model ranks, one column each: this one by default."""
+        return [self]
+
+    def fit_split(self, values: Any, split: int) -> "Detector":
+        """Fit for a model that keeps ``values[split:]`` for calibration: learn from the part before it."""
+        return self.fit(as_series(values)[:split])
+
+    def combine_raw(self, member_raw: np.ndarray) -> np.ndarray:
+        """This detector's raw scores from its members' raw scores (one column per member)."""
+        return member_raw[:, 0]
+
+    def calibrate_members(self, member_raw: np.ndarray, calibrator: Calibration) -> np.ndarray:
+        """Each member's calibrated [0, 1] score, shaped like ``member_raw``; a member without a
+        calibration of its own uses ``calibrator`` (the model's)."""
+        return calibrator.transform(member_raw[:, 0])[:, None]
+
+    def combine_scores(self, s: np.ndarray) -> np.ndarray:
+        """One score per row of a (points, members) matrix of [0, 1] scores."""
+        return s[:, 0]
+
+    def combine_row(self, s: list[float]) -> float:
+        """:meth:`combine_scores` of one row, without arrays (the real-time path)."""
+        return s[0]
+
     def _fit(self, x: np.ndarray) -> None:
         raise NotImplementedError
 
@@ -163,6 +203,12 @@ class Detector:
 
     def _set_state(self, state: dict[str, np.ndarray]) -> None:
         pass
+
+    def restore(self, state: dict[str, np.ndarray]) -> "Detector":
+        """Become the fitted detector whose :meth:`_state` was ``state``. Returns self."""
+        self._set_state(state)
+        self.fitted_ = True
+        return self
 
     def save(self, path: str | Path) -> Path:
         """Write ``config.json`` and ``state.npz`` (no pickle) into directory ``path``."""

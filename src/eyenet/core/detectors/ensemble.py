@@ -4,15 +4,18 @@ Each member is a detector with its own calibrator fitted on held-out data, so
 its output is on the common [0, 1] scale; the ensemble combines them by
 ``mean`` (weighted by each member's optional ``weight``), ``max``, ``weighted``
 mean (explicit ``weights``) or ``vote`` (fraction of members at or above
-``vote_threshold``) and reports the members' spread as uncertainty.
+``vote_threshold``).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from eyenet.core import detectors
+from eyenet.core.calibration import TailCalibrator, check_holdout, held_out_start, holdout_split
 from eyenet.core.detectors.base import Detector, as_series, one_of
 from eyenet.core.errors import InvalidParameterError
 
@@ -59,6 +62,24 @@ def _fraction(v: Any) -> bool:
 _fraction.__doc__ = "a number in (0, 1)"
 
 
+@dataclass
+class Member:
+    """A fitted member: its detector and the calibrator fitted on its scores of held-out data
+    (``reference``), which puts its raw scores on the common [0, 1] scale."""
+
+    detector: Detector
+    calibrator: TailCalibrator
+    reference: np.ndarray
+
+    @classmethod
+    def fit(cls, det: Detector, x: np.ndarray, split: int) -> "Member":
+        """Fit ``det`` on ``x[:split]`` and its calibrator on its scores of ``x[split:]``."""
+        det.fit(x[:split])
+        start = held_out_start(det, split)
+        held = det.score(x[start:])[split - start :]
+        return cls(det, TailCalibrator().fit(held), held[np.isfinite(held)])
+
+
 class Ensemble(Detector):
     """Combines the calibrated scores of member detectors (mean, max, weighted, vote)."""
 
@@ -94,14 +115,9 @@ class Ensemble(Detector):
                     f"ensemble: combine='weighted' needs {len(self.member_configs)} weights with a positive sum, got {self.weights}"
                 )
 
-    def _build(self) -> list:
-        from eyenet.core import detectors
-        from eyenet.core.model import AnomalyModel
-
-        return [
-            AnomalyModel(detectors.from_dict({"family": m["family"], "params": m.get("params") or {}}), holdout=self.holdout, rank=None)
-            for m in self.member_configs
-        ]
+    def _build(self) -> list[Detector]:
+        """New, unfitted member detectors."""
+        return [detectors.from_dict({"family": m["family"], "params": m.get("params") or {}}) for m in self.member_configs]
 
     @property
     def member_weights(self) -> np.ndarray:
@@ -113,40 +129,39 @@ class Ensemble(Detector):
         return [dict(m) for m in (self.members if self.members is not None else DEFAULT_MEMBERS)]
 
     @property
+    def member_detectors(self) -> list[Detector]:
+        """The members' detectors (fitted ones once fitted): a model ranks each one's scores."""
+        fitted = getattr(self, "members_", None)
+        return [m.detector for m in fitted] if fitted else self._build()
+
+    @property
     def min_history(self) -> int:
-        models = getattr(self, "members_", None) or self._build()
-        return max(m.detector.min_history for m in models)
+        return max(d.min_history for d in self.member_detectors)
 
     @property
     def context(self) -> int:
-        models = getattr(self, "members_", None) or self._build()
-        return max(m.detector.context for m in models)
+        return max(d.context for d in self.member_detectors)
 
     @property
     def min_fit(self) -> int:
-        models = getattr(self, "members_", None) or self._build()
-        need = max(m.detector.min_fit for m in models)
+        need = max(d.min_fit for d in self.member_detectors)
         return int(np.ceil(need / (1 - self.holdout))) + 10
 
     def _fit(self, x: np.ndarray) -> None:
-        self.members_ = [m.fit(x) for m in self._build()]
+        """Hold out the trailing ``holdout`` of ``x`` for the members' calibration."""
+        check_holdout(self.holdout)
+        dets = self._build()
+        # the same split for every member; each checks it leaves enough on both sides, in order
+        split = [holdout_split(len(x), self.holdout, d) for d in dets][0]
+        self.members_ = [Member.fit(d, x, split) for d in dets]
 
     def fit_split(self, values: Any, split: int) -> "Ensemble":
         """Fit every member's detector on ``values[:split]`` and its calibrator on its
         scores of ``values[split:]``: for a caller that holds out that tail itself, so
         members learn from all of the fit part instead of holding out a part of it again."""
-        from eyenet.core.calibration import TailCalibrator
-
         self._validate_params()
         x = as_series(values)
-        models = self._build()
-        for m in models:
-            det = m.detector.fit(x[:split])
-            start = max(split - max(det.context, det.min_history) + 1, 0)
-            held = det.score(x[start:])[split - start :]
-            m.calibrator_ = TailCalibrator(tail_quantile=m.tail_quantile).fit(held)
-            m.reference_ = [held[np.isfinite(held)]]
-        self.members_ = models
+        self.members_ = [Member.fit(d, x, split) for d in self._build()]
         self.fitted_ = True
         return self
 
@@ -154,12 +169,9 @@ class Ensemble(Detector):
         """Raw scores of every member, shape (len(x), members); NaN where a member is not ready."""
         return np.column_stack([m.detector.score(x) for m in self.members_])
 
-    def member_scores(self, x: np.ndarray) -> np.ndarray:
-        """Calibrated member scores, shape (len(x), members); NaN where a member is not ready."""
-        return self.calibrate_members(self.member_raw(x))
-
-    def calibrate_members(self, raw: np.ndarray) -> np.ndarray:
-        return np.column_stack([m.calibrator_.transform(raw[:, j]) for j, m in enumerate(self.members_)])
+    def calibrate_members(self, raw: np.ndarray, calibrator: TailCalibrator | None = None) -> np.ndarray:
+        """Each member's raw scores through its own calibrator (``calibrator`` is not needed)."""
+        return np.column_stack([m.calibrator.transform(raw[:, j]) for j, m in enumerate(self.members_)])
 
     def combine_scores(self, s: np.ndarray) -> np.ndarray:
         """One score per row of a (points, members) matrix of [0, 1] scores."""
@@ -191,7 +203,7 @@ class Ensemble(Detector):
     def combine_one(self, raw: list[float]) -> float:
         """:meth:`combine_raw` of one point (one raw score per member) without arrays,
         equal to it bit for bit: the real-time path."""
-        return self.combine_row([m.calibrator_.transform_one(r) for m, r in zip(self.members_, raw)])
+        return self.combine_row([m.calibrator.transform_one(r) for m, r in zip(self.members_, raw)])
 
     def combine_row(self, s: list[float]) -> float:
         """:meth:`combine_scores` of one row of [0, 1] scores, without arrays and equal to it
@@ -229,29 +241,21 @@ class Ensemble(Detector):
         x = x[-h:]
         return self.combine_one([m.detector.score_last(x) for m in self.members_])
 
-    def uncertainty(self, x: np.ndarray) -> np.ndarray:
-        """Spread (standard deviation) of the members' calibrated scores per point."""
-        return np.std(self.member_scores(x), axis=1)
-
     def _state(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for i, m in enumerate(self.members_):
             for k, v in m.detector._state().items():
                 out[f"m{i}.det.{k}"] = v
-            for k, v in m.calibrator_.state().items():
+            for k, v in m.calibrator.state().items():
                 out[f"m{i}.cal.{k}"] = v
-            out[f"m{i}.reference"] = m.reference_
+            out[f"m{i}.reference"] = m.reference[None, :]  # one row, as artifacts have always held it
         return out
 
     def _set_state(self, state: dict[str, np.ndarray]) -> None:
-        from eyenet.core.calibration import TailCalibrator
-
-        models = self._build()
-        for i, m in enumerate(models):
-            det = {k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"m{i}.det.")}
+        members = []
+        for i, det in enumerate(self._build()):
+            own = {k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"m{i}.det.")}
             cal = {k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"m{i}.cal.")}
-            m.detector._set_state(det)
-            m.detector.fitted_ = True
-            m.calibrator_ = TailCalibrator.from_state(cal)
-            m.reference_ = state[f"m{i}.reference"]
-        self.members_ = models
+            members.append(Member(det.restore(own), TailCalibrator.from_state(cal),
+                                  np.asarray(state[f"m{i}.reference"], dtype=float).reshape(-1)))
+        self.members_ = members

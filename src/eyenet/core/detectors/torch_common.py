@@ -2,8 +2,9 @@
 
 Everything a neural detector needs besides its network: device selection,
 seeded and deterministic training, normalisation learned in ``fit``, windowing,
-one training loop (Adam, mini-batches, chronological validation split, early
-stopping that restores the best weights), chunked inference, and persistence.
+one epoch loop for in-process and Ray Train fitting alike (Adam, mini-batches,
+chronological validation split, early stopping on the best weights, a hook
+after every epoch), chunked inference, and persistence.
 
 :class:`TorchDetector` turns a small network into a :class:`Detector`. A
 subclass declares its parameters, builds its network in ``_build_net``, says
@@ -35,8 +36,9 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from torch import nn
 
+from eyenet.core import detectors
 from eyenet.core.detectors.base import Constraint, Detector, interval, one_of
-from eyenet.core.errors import ArtifactError, InvalidParameterError, NotFittedError, UnknownNameError
+from eyenet.core.errors import ArtifactError, InvalidParameterError, NotFittedError
 
 DEVICES = ("auto", "cpu", "cuda")
 #: windows per forward pass when scoring long series
@@ -194,64 +196,100 @@ def predict(net: nn.Module, inputs: np.ndarray, device: torch.device, chunk: int
 
 
 # -- training --------------------------------------------------------------------------
-def train_network(
+@dataclass
+class TrainProgress:
+    """Where a training run stands after an epoch: all that resuming it from there needs
+    (with the network, the optimiser and the shuffling generator)."""
+
+    epoch: int = 0
+    best: float = math.inf
+    best_epoch: int = 0
+    waited: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class EpochEnd:
+    """What the per-epoch hook of :func:`train_epochs` sees; ``last`` says training stops here."""
+
+    record: dict[str, Any]
+    progress: TrainProgress
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    last: bool
+
+
+EpochHook = Callable[[EpochEnd], None]
+
+
+def make_optimizer(net: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """The optimiser every torch family trains with."""
+    return torch.optim.Adam(net.parameters(), lr=lr)
+
+
+def weights_of(net: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the network's parameters and buffers (of the wrapped module under DDP)."""
+    module = getattr(net, "module", net)
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def train_epochs(
     net: nn.Module,
-    inputs: np.ndarray,
-    targets: np.ndarray,
+    opt: torch.optim.Optimizer,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[np.ndarray, np.ndarray],
     *,
-    n_val: int,
-    lr: float,
     batch_size: int,
     max_epochs: int,
     patience: int,
     rng: np.random.Generator,
     device: torch.device,
-    history: list[dict[str, Any]],
-    on_epoch: EpochCallback | None = None,
-) -> int:
-    """Train ``net`` to map ``inputs`` to ``targets`` (MSE); return the best epoch.
+    progress: TrainProgress | None = None,
+    on_epoch_end: EpochHook | None = None,
+) -> TrainProgress:
+    """The one epoch loop: train ``net`` to map inputs to targets (MSE), in-process and on Ray Train.
 
-    The last ``n_val`` rows are the validation split (chronological: no
-    shuffling across it). Stops after ``patience`` epochs without a validation
-    improvement and restores the best weights. One record per epoch
-    (``epoch``, ``train_loss``, ``val_loss``) is appended to ``history`` and
-    passed to ``on_epoch``.
+    Each epoch visits the ``train`` rows in an order drawn from ``rng``, then
+    measures the validation loss on ``val`` (chronologically after the
+    training rows, never shuffled into them). The best epoch's weights are kept
+    in the progress (an improvement must beat the best by
+    :data:`MIN_REL_IMPROVEMENT`); training stops after ``patience`` epochs
+    without one or at ``max_epochs``. ``progress`` resumes a run after its
+    epoch; ``on_epoch_end`` is called after every epoch (to report, log or
+    checkpoint). Restoring the best weights is the caller's choice.
     """
-    n_train = len(inputs) - n_val
-    x_val, y_val = inputs[n_train:], targets[n_train:]
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    p = progress if progress is not None else TrainProgress()
+    x_train, y_train = train
+    n_train = len(x_train)
     loss_fn = nn.MSELoss()
-    best, best_epoch, best_state, waited = math.inf, 0, None, 0
-    for epoch in range(1, max_epochs + 1):
+    for epoch in range(p.epoch + 1, max_epochs + 1):
         net.train()
-        order = rng.permutation(n_train)
+        order = torch.from_numpy(rng.permutation(n_train))
         total = 0.0
         for start in range(0, n_train, batch_size):
             idx = order[start : start + batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(to_tensor(inputs[idx], device)), to_tensor(targets[idx], device))
+            loss = loss_fn(net(x_train[idx]), y_train[idx])
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), GRAD_CLIP)
             opt.step()
             total += float(loss.detach()) * len(idx)
         net.eval()
-        val_loss = _mse(net, x_val, y_val, device)
-        record = {"epoch": epoch, "train_loss": total / n_train, "val_loss": val_loss}
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(dict(record))
-        if val_loss < best * (1.0 - MIN_REL_IMPROVEMENT):
-            best, best_epoch, waited = val_loss, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        record = {"epoch": epoch, "train_loss": total / max(1, n_train), "val_loss": _mse(net, *val, device)}
+        p.epoch = epoch
+        p.history.append(record)
+        if record["val_loss"] < p.best * (1.0 - MIN_REL_IMPROVEMENT):
+            p.best, p.best_epoch, p.waited = record["val_loss"], epoch, 0
+            p.best_state = weights_of(net)
         else:
-            waited += 1
-            if waited >= patience:
-                break
-    if best_state is None:
-        raise InvalidParameterError(f"training diverged (validation loss {val_loss}); lower lr (got {lr})")
-    net.load_state_dict(best_state)
-    net.eval()
-    return best_epoch
+            p.waited += 1
+        last = p.waited >= patience or epoch == max_epochs
+        if on_epoch_end is not None:
+            on_epoch_end(EpochEnd(dict(record), p, net, opt, last))
+        if last:
+            break
+    return p
 
 
 def _mse(net: nn.Module, inputs: np.ndarray, targets: np.ndarray, device: torch.device) -> float:
@@ -351,23 +389,30 @@ class TorchDetector(Detector):
         self.score_scale_ = max(float(np.sqrt(np.mean(errors**2))), SCALE_FLOOR)
 
     def _fit_local(self, inputs: np.ndarray, targets: np.ndarray, n_val: int) -> None:
+        """Train in this process with :func:`train_epochs`, then keep the best epoch's weights."""
+        n_train = len(inputs) - n_val
+        on_epoch = self.on_epoch
         with seeded(int(self.seed), self.device_) as rng:
             net = self._build_net().to(self.device_)
-            self.best_epoch_ = train_network(
+            p = train_epochs(
                 net,
-                inputs,
-                targets,
-                n_val=n_val,
-                lr=float(self.lr),
+                make_optimizer(net, float(self.lr)),
+                (to_tensor(inputs[:n_train], self.device_), to_tensor(targets[:n_train], self.device_)),
+                (inputs[n_train:], targets[n_train:]),
                 batch_size=int(self.batch_size),
                 max_epochs=int(self.max_epochs),
                 patience=int(self.patience),
                 rng=rng,
                 device=self.device_,
-                history=self.history_,
-                on_epoch=self.on_epoch,
+                on_epoch_end=(lambda end: on_epoch(end.record)) if on_epoch is not None else None,
             )
-        self.net_ = net
+        self.history_ = p.history
+        if p.best_state is None:
+            val_loss = p.history[-1]["val_loss"]
+            raise InvalidParameterError(f"training diverged (validation loss {val_loss}); lower lr (got {float(self.lr)})")
+        net.load_state_dict(p.best_state)
+        self.net_ = net.eval()
+        self.best_epoch_ = p.best_epoch
 
     def _errors(self, inputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
         out = np.empty(len(inputs))
@@ -448,9 +493,9 @@ class TorchDetector(Detector):
             raise ArtifactError(f"{f}: missing model config") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise ArtifactError(f"{f}: unreadable model config ({type(exc).__name__}: {exc})") from None
-        target = cls if cls.family == family else _torch_family(family)
+        target = cls if cls.family == family else detectors.get_class(family)  # the entry points
         if not issubclass(target, cls):
-            raise ArtifactError(f"{f}: holds a {family!r} model, not a {cls.family!r} one")
+            raise ArtifactError(f"{f}: holds a {family!r} model, not a {cls.family or 'torch'!r} one")
         if device is not None:
             params["device"] = device
         try:
@@ -458,9 +503,7 @@ class TorchDetector(Detector):
         except TypeError as exc:
             raise ArtifactError(f"{f}: parameters do not fit {target.__name__} ({exc})") from None
         det._validate_params()
-        det._set_state(cls._load_state(d))
-        det.fitted_ = True
-        return det
+        return det.restore(cls._load_state(d))
 
     def save_torch(self, path: str | Path) -> Path:
         """Write the learned state as a ``torch.save`` file of tensors only."""
@@ -482,9 +525,7 @@ class TorchDetector(Detector):
             raise ArtifactError(f"{p}: not a safe tensor file ({type(exc).__name__}: {exc})") from None
         if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
             raise ArtifactError(f"{p}: expected a dict of tensors")
-        self._set_state({str(k): v.numpy() for k, v in raw.items()})
-        self.fitted_ = True
-        return self
+        return self.restore({str(k): v.numpy() for k, v in raw.items()})
 
     def __getstate__(self) -> dict[str, Any]:
         # callbacks (often closures over a progress bar) do not travel between processes
@@ -504,19 +545,10 @@ def _trace(net: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], to
         return net
 
 
-def _torch_family(family: str) -> type[TorchDetector]:
-    """The imported :class:`TorchDetector` subclass named ``family``."""
-    todo = list(TorchDetector.__subclasses__())
-    while todo:
-        c = todo.pop()
-        if c.family == family:
-            return c
-        todo.extend(c.__subclasses__())
-    raise UnknownNameError(f"no torch detector family {family!r} is loaded")
-
-
 __all__ = [
     "DEVICES",
+    "EpochEnd",
+    "EpochHook",
     "Normaliser",
     "SCORE_CHUNK",
     "TORCH_CONSTRAINTS",
@@ -524,13 +556,16 @@ __all__ = [
     "TrainBackend",
     "TrainJob",
     "TrainOutcome",
+    "TrainProgress",
     "arrays_to_state_dict",
+    "make_optimizer",
     "predict",
     "resolve_device",
     "seeded",
     "state_dict_to_arrays",
-    "train_network",
+    "train_epochs",
     "training_backend",
     "validation_size",
+    "weights_of",
     "windows",
 ]

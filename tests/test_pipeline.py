@@ -1,0 +1,357 @@
+"""The serving core without Ray (eyenet.serving.pipeline): detect and stream give the offline numbers,
+stream state carries across calls and survives conflicting writers, members degrade, errors map to 4xx."""
+from __future__ import annotations
+
+import asyncio
+import copy
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from eyenet.core import presets, synthetic
+from eyenet.core.errors import (
+    ArtifactError,
+    EyenetError,
+    GateRejectedError,
+    InvalidInputError,
+    InvalidParameterError,
+    LifecycleError,
+    NotEnoughDataError,
+    NotServableError,
+    UnknownNameError,
+)
+from eyenet.core.model import AnomalyModel
+from eyenet.lifecycle.registry import RegistryError
+from eyenet.monitoring.monitor import Outbox
+from eyenet.serving import http, schemas
+from eyenet.serving.pipeline import COMMIT_ATTEMPTS, AliasResolver, ModelCache, Pipeline
+from eyenet.serving.settings import AppConfig
+from eyenet.serving.streams import StreamStore
+
+NAME = "default.default.ensemble"
+MEMBERS = [{"family": "zscore", "params": {}}, {"family": "mad", "params": {}}]
+
+
+@pytest.fixture(scope="module")
+def values() -> np.ndarray:
+    _, v, _ = synthetic.series("cpu_pct", n=1200, seed=1)
+    return np.asarray(v, dtype=float)
+
+
+@pytest.fixture(scope="module")
+def model(values) -> AnomalyModel:
+    return AnomalyModel.from_dict(presets.model_config("ensemble", {"members": MEMBERS})).fit(values[:600])
+
+
+class Shelf:
+    """A registry of in-memory models, all at version 1 under the alias ``champion``."""
+
+    def __init__(self, models: dict[str, AnomalyModel]) -> None:
+        self.models = models
+        self.loads = 0
+
+    def load(self, name: str, version: int | None = None) -> AnomalyModel:
+        self.loads += 1
+        return self.models[name]
+
+    def version(self, name: str, version: int | None = None, *, alias: str | None = None) -> Any:
+        if name not in self.models:
+            raise UnknownNameError(f"{name}: no such model")
+        return SimpleNamespace(version=1, created=0.0)
+
+
+def make(model: AnomalyModel, store: Any, **kw: Any) -> Pipeline:
+    shelf = Shelf({NAME: model})
+    return Pipeline(AliasResolver(shelf), ModelCache(shelf), store, **kw)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def scores(points: list[dict[str, Any]], key: str = "score") -> np.ndarray:
+    return np.array([np.nan if p[key] is None else p[key] for p in points])
+
+
+def detect_req(x: np.ndarray, **kw: Any) -> schemas.DetectRequest:
+    return schemas.DetectRequest(series=[schemas.SeriesIn(id="web-1", values=x.tolist())], **kw)
+
+
+def stream_req(x: np.ndarray, series: str = "s", **kw: Any) -> schemas.StreamRequest:
+    return schemas.StreamRequest(id=series, values=x.tolist(), **kw)
+
+
+# -- detect ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [40, 400])  # under thread_min_points: on the event loop; over: on the scoring threads
+def test_detect_gives_the_offline_scores(model, values, tmp_path, n):
+    out = run(make(model, StreamStore(str(tmp_path))).detect(detect_req(values[:n])))
+    (res,) = out["results"]
+    offline = model.score(values[:n])
+    assert res["id"] == "web-1" and res["model"] == NAME and res["version"] == 1
+    assert res["degraded"] is False and res["missing"] == []
+    np.testing.assert_allclose(scores(res["points"]), offline.score, rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(scores(res["points"], "calibrated"), offline.calibrated, rtol=1e-12, equal_nan=True)
+    assert [p["alarm"] for p in res["points"]] == offline.alarm.tolist()
+    assert set(res["points"][-1]["detectors"]) == {"zscore", "mad"}
+
+
+def test_detect_scores_each_series_from_a_fresh_state(model, values, tmp_path):
+    req = schemas.DetectRequest(series=[schemas.SeriesIn(id="a", values=values[:300].tolist()),
+                                        schemas.SeriesIn(id="b", values=values[300:600].tolist())])
+    a, b = run(make(model, StreamStore(str(tmp_path))).detect(req))["results"]
+    assert (a["id"], b["id"]) == ("a", "b")
+    np.testing.assert_allclose(scores(b["points"]), model.score(values[300:600]).score, rtol=1e-12, equal_nan=True)
+
+
+def test_detectors_selects_the_members_reported_not_the_score(model, values, tmp_path):
+    async def go():
+        p = make(model, StreamStore(str(tmp_path)))
+        full = await p.detect(detect_req(values[:300]))
+        mad = await p.detect(detect_req(values[:300], detectors=["mad"]))
+        none = await p.detect(detect_req(values[:300], detectors=[]))
+        with pytest.raises(InvalidInputError, match=r"detectors\[1\]: 'lstm' is not a member") as bad:
+            await p.detect(detect_req(values[:300], detectors=["mad", "lstm"]))
+        return full, mad, none, bad.value
+
+    full, mad, none, bad = run(go())
+    (f,), (m,), (n,) = full["results"], mad["results"], none["results"]
+    assert set(m["points"][-1]["detectors"]) == {"mad"} and n["points"][-1]["detectors"] == {}
+    assert m["points"][-1]["detectors"]["mad"] == f["points"][-1]["detectors"]["mad"]
+    np.testing.assert_array_equal(scores(m["points"]), scores(f["points"]))  # the ensemble still uses every member
+    assert http.error_status(bad) == (422, "bad_input")
+
+
+def test_bad_input_is_a_4xx_naming_the_field(model, tmp_path):
+    p = make(model, StreamStore(str(tmp_path)))
+    with pytest.raises(InvalidInputError, match=r"series\[0\].values\[1\]: not a finite number") as nan:
+        run(p.detect(detect_req(np.array([1.0, np.nan]))))
+    with pytest.raises(UnknownNameError, match="default.nobody.ensemble") as unknown:
+        run(p.detect(detect_req(np.array([1.0, 2.0]), group="nobody")))
+    with pytest.raises(InvalidInputError, match="unsorted") as unsorted:
+        run(p.stream(schemas.StreamRequest(id="s", values=[1.0, 2.0], timestamps=[2, 1])))
+    assert [http.error_status(e.value)[0] for e in (nan, unknown, unsorted)] == [422, 404, 422]
+
+
+# -- stream ------------------------------------------------------------------------------------------
+def test_stream_state_carries_across_calls(model, values, tmp_path):
+    outbox = Outbox()
+
+    async def go():
+        p = make(model, StreamStore(str(tmp_path)), outbox=outbox)
+        got, seen, timing = [], [], ""
+        for start in range(0, 450, 150):
+            body, timing = await p.stream(stream_req(values[start:start + 150], reset=start == 0))
+            got.extend(body["points"])
+            seen.append(body["seen"])
+        for i in range(450, 455):  # one point at a time: the real-time path
+            body, _ = await p.stream(stream_req(values[i:i + 1]))
+            got.extend(body["points"])
+        again, _ = await p.stream(stream_req(values[:150], reset=True))  # reset: a fresh stream
+        return got, seen, timing, again
+
+    got, seen, timing, again = run(go())
+    assert seen == [150, 300, 450]
+    np.testing.assert_allclose(scores(got), model.score(values[:455]).score, rtol=1e-12, equal_nan=True)
+    assert again["seen"] == 150
+    np.testing.assert_allclose(scores(again["points"]), model.score(values[:150]).score, rtol=1e-12, equal_nan=True)
+    assert "score;dur=" in timing and "state;dur=" in timing
+    (batch,) = outbox.take()  # what the monitor is sent
+    assert batch["model"] == NAME and batch["points"] == 455 + 150
+
+
+class CountingStore(StreamStore):
+    def __init__(self, state_dir: str) -> None:
+        super().__init__(state_dir)
+        self.commits: list[tuple[str, int, bool]] = []
+
+    async def commit(self, key: str, version: int, state: Any) -> tuple[bool, int, Any]:
+        out = await super().commit(key, version, state)
+        self.commits.append((key, version, out[0]))
+        return out
+
+
+def test_a_conflicting_commit_is_scored_again_from_the_stores_newer_state(model, values, tmp_path):
+    """Two processes (router replicas) share one store: each one's cached copy goes stale when the
+    other moves the series on; the store refuses its commit and hands it the newer state."""
+    store = CountingStore(str(tmp_path))
+
+    async def go():
+        a, b = make(model, store), make(model, store)
+        one, _ = await a.stream(stream_req(values[:200], reset=True))
+        two, _ = await b.stream(stream_req(values[200:300]))  # b has no copy: refused once, then from a's state
+        three, _ = await a.stream(stream_req(values[300:400]))  # a's copy is stale now
+        return one, two, three
+
+    one, two, three = run(go())
+    assert (one["seen"], two["seen"], three["seen"]) == (200, 300, 400)
+    assert [ok for _, _, ok in store.commits] == [True, False, True, False, True]
+    offline = model.score(values[:400]).score
+    np.testing.assert_allclose(scores(two["points"]), offline[200:300], rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(scores(three["points"]), offline[300:400], rtol=1e-12, equal_nan=True)
+
+
+def test_a_series_that_keeps_moving_elsewhere_is_refused_with_a_4xx(model, values, tmp_path):
+    class Racing(StreamStore):
+        async def commit(self, key: str, version: int, state: Any) -> tuple[bool, int, Any]:
+            self.streams.delete(key)  # another writer always got there first
+            return await super().commit(key, version, state)
+
+    store = Racing(str(tmp_path))
+    with pytest.raises(InvalidInputError, match="being updated concurrently") as exc:
+        run(make(model, store).stream(stream_req(values[:50])))
+    assert store.streams.get("default/default/s")[0] == COMMIT_ATTEMPTS  # one refusal per attempt
+    assert http.error_status(exc.value)[0] == 422
+
+
+def test_concurrent_requests_of_one_series_are_applied_in_order(model, values, tmp_path):
+    async def go():
+        p = make(model, StreamStore(str(tmp_path)))
+        await p.stream(stream_req(values[:100], reset=True))
+        return await asyncio.gather(*(p.stream(stream_req(values[i:i + 50])) for i in range(100, 300, 50)))
+
+    out = run(go())
+    assert [body["seen"] for body, _ in out] == [150, 200, 250, 300]
+    got = [pt for body, _ in out for pt in body["points"]]
+    np.testing.assert_allclose(scores(got), model.score(values[:300]).score[100:], rtol=1e-12, equal_nan=True)
+
+
+# -- members -----------------------------------------------------------------------------------------
+def _boom(*_a: Any, **_k: Any) -> np.ndarray:
+    raise RuntimeError("member crashed")
+
+
+def test_a_failing_member_degrades_the_answer(model, values, tmp_path, monkeypatch):
+    broken = copy.deepcopy(model)
+    monkeypatch.setattr(broken.members[1], "score", _boom)  # mad
+    (res,) = run(make(broken, StreamStore(str(tmp_path))).detect(detect_req(values[:300])))["results"]
+    assert res["degraded"] is True and res["missing"] == ["mad"]
+    assert set(res["points"][-1]["detectors"]) == {"zscore"}
+    assert res["points"][-1]["ready"] and res["points"][-1]["score"] is not None
+
+
+def test_no_member_answering_is_an_error(model, values, tmp_path, monkeypatch):
+    broken = copy.deepcopy(model)
+    for det in broken.members:
+        monkeypatch.setattr(det, "score", _boom)
+    with pytest.raises(NotServableError, match="no member answered") as exc:
+        run(make(broken, StreamStore(str(tmp_path))).detect(detect_req(values[:300])))
+    assert http.error_status(exc.value)[0] == 503
+
+
+class FakeDeployments:
+    """Remote members in the same process: ``families`` answer (``slow`` ones never in time)."""
+
+    def __init__(self, model: AnomalyModel, families: set[str], slow: set[str] = frozenset(),
+                 local: set[str] = frozenset()) -> None:
+        self.model, self.families, self.slow, self._local = model, families, slow, local
+        self.calls: list[str] = []
+
+    def deployed(self, family: str) -> bool:
+        return family in self.families
+
+    def local(self, family: str) -> bool:
+        return family in self._local
+
+    def raw(self, family: str, key: str, member: int, inputs: np.ndarray, n_new: int) -> Any:
+        self.calls.append(family)
+
+        async def answer() -> tuple[np.ndarray, int]:
+            if family in self.slow:
+                await asyncio.sleep(10)
+            return self.model.members[member].score(inputs)[len(inputs) - n_new :], 1
+
+        return answer()
+
+
+def test_remote_members_give_the_same_scores_and_missing_or_slow_ones_degrade(model, values, tmp_path):
+    cfg = AppConfig(member_timeout_s=0.2)
+
+    async def go():
+        everywhere = FakeDeployments(model, {"zscore", "mad"}, local={"zscore"})
+        both = await make(model, StreamStore(str(tmp_path)), members=everywhere, config=cfg).detect(
+            detect_req(values[:300]))
+        one = await make(model, StreamStore(str(tmp_path)), members=FakeDeployments(model, {"zscore"}),
+                         config=cfg).detect(detect_req(values[:300]))
+        slow = await make(model, StreamStore(str(tmp_path)), members=FakeDeployments(model, {"zscore", "mad"}, {"mad"}),
+                          config=cfg).detect(detect_req(values[:300]))
+        return everywhere.calls, both, one, slow
+
+    calls, both, one, slow = run(go())
+    assert calls == ["mad"]  # zscore may run here and the request is small: scored inline
+    np.testing.assert_allclose(scores(both["results"][0]["points"]), model.score(values[:300]).score, rtol=1e-12,
+                               equal_nan=True)
+    assert both["results"][0]["degraded"] is False
+    for out in (one, slow):
+        (res,) = out["results"]
+        assert res["degraded"] is True and res["missing"] == ["mad"]
+
+
+def test_requests_over_inline_max_points_go_to_the_remote_members(model, values, tmp_path):
+    remote = FakeDeployments(model, {"zscore", "mad"}, local={"zscore", "mad"})
+    p = make(model, StreamStore(str(tmp_path)), members=remote, config=AppConfig(inline_max_points=100))
+    small = run(p.detect(detect_req(values[:100])))
+    assert remote.calls == []
+    big = run(p.detect(detect_req(values[:300])))
+    assert sorted(remote.calls) == ["mad", "zscore"]
+    np.testing.assert_allclose(scores(big["results"][0]["points"]), model.score(values[:300]).score, rtol=1e-12,
+                               equal_nan=True)
+    np.testing.assert_allclose(scores(small["results"][0]["points"]), model.score(values[:100]).score, rtol=1e-12,
+                               equal_nan=True)
+
+
+# -- models ------------------------------------------------------------------------------------------
+def test_a_version_is_loaded_once_for_concurrent_requests(model, values, tmp_path):
+    shelf = Shelf({NAME: model})
+    p = Pipeline(AliasResolver(shelf), ModelCache(shelf), StreamStore(str(tmp_path)))
+
+    async def go():
+        return await asyncio.gather(*(p.detect(detect_req(values[:50])) for _ in range(5)))
+
+    assert len(run(go())) == 5 and shelf.loads == 1
+
+
+def test_against_a_registry_alias(mlflow_store, values, tmp_path):
+    """The resolver and loader of the embedded defaults: the registry's ``champion``."""
+    from eyenet.lifecycle import training
+
+    trained = training.train_and_register(presets.model_config("ensemble", {"members": MEMBERS}), values[:600],
+                                          registry=mlflow_store, group="pipeline")
+    mlflow_store.set_alias(trained.version.name, "champion", trained.version.version)
+    p = Pipeline(AliasResolver(mlflow_store), ModelCache(mlflow_store), StreamStore(str(tmp_path)))
+    req = schemas.StreamRequest(id="s", values=values[:300].tolist(), group="pipeline")
+    body, _ = run(p.stream(req))
+    assert body["model"] == "default.pipeline.ensemble" and body["version"] == trained.version.version
+    np.testing.assert_allclose(scores(body["points"]), trained.model.score(values[:300]).score, rtol=1e-12,
+                               equal_nan=True)
+
+
+# -- the error map -----------------------------------------------------------------------------------
+def _validation_error() -> ValidationError:
+    try:
+        schemas.StreamRequest(id="s", values=[])
+    except ValidationError as exc:
+        return exc
+    raise AssertionError("no validation error")
+
+
+@pytest.mark.parametrize("exc, status", [
+    (InvalidInputError("x"), 422), (NotEnoughDataError("x"), 422), (InvalidParameterError("x"), 422),
+    (_validation_error(), 422), (UnknownNameError("x"), 404), (LifecycleError("x"), 409),
+    (GateRejectedError("x"), 409), (NotServableError("x"), 503), (RegistryError("x"), 503),
+    (ArtifactError("x"), 503), (EyenetError("x"), 503),
+])
+def test_the_error_map(exc, status):
+    got, kind = http.error_status(exc)
+    assert got == status
+    assert (kind in ("bad_input", "unknown_name")) == (got < 500)
+
+
+def test_bad_input_never_maps_to_5xx():
+    for cls, (status, _) in http.STATUS.items():
+        if issubclass(cls, (ValueError, KeyError)):  # what a request can get wrong
+            assert status < 500, cls
+    assert http.error_status(RuntimeError("a bug")) is None  # not EyeNet's: Starlette answers 500
+    assert http.error_body(_validation_error())["error"].startswith("values:")
