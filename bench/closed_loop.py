@@ -101,7 +101,7 @@ def main() -> None:
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
-    base_cfg = {"families": ["seasonal", "zscore"], "mlflow_uri": reg.uri, "use_gpus": False,
+    base_cfg = {"auth": {"enabled": False}, "families": ["seasonal", "zscore"], "mlflow_uri": reg.uri, "use_gpus": False,
                 "state_dir": str(Path.cwd() / "state")}
     before = np.asarray(series.values, dtype=float)
     rng = np.random.default_rng(2)
@@ -164,7 +164,7 @@ def main() -> None:
 
     # -- the scenario ---------------------------------------------------------------------------
     serve.run(build_app({**base_cfg, "name": "loop",
-                         "controller": {"retrain": {"drift_for_s": 10, "check_s": 1, "rows": 600}},
+                         "controller": {"retrain": {"drift_for_s": 10, "check_s": 1, "rows": 600, "auto_promote": True}},
                          "monitor": {"drift_window": 500, "drift_min_points": 150, "push_s": 1}}),
               name="loop", route_prefix="/")
     ready()

@@ -91,7 +91,7 @@ def main() -> None:
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
-    config = {"name": "swap", "families": ["zscore", "mad"], "mlflow_uri": reg.uri, "use_gpus": False,
+    config = {"auth": {"enabled": False}, "name": "swap", "families": ["zscore", "mad"], "mlflow_uri": reg.uri, "use_gpus": False,
               "state_dir": str(Path.cwd() / "state"), "controller": {"review_challengers": False}}
     serve.run(build_app(config), name="swap", route_prefix="/")
     ids = [f"s{i}" for i in range(args.clients * SERIES_PER_CLIENT)]

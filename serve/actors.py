@@ -35,8 +35,9 @@ def find_actor(name: str) -> Any | None:
         return None
 
 
-def get_store(state_dir: str) -> Any:
-    """The stream store (one per cluster; its calls are retried across restarts)."""
+def get_store(state_dir: str, settings: dict[str, Any] | None = None, quota: dict[str, Any] | None = None) -> Any:
+    """The stream store (one per cluster; its calls are retried across restarts); ``settings``
+    (``StoreSettings``) and ``quota`` (``QuotaSettings``), as dicts, matter only to the call that creates it."""
     import ray
 
     from eyenet.serving.streams import StreamStore
@@ -44,7 +45,18 @@ def get_store(state_dir: str) -> Any:
     return ray.remote(StreamStore).options(
         name=STORE_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1,
         max_task_retries=-1, num_cpus=0,
-    ).remote(state_dir)
+    ).remote(state_dir, settings=settings, quota=quota)
+
+
+def flush_store(timeout_s: float = 10.0) -> int | None:
+    """Write the stream store's unwritten states now (``eyenet down``, before Ray stops); how many,
+    or None when there is no store. Raises what the write raised, or a timeout."""
+    import ray
+
+    store = find_actor(STORE_NAME)
+    if store is None:
+        return None
+    return ray.get(store.flush.remote(), timeout=timeout_s)
 
 
 def controller_name(app: str) -> str:

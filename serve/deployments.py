@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -31,7 +32,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import ValidationError
 from ray import serve
 
-from eyenet.core.errors import EyenetError, InvalidInputError, NotServableError, UnknownNameError
+from eyenet.core.errors import (
+    AuthenticationError,
+    EyenetError,
+    InvalidInputError,
+    NotServableError,
+    PermissionDeniedError,
+    UnknownNameError,
+)
 from eyenet.lifecycle import registry as reg
 from eyenet.monitoring import metrics as m
 from eyenet.monitoring.monitor import Outbox
@@ -40,6 +48,8 @@ from eyenet.serving import http, schemas
 from eyenet.serving.controller import settings_from
 from eyenet.serving.follower import Follower, unwrap
 from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline, model_id, parse_model_id
+from eyenet.serving import auth
+from eyenet.serving.auth import AUTH_OFF, Authenticator, AuthMiddleware, AuthSettings, Identity, KeyStore
 from eyenet.serving.settings import AppConfig
 
 log = logging.getLogger(__name__)
@@ -137,6 +147,15 @@ class LimitAndMeasure:
         await self.app(scope, receive, timed_send)
 
 
+class _ReplicaAuth:
+    """This replica's authenticator: the Router sets it when it starts; until then every request that
+    needs a credential is refused (no key store)."""
+
+    authenticator = Authenticator(AuthSettings())
+
+
+app.add_middleware(AuthMiddleware, authenticator=lambda: _ReplicaAuth.authenticator,
+                   on_error=lambda kind: m.ERRORS.labels(kind).inc())
 app.add_middleware(LimitAndMeasure)
 
 
@@ -177,6 +196,9 @@ class _StoreActor:
     async def count(self) -> int:
         return await self.actor.count.remote()
 
+    async def health(self) -> dict[str, Any]:
+        return await self.actor.health.remote()
+
 
 class _FamilyDeployments:
     """The family deployments as the pipeline's remote members (multiplexed by model version)."""
@@ -215,11 +237,15 @@ class Router:
         self.scorers = scorers
         self.registry = reg.Registry(self.config.mlflow_uri)
         self.replica_id = ray.get_runtime_context().get_actor_name() or ray.get_runtime_context().get_actor_id()
+        a = self.config.auth
+        keys = KeyStore(a.keys_path or auth.default_keys_path(reg.home())) if a.enabled else None
+        self.auth = _ReplicaAuth.authenticator = Authenticator(a, keys)
         members = _FamilyDeployments(scorers, gpu_families or ())
-        self.models = ModelCache(self.registry, prepare=members.warm)
+        self.models = ModelCache(self.registry, capacity=self.config.models_cached, prepare=members.warm)
         self._here = AliasResolver(self.registry, self.config.alias, self.config.alias_ttl_s)
         self.outbox = Outbox(self.config.monitor.recent_points)
-        store = _StoreActor(get_store(self.config.state_dir or str(reg.home() / "state")))
+        store = _StoreActor(get_store(self.config.state_dir or str(reg.home() / "state"),
+                                      self.config.store.model_dump(), self.config.quota.model_dump()))
         self.pipeline = Pipeline(self._resolve, self.models, store, members=members,
                                  outbox=self.outbox if self.config.monitor.enabled else None, config=self.config)
         self._controller_handle: Any = None
@@ -301,24 +327,42 @@ class Router:
     async def http_detect(self, req: schemas.DetectRequest) -> JSONResponse:
         """Score windows of one or many series, each from a fresh stream (no stored state). ``detectors``
         names the members whose own scores each point reports (default: all)."""
-        return JSONResponse(await self.pipeline.detect(req))
+        return JSONResponse(await self.pipeline.detect(self._scoped(req, auth.current())))
 
     @app.post("/v1/stream")
     async def http_stream(self, req: schemas.StreamRequest) -> JSONResponse:
         """Append points to a series; its history is kept by the server between calls (send one
         point at a time if you like). An ``X-EyeNet-Series`` header naming the series lets the
         ingress send all of a series' points to the same router replica (faster, not required)."""
-        body, timing = await self.pipeline.stream(req)
+        body, timing = await self.pipeline.stream(self._scoped(req, auth.current()))
         return JSONResponse(body, headers={"Server-Timing": timing})
 
-    async def detect(self, req: schemas.DetectRequest) -> dict[str, Any]:
-        return await self.pipeline.detect(req)
+    # The Serve handle API (Ray jobs): the same checks as HTTP, with the caller's identity passed in.
+    async def detect(self, req: schemas.DetectRequest, identity: Identity | None = None) -> dict[str, Any]:
+        return await self.pipeline.detect(self._scoped(req, self._caller(identity, "writer")))
 
-    async def stream(self, req: schemas.StreamRequest) -> dict[str, Any]:
-        return (await self.pipeline.stream(req))[0]
+    async def stream(self, req: schemas.StreamRequest, identity: Identity | None = None) -> dict[str, Any]:
+        return (await self.pipeline.stream(self._scoped(req, self._caller(identity, "writer"))))[0]
+
+    def _caller(self, identity: Identity | None, role: str) -> Identity:
+        """A handle caller's identity, checked like a credential's role (auth off: anyone is admin)."""
+        if not self.auth.enabled:
+            return identity or AUTH_OFF
+        if not isinstance(identity, Identity):
+            raise AuthenticationError("identity: the handle API needs identity=eyenet.serving.auth.Identity(name, "
+                                      "tenant, role); a trusted Ray job passes its own")
+        if not identity.allows(role):
+            raise PermissionDeniedError(f"role: this call needs {role}; {identity.name} is {identity.role}")
+        return identity
+
+    @staticmethod
+    def _scoped(req: Any, who: Identity) -> Any:
+        """``req`` acting for the caller's tenant (another tenant only for an admin, else 403)."""
+        return req.model_copy(update={"tenant": who.tenant_for(req.tenant)})
 
     @app.post("/v1/forecast")
     async def forecast(self, req: schemas.ForecastRequest) -> dict[str, Any]:
+        req = self._scoped(req, auth.current())
         data = schemas.check_series(req.series)
         if req.detector not in self.scorers:
             raise UnknownNameError(f"detector {req.detector!r} is not deployed (deployed: {sorted(self.scorers)})")
@@ -340,13 +384,15 @@ class Router:
     async def models(self) -> dict[str, Any]:
         """Registered models, versions and aliases, and the version of each that this replica serves."""
         loop = asyncio.get_running_loop()
+        who = auth.current()
         versions = await loop.run_in_executor(None, self.registry.versions)
         try:
             monitoring = await asyncio.wait_for(self._monitor().report.remote(), timeout=10)
         except Exception as exc:  # noqa: BLE001
             monitoring = {"error": f"monitor unavailable ({type(unwrap(exc)).__name__})"}
-        return {"models": [v.to_dict() for v in versions], "serving": self.follower.serving(),
-                "monitoring": monitoring}
+        return {"models": [v.to_dict() for v in versions if _visible(who, v.name)],
+                "serving": {n: v for n, v in self.follower.serving().items() if _visible(who, n)},
+                "monitoring": {n: v for n, v in monitoring.items() if n == "error" or _visible(who, n)}}
 
     async def _ask(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call the controller; its errors keep their HTTP status, its absence is a 503."""
@@ -363,31 +409,38 @@ class Router:
     async def model_history(self, name: str, limit: int | None = None) -> dict[str, Any]:
         """The audit log of a model: TRAIN, REGISTER, GATE-PASS, REJECT, PROMOTE, ROLLBACK and SERVE events."""
         reg.split_name(name)
+        auth.current().check_model(name)
         return {"name": name, "events": await self._ask("history", name, limit)}
 
     @app.post("/v1/models/{name}/rollback")
     async def model_rollback(self, name: str, req: schemas.RollbackRequest) -> dict[str, Any]:
         """Return the champion to the previous good version (or ``to``); answers once it serves."""
         reg.split_name(name)
-        return await self._ask("rollback", name, to_version=req.to, reason=req.reason, actor=req.actor)
+        who = auth.current()
+        who.check_model(name)
+        return await self._ask("rollback", name, to_version=req.to, reason=req.reason, actor=who.name)
 
     @app.post("/v1/models/{name}/promote")
     async def model_promote(self, name: str, req: schemas.PromoteRequest) -> dict[str, Any]:
         """Make a version (default: the challenger) champion through the gate, or past it with ``force``."""
         reg.split_name(name)
-        return await self._ask("promote", name, req.version, force=req.force, reason=req.reason,
-                               actor=req.actor)
+        who = auth.current()
+        who.check_model(name)
+        return await self._ask("promote", name, req.version, force=req.force, reason=req.reason, actor=who.name)
 
     @app.post("/v1/models/{name}/review")
     async def model_review(self, name: str) -> dict[str, Any]:
         """Gate the challenger against the champion now: promote it or archive it with the reason."""
         reg.split_name(name)
-        return await self._ask("review", name, actor="http")
+        who = auth.current()
+        who.check_model(name)
+        return await self._ask("review", name, actor=who.name)
 
     @app.get("/v1/controller")
     async def controller_status(self) -> dict[str, Any]:
-        """The controller's serving table, registry health, replicas, recent switches and reviews."""
-        return await self._ask("status")
+        """The controller's serving table, registry health, replicas, recent switches and reviews (of the
+        caller's tenant; an admin's: all)."""
+        return _tenant_view(await self._ask("status"), auth.current())
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -395,10 +448,14 @@ class Router:
         self._background()
         ctl = self.follower.status()
         registry_ok = (ctl["registry"] or {}).get("ok", True)
-        try:
-            streams = await asyncio.wait_for(self.pipeline.store.count(), timeout=2)
-        except Exception:  # noqa: BLE001
-            streams = None
+        async def monitor_health() -> Any:
+            return await asyncio.wait_for(self._monitor().health.remote(), timeout=2)
+
+        store, monitor = await asyncio.gather(  # sizes and counters of the bounded structures
+            asyncio.wait_for(self.pipeline.store.health(), timeout=2), monitor_health(), return_exceptions=True)
+        store = None if isinstance(store, BaseException) else store
+        monitor = None if isinstance(monitor, BaseException) else monitor
+        streams = None if store is None else store["series"]
         problems = []
         if not ctl["connected"]:
             problems.append(f"model controller unreachable ({ctl['error'] or 'not contacted yet'})")
@@ -406,9 +463,14 @@ class Router:
             problems.append(f"model registry unreachable: {(ctl['registry'] or {}).get('error')}")
         if streams is None:
             problems.append("stream store unreachable")
-        return {"status": "degraded" if problems else "ok", "problems": problems, "families": sorted(self.scorers),
+        elif not store["ok"]:
+            problems.append(f"stream store cannot write its snapshots ({store['failures']} attempts, "
+                            f"{store['dirty']} series waiting): {store['error']}")
+        return {"status": "degraded" if problems else "ok", "problems": problems,
+                "auth": "on" if self.auth.enabled else "off (auth.enabled is false: every caller is an admin)",
+                "families": sorted(self.scorers),
                 "streams": streams, "replica": self.replica_id, "serving": self.follower.serving(),
-                "controller": ctl}
+                "controller": ctl, "store": store, "monitor": monitor, "bounds": self.pipeline.stats()}
 
     @app.get("/metrics")
     async def metrics(self) -> PlainTextResponse:
@@ -421,13 +483,16 @@ class Router:
             m.ERRORS.labels("monitor").inc()
             log.warning("/metrics from this replica only: monitor unavailable (%s)", unwrap(exc))
             text = own
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(_tenant_metrics(text, auth.current()), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/feedback")
     async def feedback(self, req: schemas.FeedbackRequest) -> dict[str, Any]:
         """An operator's verdict on points a model scored (true anomaly, false alarm, missed anomaly);
         EyeNet tracks precision, false-positive rate and alarm rate per model from it."""
-        fb = schemas.check_feedback(req)
+        who = auth.current()
+        req = self._scoped(req, who)
+        fb = schemas.check_feedback(req, by=who.name)
+        who.check_model(fb.model)
         if fb.model not in self.follower.table:  # unknown model: 404 naming it
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, lambda: self.registry.version(fb.model, alias=self.config.alias))
@@ -439,4 +504,46 @@ class Router:
                 raise cause from None
             raise NotServableError("the monitor is not available; feedback was not recorded, retry shortly") from None
         m.count_feedback(fb)
+        await self._ask("record", "FEEDBACK", fb.model, fb.version, actor=who.name, metrics={fb.label: fb.points},
+                        reason=f"{fb.label} on {fb.points} points of series {fb.series}")
         return {"recorded": fb.to_dict(), "model": fb.model, **counts}
+
+
+def _visible(who: Identity, name: str) -> bool:
+    """Whether ``who`` may see model ``name`` (``<tenant>.<group>.<family>``)."""
+    return who.sees(name.split(".", 1)[0])
+
+
+_STATUS_LISTS = ("swaps", "reviews", "retrains")
+_STATUS_NAMES = ("switching", "reviewing", "retraining")
+
+
+def _tenant_view(status: dict[str, Any], who: Identity) -> dict[str, Any]:
+    """The controller's status with only ``who``'s tenant's models (all of them for an admin)."""
+    if who.is_admin:
+        return status
+    out = dict(status)
+    for key in ("table", "refused"):
+        out[key] = {n: v for n, v in (status.get(key) or {}).items() if _visible(who, n)}
+    for key in _STATUS_LISTS:
+        out[key] = [r for r in status.get(key) or [] if _visible(who, str(r.get("name", "")))]
+    for key in _STATUS_NAMES:
+        out[key] = [n for n in status.get(key) or [] if _visible(who, n)]
+    out["replicas"] = {r: {**v, "serving": {n: ver for n, ver in v.get("serving", {}).items() if _visible(who, n)}}
+                       for r, v in (status.get("replicas") or {}).items()}
+    return out
+
+
+_MODEL_LABEL = re.compile(r'model="([^"]*)"')
+
+
+def _tenant_metrics(text: str, who: Identity) -> str:
+    """Prometheus text without the series of other tenants' models (an admin sees all)."""
+    if who.is_admin:
+        return text
+    keep = []
+    for line in text.splitlines():
+        hit = _MODEL_LABEL.search(line)
+        if hit is None or _visible(who, hit.group(1)):
+            keep.append(line)
+    return "\n".join(keep) + "\n"

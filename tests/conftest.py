@@ -117,3 +117,64 @@ def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
     yield server
     server.stop()
+
+
+# -- a served app with authentication on ------------------------------------------------------------------
+#: who calls the secured app: role and tenant of each test key
+SECURED_KEYS = {"admin": ("admin", "acme"), "operator": ("operator", "acme"), "writer": ("writer", "acme"),
+                "reader": ("reader", "acme"), "globex-writer": ("writer", "globex"),
+                "globex-operator": ("operator", "globex")}
+
+
+@pytest.fixture(scope="module")
+def secured_app(ray_cluster, mlflow_store, tmp_path_factory):
+    """A real Serve app with authentication on (API keys in a temporary store): one ensemble of
+    statistical members per tenant (acme, globex), each with a challenger, and one key per role.
+
+    Yields a dict: ``url``, ``keys`` (name -> key), ``store`` (the KeyStore), ``models``
+    (tenant -> model name), ``values`` (the training series), ``audit`` (the controller's audit log path).
+    """
+    import socket
+
+    import numpy as np
+    from ray import serve
+
+    from eyenet.core import presets, synthetic
+    from eyenet.lifecycle import training
+    from eyenet.serve.actors import find_controller
+    from eyenet.serve.app import build_app
+    from eyenet.serving.auth import KeyStore
+
+    root = tmp_path_factory.mktemp("secured")
+    store = KeyStore(root / "keys.db")
+    keys = {name: store.create(name, tenant, role)[1] for name, (role, tenant) in SECURED_KEYS.items()}
+    _, values, _ = synthetic.series("cpu_pct", n=1200, seed=3)
+    values = np.asarray(values)
+    config = presets.model_config("ensemble", {"members": [{"family": "zscore", "params": {}},
+                                                           {"family": "mad", "params": {}}]})
+    models = {}
+    for tenant in ("acme", "globex"):
+        first = training.train_and_register(config, values[:600], registry=mlflow_store, group="web", tenant=tenant)
+        mlflow_store.set_alias(first.version.name, "champion", first.version.version)
+        training.train_and_register(config, values[:600], registry=mlflow_store, group="web", tenant=tenant)
+        models[tenant] = first.version.name
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    audit_path = root / "audit.jsonl"
+    app_config = {"families": ["zscore", "mad"], "mlflow_uri": mlflow_store.uri, "state_dir": str(root / "state"),
+                  "member_timeout_s": 10, "use_gpus": False, "auth": {"keys_path": str(root / "keys.db"),
+                                                                      "cache_s": 1.0},
+                  "controller": {"review_challengers": False, "audit_path": str(audit_path),
+                                 "retrain": {"enabled": False}}}
+    serve.run(build_app(app_config), name="eyenet", route_prefix="/")
+    yield {"url": f"http://127.0.0.1:{port}", "keys": keys, "store": store, "models": models, "values": values,
+           "audit": audit_path}
+    serve.delete("eyenet")
+    serve.shutdown()
+    ctl = find_controller("eyenet")  # detached: outlives the app unless stopped
+    if ctl is not None:
+        import ray
+
+        ray.kill(ctl, no_restart=True)

@@ -77,10 +77,11 @@ def app(ray_cluster, mlflow_store, tmp_path_factory):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app_config = {
-        "name": APP, "families": ["seasonal", "zscore"], "mlflow_uri": mlflow_store.uri, "use_gpus": False,
+        "auth": {"enabled": False}, "name": APP, "families": ["seasonal", "zscore"], "mlflow_uri": mlflow_store.uri, "use_gpus": False,
         "state_dir": str(root / "state"),
         "controller": {"poll_s": 0.5, "retrain": {"drift_for_s": 2, "cooldown_s": 600, "rows": 600, "check_s": 1,
-                                                  "precision_below": None, "root": str(root / "retrain")}},
+                                                  "precision_below": None, "root": str(root / "retrain"),
+                                                  "auto_promote": True}},
         "monitor": {"drift_window": 500, "drift_min_points": 100, "push_s": 0.5,
                     "feedback_path": str(root / "feedback.jsonl")},
     }

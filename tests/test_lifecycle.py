@@ -71,8 +71,8 @@ def test_a_better_challenger_is_promoted_and_a_worse_one_archived(mlflow_store):
     assert tags["eyenet.status"] == audit.ARCHIVED and "not better by the margin" in tags["eyenet.reason"]
 
     assert _events(mlflow_store, name) == [
-        ("TRAIN", first), ("REGISTER", first), ("GATE-PASS", first), ("PROMOTE", first),
-        ("TRAIN", second), ("REGISTER", second), ("GATE-PASS", second), ("PROMOTE", second),
+        ("TRAIN", first), ("REGISTER", first), ("GATE-PASS", first), ("INTENT", first), ("PROMOTE", first),
+        ("TRAIN", second), ("REGISTER", second), ("GATE-PASS", second), ("INTENT", second), ("PROMOTE", second),
         ("TRAIN", third), ("REGISTER", third), ("REJECT", third),
     ]
     reject = promotion.history(mlflow_store, name)[-1]
@@ -224,7 +224,9 @@ def test_models_commands_review_promote_rollback_and_show_history(cli_store, cap
     assert code == 0 and f"version {first} is champion (was version {second}): drill over" in out
     code, out, _ = _run(capsys, "models", "history", name, "--json")
     events = json.loads(out)
-    assert [e["event"] for e in events][-6:] == ["PROMOTE", "TRAIN", "REGISTER", "REJECT", "PROMOTE", "ROLLBACK"]
+    assert [e["event"] for e in events][-8:] == ["PROMOTE", "TRAIN", "REGISTER", "REJECT", "INTENT", "PROMOTE",
+                                                 "INTENT", "ROLLBACK"]
+    assert events[-2]["reason"].startswith(f"roll back to version {first} from {second}")  # written before the move
     assert events[-1]["reason"] == "drill over" and events[-1]["iso"].endswith("+00:00")
     code, out, _ = _run(capsys, "models", "history", name, "--limit", "2")
     lines = out.splitlines()

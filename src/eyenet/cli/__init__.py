@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from eyenet import __version__
-from eyenet.cli import local, models, training
+from eyenet.cli import keys, local, models, training
 from eyenet.cli.arguments import fraction, name_list, number, positive_int
 from eyenet.cli.demo import cmd_demo
 from eyenet.cli.offline import cmd_bench, cmd_detectors, cmd_evaluate, cmd_score
@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_parsers(sub)
     models.add_parsers(sub)
     local.add_parsers(sub)
+    keys.add_parsers(sub)
 
     return parser
 

@@ -46,10 +46,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     families = [f.strip() for f in args.families.split(",")] if args.families else None
     s = stack.up(port=args.port, families=families, say=info)
     endpoint, body = _example(s.url)
-    resp = requests.post(endpoint, json=body, timeout=120)
+    key = stack.admin_key_path().read_text().strip()
+    resp = requests.post(endpoint, json=body, timeout=120, headers={"Authorization": f"Bearer {key}"})
     print(f"EyeNet is up at {s.url}  (OpenAPI: {s.url}/docs, metrics: {s.url}/metrics)")
     print("example request (a CPU series whose last point spikes):")
-    print(f"  curl -s -X POST {endpoint} -H 'content-type: application/json' -d '{{\"series\": [{{\"id\": "
+    print(f"  curl -s -X POST {endpoint} -H \"Authorization: Bearer $(cat {stack.admin_key_path()})\" "
+          f"-H 'content-type: application/json' -d '{{\"series\": [{{\"id\": "
           f"\"host-1/cpu_pct\", \"values\": [{body['series'][0]['values'][0]}, ...]}}]}}'")
     if resp.status_code != 200:
         print(f"  the example request failed: {resp.status_code} {resp.text[:300]}")

@@ -145,6 +145,35 @@ def ensure_models(registry: reg.Registry, say: Say, *, group: str = "default", t
     return out
 
 
+ADMIN_KEY = "admin.key"
+
+
+def admin_key_path() -> Path:
+    return reg.home() / ADMIN_KEY
+
+
+def admin_key(say: Say = print) -> Path:
+    """The key store of this folder's app, with an admin key in ``.eyenet/admin.key`` (mode 0600)
+    created on first start; returns the store's path."""
+    from eyenet.lifecycle import audit
+    from eyenet.serving.auth import KeyStore, default_keys_path
+
+    path = default_keys_path(reg.home())
+    store = KeyStore(path)
+    key_file = admin_key_path()
+    if not key_file.exists():
+        rec, key = store.create(f"admin-{int(time.time())}", "default", "admin")
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        audit.AuditLog().append(audit.Event(event=audit.KEY_CREATE, name=f"key:{rec.name}", version=None,
+                                            reason="the admin key of eyenet up", actor=audit.default_actor(),
+                                            time=time.time()))
+        say(f"created an admin API key in {key_file} (mode 0600); send it as "
+            f"'Authorization: Bearer $(cat {key_file})'; more keys: eyenet keys create --tenant T --role R")
+    return path
+
+
 def up(*, port: int | None = None, host: str | None = None, families: list[str] | None = None,
        say: Say = print) -> Stack:
     """Bring everything up and return; idempotent (an existing app is redeployed in place)."""
@@ -164,8 +193,9 @@ def up(*, port: int | None = None, host: str | None = None, families: list[str] 
     versions = ensure_models(registry, say)
     say(f"deploying the app on {host}:{port}")
     serve.start(http_options={"host": host, "port": port})
+    keys_path = admin_key(say)
     config = AppConfig(mlflow_uri=registry.uri, state_dir=str(reg.home() / "state"),
-                       **({"families": families} if families else {}))
+                       auth={"keys_path": str(keys_path)}, **({"families": families} if families else {}))
     serve.run(build_app(config), name=APP, route_prefix="/")
     stack = Stack(address, port, host, registry.uri, started, time.time(), dashboard)
     _record().parent.mkdir(parents=True, exist_ok=True)
@@ -241,7 +271,12 @@ def down(say: Say = print) -> bool:
 
         ray.init(address=stack.ray_address, logging_level="WARNING")
         serve.shutdown()
-        from eyenet.serve.actors import find_monitor
+        from eyenet.serve.actors import find_monitor, flush_store
+
+        try:  # the routers are gone: write the stream states the store holds unwritten before Ray stops
+            flush_store(timeout_s=10)
+        except Exception as exc:  # noqa: BLE001 - say so, and stop anyway
+            say(f"stream store: the last states were not written ({type(exc).__name__}: {exc})")
 
         for actor in (find_controller(APP), find_monitor(APP)):
             if actor is not None:  # detached: it would outlive the app on a cluster up did not start

@@ -69,6 +69,54 @@ class AuditError(EyenetError):
     exit_code = 7
 
 
+
+class AuthenticationError(EyenetError):
+    """No credential, or one that is unknown, revoked, expired or malformed."""
+
+    exit_code = 8
+
+
+class PermissionDeniedError(EyenetError):
+    """The caller's role or tenant does not allow what it asked for."""
+
+    exit_code = 8
+
+class QuotaExceededError(EyenetError):
+    """A tenant is over a quota (requests/s, points/s, live series) or a bounded structure is full
+    of busy entries; retry after ``retry_after_s`` seconds (HTTP 429 with ``Retry-After``)."""
+
+    exit_code = 9
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = float(retry_after_s)
+
+    def __reduce__(self):  # noqa: ANN204 - keep retry_after_s across pickling (Ray)
+        return (_quota_exceeded, (str(self), self.retry_after_s))
+
+
+def _quota_exceeded(message: str, retry_after_s: float) -> QuotaExceededError:
+    return QuotaExceededError(message, retry_after_s=retry_after_s)
+
+
+class QuotaExceededError(EyenetError):
+    """A tenant is over a quota (requests/s, points/s, live series) or a bounded structure is full
+    of busy entries; retry after ``retry_after_s`` seconds (HTTP 429 with ``Retry-After``)."""
+
+    exit_code = 9
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = float(retry_after_s)
+
+    def __reduce__(self):  # noqa: ANN204 - keep retry_after_s across pickling (Ray)
+        return (_quota_exceeded, (str(self), self.retry_after_s))
+
+
+def _quota_exceeded(message: str, retry_after_s: float) -> QuotaExceededError:
+    return QuotaExceededError(message, retry_after_s=retry_after_s)
+
+
 def exit_code_for(exc: BaseException) -> int:
     """CLI exit code for an exception (1 for anything not in the family)."""
     return exc.exit_code if isinstance(exc, EyenetError) else 1

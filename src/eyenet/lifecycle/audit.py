@@ -45,7 +45,15 @@ ROLLBACK = "ROLLBACK"
 SERVE = "SERVE"
 #: the controller starts retraining a served model (drift, poor precision, schedule), with the reason
 RETRAIN = "RETRAIN"
-EVENTS: tuple[str, ...] = (TRAIN, REGISTER, GATE_PASS, REJECT, PROMOTE, ROLLBACK, SERVE, RETRAIN)
+#: written before an alias moves (what is about to happen and who asked); PROMOTE / ROLLBACK follow
+INTENT = "INTENT"
+#: an operator's labels on scored points (the counts in the metrics)
+FEEDBACK = "FEEDBACK"
+#: API keys created and revoked (name: ``key:<name>``; no version)
+KEY_CREATE = "KEY-CREATE"
+KEY_REVOKE = "KEY-REVOKE"
+EVENTS: tuple[str, ...] = (TRAIN, REGISTER, GATE_PASS, REJECT, PROMOTE, ROLLBACK, SERVE, RETRAIN, INTENT, FEEDBACK,
+                           KEY_CREATE, KEY_REVOKE)
 
 #: where a version stands, mirrored as its ``eyenet.status`` tag
 REGISTERED = "registered"

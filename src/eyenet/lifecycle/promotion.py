@@ -81,6 +81,7 @@ def _gate(registry: Registry, name: str, version: int, champion: VersionInfo | N
 
 def _promote(registry: Registry, name: str, version: int, previous: VersionInfo | None, *, actor: str | None,
              reason: str, metrics: dict[str, float]) -> Outcome:
+    _intent(registry, name, version, previous.version if previous else None, "promote", actor, reason)
     registry.set_alias(name, CHAMPION, version)
     # empty when there was no champion: an older link must not survive a fresh start
     audit.set_tags(registry, name, version, {PREVIOUS: str(previous.version) if previous else ""})
@@ -88,6 +89,15 @@ def _promote(registry: Registry, name: str, version: int, previous: VersionInfo 
                  previous=previous.version if previous else None, status=audit.PROMOTED)
     _drop_challenger(registry, name, version)
     return Outcome(name, version, "promoted", reason, version, previous.version if previous else None, metrics)
+
+
+def _intent(registry: Registry, name: str, version: int, previous: int | None, what: str, actor: str | None,
+            reason: str) -> None:
+    """The audit record written before ``champion`` moves: if the move fails halfway, the log says
+    who meant to do what (the PROMOTE / ROLLBACK after it records the outcome)."""
+    audit.record(registry, audit.INTENT, name, version, reason=f"{what} to version {version}"
+                 f"{f' from {previous}' if previous is not None else ''}: {reason}", actor=actor,
+                 previous=previous, mirror=False)
 
 
 def _gated(registry: Registry, name: str, version: int, champion: VersionInfo | None, *, actor: str | None,
@@ -182,6 +192,7 @@ def rollback(registry: Registry, name: str, *, actor: str | None = None, reason:
         )
     _must_load(registry, name, target.version)
     why = reason or f"rolled back from version {champion.version}"
+    _intent(registry, name, target.version, champion.version, "roll back", actor, why)
     registry.set_alias(name, CHAMPION, target.version)
     ev = audit.record(registry, audit.ROLLBACK, name, target.version, reason=why, actor=actor,
                       previous=champion.version, status=audit.PROMOTED)

@@ -51,7 +51,7 @@ CHALLENGER = "challenger"
 MODEL_DATA = "eyenet_model"
 #: the version's drift reference, beside its other meta JSON under ``eyenet/`` in the run
 DRIFT_REFERENCE = "drift_reference.json"
-_NAME_PART = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_NAME_PART = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch: `$` would take a trailing newline
 
 
 class RegistryError(EyenetError):
@@ -76,7 +76,7 @@ def tracking_uri(root: str | Path | None = None) -> str:
 def model_name(family: str, *, group: str = "default", tenant: str = "default") -> str:
     """Registered-model name ``<tenant>.<group>.<family>``; each part lower-case ``[a-z0-9_-]``."""
     for what, part in (("tenant", tenant), ("group", group), ("family", family)):
-        if not isinstance(part, str) or not _NAME_PART.match(part):
+        if not isinstance(part, str) or not _NAME_PART.fullmatch(part):
             raise InvalidParameterError(
                 f"{what} {part!r} must be 1-63 characters of a-z, 0-9, '_' or '-', starting with a letter or digit"
             )
@@ -85,7 +85,7 @@ def model_name(family: str, *, group: str = "default", tenant: str = "default") 
 
 def slug(text: str) -> str:
     """A name part from free text: ``realKnownCause/nyc_taxi.csv`` -> ``realknowncause-nyc_taxi``."""
-    t = re.sub(r"\.(csv|parquet|pq)$", "", str(text).lower())
+    t = re.sub(r"\.(csv|parquet|pq)\Z", "", str(text).lower().strip())
     t = re.sub(r"[^a-z0-9_-]+", "-", t).strip("-_")
     return (t or "series")[:63]
 

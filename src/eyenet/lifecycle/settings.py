@@ -10,6 +10,7 @@ class RetrainSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="retrain a served model on drift, poor precision or a schedule")
+    auto_promote: bool = Field(False, description="put a retrained model through the gate and promote it if it passes; false: it waits as the challenger for an operator (feedback and live data can be steered by clients)")
     features: list[str] = Field(default_factory=lambda: ["value"],
                                 description="drift of which features triggers it (value, calibrated, score)")
     drift_for_s: float = Field(300.0, ge=0, description="how long drift must persist before retraining")

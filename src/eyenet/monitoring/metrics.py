@@ -26,6 +26,13 @@ ERRORS = Counter("eyenet_errors_total", "Errors by kind (bad_input, unknown_name
                  ["kind"], registry=REGISTRY)
 DEGRADED = Counter("eyenet_degraded_responses_total", "Responses answered without some members", ["model"],
                    registry=REGISTRY)
+EVICTIONS = Counter("eyenet_evictions_total", "Entries dropped from a bounded structure to stay within its cap, by "
+                    "structure (store: stream states, store_reload: rows not reloaded after a restart, "
+                    "router_streams / router_models: a router's caches, rate_buckets, outbox, monitor_series, "
+                    "monitor_models)", ["structure"], registry=REGISTRY)
+QUOTA_REFUSED = Counter("eyenet_quota_refused_total", "Requests refused (429) by quota: requests/s, points/s, "
+                        "series (a tenant's live series), store_full (every stored series busy)", ["quota"],
+                        registry=REGISTRY)
 MODEL_VERSION = Gauge("eyenet_model_version", "Registered model version served", ["model", "detector"],
                       registry=REGISTRY)
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from typing import Any
 
 import numpy as np
 
+from eyenet.core.errors import InvalidInputError
+from eyenet.core.reference import FEATURES
 from eyenet.monitoring import drift as dr
 from eyenet.monitoring import metrics as m
 from eyenet.lifecycle.registry import Registry
@@ -35,23 +37,56 @@ STALE_S = 60.0
 
 
 class Outbox:
-    """What a router replica scored since its last push, per (model, version)."""
+    """What a router replica scored since its last push, per (model, version).
 
-    def __init__(self, max_series_points: int = 4096) -> None:
+    Per series it keeps the last ``max_series_points`` values (retraining data) and which points
+    were scored (their positions in the stream and their timestamps, when sent: feedback may name
+    only those). At most ``max_series`` series per push interval; the points of further ones still
+    count but their series are left out (counted in ``dropped`` and
+    ``eyenet_evictions_total{structure="outbox"}``)."""
+
+    def __init__(self, max_series_points: int = 4096, max_series: int = 20_000) -> None:
         self.max_series_points = max_series_points
+        self.max_series = max_series
+        self.dropped = 0
+        self._series = 0
         self._batch: dict[tuple[str, int], dict[str, Any]] = {}
 
-    def add(self, name: str, version: int, values: np.ndarray, scores: Any, series: str | None = None) -> None:
+    def add(self, name: str, version: int, values: np.ndarray, scores: Any, series: str | None = None, *,
+            first: int = 0, timestamps: np.ndarray | None = None, scored: str | None = None) -> None:
+        """Points of ``series`` (its live values, for retraining) scored by ``name`` v``version``:
+        ``first`` is the stream position of the first one (its ``seen`` before), ``timestamps`` theirs
+        (datetime64, if sent). ``scored``: the series they are recorded under for feedback when they
+        are not a live series' values (``/v1/detect``)."""
         b = self._batch.get((name, version))
         if b is None:
             b = self._batch[(name, version)] = {"value": [], "calibrated": [], "score": [], "points": 0, "alarms": 0,
-                                                "series": defaultdict(list), "last": 0.0}
+                                                "series": defaultdict(list), "scored": {}, "last": 0.0}
         b["value"].append(np.asarray(values, dtype=float))
         b["calibrated"].append(np.asarray(scores.calibrated, dtype=float))
         b["score"].append(np.asarray(scores.score, dtype=float))
         b["points"] += len(values)
         b["alarms"] += int(np.asarray(scores.alarm).sum())
         b["last"] = time.time()
+        sid = series if series is not None else scored
+        if sid is None:
+            return
+        record = b["scored"].get(sid)
+        if record is None:
+            if self._series >= self.max_series:
+                self.dropped += 1
+                m.EVICTIONS.labels("outbox").inc()
+                return
+            self._series += 1
+            record = b["scored"][sid] = {"ranges": [], "timestamps": []}
+        record["ranges"].append((int(first), len(values)))
+        if len(record["ranges"]) > 64:
+            del record["ranges"][0]
+        if timestamps is not None:
+            ts = np.asarray(timestamps).astype("datetime64[ns]").astype("int64").tolist()
+            record["timestamps"].extend(ts[-self.max_series_points:])
+            if len(record["timestamps"]) > self.max_series_points:
+                del record["timestamps"][: len(record["timestamps"]) - self.max_series_points]
         if series is not None:
             kept = b["series"][series]
             kept.extend(float(v) for v in values)
@@ -60,13 +95,52 @@ class Outbox:
 
     def take(self) -> list[dict[str, Any]]:
         """The batch since the last call, oldest (model, version) first, arrays joined."""
-        batch, self._batch = self._batch, {}
+        batch, self._batch, self._series = self._batch, {}, 0
         out = []
         for (name, version), b in sorted(batch.items(), key=lambda kv: kv[1]["last"]):
             out.append({"model": name, "version": version, "points": b["points"], "alarms": b["alarms"],
                         **{f: np.concatenate(b[f]) for f in ("value", "calibrated", "score")},
-                        "series": dict(b["series"])})
+                        "series": dict(b["series"]), "scored": b["scored"]})
         return out
+
+
+class Scored:
+    """Which points of one series a model scored: the last ``max_ranges`` runs of stream positions
+    (``[first, first + n)``) and the last ``max_timestamps`` timestamps (int64 ns, when sent)."""
+
+    __slots__ = ("ranges", "timestamps", "max_ranges", "max_timestamps")
+
+    def __init__(self, max_ranges: int, max_timestamps: int) -> None:
+        self.ranges: list[list[int]] = []  # [start, end), in arrival order, adjacent runs merged
+        self.timestamps = np.empty(0, dtype=np.int64)
+        self.max_ranges = max_ranges
+        self.max_timestamps = max_timestamps
+
+    def add(self, ranges: list[tuple[int, int]], timestamps: list[int]) -> None:
+        for first, n in ranges:
+            if self.ranges and self.ranges[-1][1] == first:
+                self.ranges[-1][1] = first + n
+            else:
+                self.ranges.append([first, first + n])
+        if len(self.ranges) > self.max_ranges:
+            del self.ranges[: len(self.ranges) - self.max_ranges]
+        if timestamps:
+            self.timestamps = np.concatenate([self.timestamps, np.asarray(timestamps, dtype=np.int64)])
+            if len(self.timestamps) > self.max_timestamps:
+                self.timestamps = self.timestamps[-self.max_timestamps:]
+
+    def unscored_indices(self, indices: list[int]) -> list[int]:
+        return [i for i in indices if not any(a <= i < b for a, b in self.ranges)]
+
+    def unscored_timestamps(self, ns: list[int]) -> list[int]:
+        if not ns:
+            return []
+        hit = np.isin(np.asarray(ns, dtype=np.int64), self.timestamps)
+        return [t for t, h in zip(ns, hit.tolist()) if not h]
+
+    @property
+    def nbytes(self) -> int:
+        return 16 * len(self.ranges) + self.timestamps.nbytes
 
 
 class Monitor:
@@ -89,6 +163,12 @@ class Monitor:
         self.metrics_text: dict[str, tuple[float, str]] = {}
         self._ref_lock: asyncio.Lock | None = None
         self.pushes = 0
+        # bounds: live series (recent values and scored points) least recently pushed first, and models
+        self._series: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.scored: dict[tuple[str, str], Scored] = {}
+        self.recent_total = 0  # values kept in `recent`, all series
+        self._models: OrderedDict[str, None] = OrderedDict()
+        self.evicted = {"series": 0, "models": 0}
 
     async def _reference(self, name: str, version: int) -> bool:
         """Point the drift windows of ``name`` at ``version``'s reference (loaded once)."""
@@ -118,22 +198,116 @@ class Monitor:
         self.pushes += 1
         if metrics_text is not None:
             self.metrics_text[replica] = (time.time(), metrics_text)
+        s = self.settings
         for b in batch:
             name, version = b["model"], int(b["version"])
+            self._touch_model(name)
             self.feedback.record_alarms(name, b["points"], b["alarms"])
             for sid, values in b["series"].items():
+                self._touch(name, sid)
                 kept = self.recent[name].get(sid)
                 if kept is None:
                     kept = self.recent[name][sid] = deque(maxlen=self.recent_points)
                     self.recent_at[name][sid] = deque(maxlen=self.recent_points)
+                before = len(kept)
                 kept.extend(values)
+                self.recent_total += len(kept) - before
                 self.recent_at[name][sid].extend([time.time()] * len(values))
                 self.recent_seen[name][sid] = time.time()
+            for sid, record in b.get("scored", {}).items():
+                self._touch(name, sid)
+                sc = self.scored.get((name, sid))
+                if sc is None:
+                    sc = self.scored[(name, sid)] = Scored(s.scored_ranges, s.scored_timestamps)
+                sc.add(record["ranges"], record["timestamps"])
+            self._evict_series()
             if await self._reference(name, version) and self.versions.get(name) == version:
-                for f in dr.FEATURES:
+                for f in FEATURES:
                     self.drift.observe(name, f, b[f])
 
+    # -- bounds ----------------------------------------------------------------------------------
+    def _touch(self, name: str, sid: str) -> None:
+        key = (name, sid)
+        if key in self._series:
+            self._series.move_to_end(key)
+        else:
+            self._series[key] = None
+
+    def _touch_model(self, name: str) -> None:
+        if name in self._models:
+            self._models.move_to_end(name)
+            return
+        self._models[name] = None
+        while len(self._models) > self.settings.max_models:
+            old, _ = self._models.popitem(last=False)
+            self._forget_model(old)
+
+    def _forget_model(self, name: str) -> None:
+        """Drop a model's drift windows and live series (the least recently pushed model, over ``max_models``)."""
+        self.drift.drop(name)
+        self.versions.pop(name, None)
+        self.no_reference = {k for k in self.no_reference if k[0] != name}
+        for key in [k for k in self._series if k[0] == name]:
+            self._forget_series(key)
+        for d in (self.recent, self.recent_at, self.recent_seen):
+            d.pop(name, None)
+        self.evicted["models"] += 1
+        m.EVICTIONS.labels("monitor_models").inc()
+
+    def _forget_series(self, key: tuple[str, str]) -> None:
+        name, sid = key
+        self._series.pop(key, None)
+        self.scored.pop(key, None)
+        kept = self.recent.get(name, {}).pop(sid, None)
+        if kept is not None:
+            self.recent_total -= len(kept)
+        self.recent_at.get(name, {}).pop(sid, None)
+        self.recent_seen.get(name, {}).pop(sid, None)
+
+    def _evict_series(self) -> None:
+        """Least recently pushed series out until ``max_series`` and ``max_recent_points`` hold."""
+        s = self.settings
+        while self._series and (len(self._series) > s.max_series or self.recent_total > s.max_recent_points):
+            key = next(iter(self._series))
+            self._forget_series(key)
+            self.evicted["series"] += 1
+            m.EVICTIONS.labels("monitor_series").inc()
+
+    def stats(self) -> dict[str, Any]:
+        """Sizes and counters of the monitor's bounded structures (``/healthz``)."""
+        s = self.settings
+        return {"series": len(self._series), "max_series": s.max_series, "recent_points": self.recent_total,
+                "max_recent_points": s.max_recent_points, "models": len(self._models), "max_models": s.max_models,
+                "scored_bytes": sum(sc.nbytes for sc in self.scored.values()),
+                "evicted_series": self.evicted["series"], "evicted_models": self.evicted["models"]}
+
+    async def health(self) -> dict[str, Any]:
+        return {"ok": True, **self.stats()}
+
+    # -- feedback --------------------------------------------------------------------------------
+    def unscored(self, fb: Feedback) -> list[Any]:
+        """The points ``fb`` names that this monitor never saw ``fb.model`` score for ``fb.series``
+        (within what it keeps: the last runs of positions and timestamps of each live series)."""
+        sc = self.scored.get((fb.model, fb.series))
+        if fb.indices is not None:
+            return list(fb.indices) if sc is None else sc.unscored_indices(fb.indices)
+        stamps = [_ns(t) for t in fb.timestamps or []]
+        missing = set(stamps if sc is None else sc.unscored_timestamps(stamps))
+        return [t for t, ns in zip(fb.timestamps or [], stamps) if ns in missing]
+
     async def record_feedback(self, fb: Feedback) -> dict[str, Any]:
+        """Count a label on points this monitor saw scored (waiting up to ``feedback_wait_s`` for a push
+        in flight); labels naming any point never scored are refused whole, naming those points."""
+        missing = self.unscored(fb)
+        deadline = time.monotonic() + self.settings.feedback_wait_s
+        while missing and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            missing = self.unscored(fb)
+        if missing:
+            where = "indices" if fb.indices is not None else "timestamps"
+            shown = ", ".join(str(p) for p in missing[:10]) + (", ..." if len(missing) > 10 else "")
+            raise InvalidInputError(f"{where}: {fb.model} never scored these points of series {fb.series!r}: "
+                                    f"[{shown}] (feedback names points the service scored, as it answered them)")
         self.feedback.record(fb)
         return self.feedback.report(fb.model).get(fb.model, {})
 
@@ -191,6 +365,11 @@ class Monitor:
 
     async def ping(self) -> int:
         return self.pushes
+
+
+def _ns(timestamp: str) -> int:
+    """ISO 8601 text (as :func:`eyenet.serving.schemas.check_feedback` makes it) -> int64 ns UTC."""
+    return int(np.datetime64(timestamp.replace("+00:00", "").rstrip("Z"), "ns").astype("int64"))
 
 
 def merge_expositions(own: str, replicas: dict[str, str]) -> str:

@@ -33,7 +33,7 @@ import time
 from typing import Any, Callable
 
 from eyenet.core.errors import NotServableError
-from eyenet.lifecycle import gate
+from eyenet.lifecycle import audit, gate
 from eyenet.lifecycle.audit import AuditLog
 from eyenet.lifecycle.registry import Registry
 from eyenet.serving.admission import ACTOR, CHECK_TAG, PASSED, Admission, probe_series, serving_problems
@@ -247,6 +247,12 @@ class Controller:
             "retraining": sorted(self.retraining.retraining),
             "retrains": list(self.retraining.retrains)[-20:],
         }
+
+    async def record(self, event: str, name: str, version: int | None, *, reason: str, actor: str,
+                     metrics: dict[str, Any] | None = None) -> None:
+        """Append an event the API saw (e.g. FEEDBACK) to the controller's audit log."""
+        await asyncio.to_thread(audit.record, self.registry, event, name, version, reason=reason, actor=actor,
+                                metrics=metrics, mirror=False)
 
     async def ping(self) -> str:
         self._start()

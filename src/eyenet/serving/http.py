@@ -17,12 +17,16 @@ from pydantic import ValidationError
 
 from eyenet.core.errors import (
     ArtifactError,
+    AuthenticationError,
+    PermissionDeniedError,
     EyenetError,
     InvalidInputError,
     InvalidParameterError,
     LifecycleError,
     NotFittedError,
     NotServableError,
+    QuotaExceededError,
+    QuotaExceededError,
     UnknownNameError,
 )
 from eyenet.lifecycle.registry import RegistryError
@@ -30,6 +34,8 @@ from eyenet.serving.schemas import validation_message
 
 #: exception class -> (HTTP status, ``eyenet_errors_total`` kind)
 STATUS: dict[type[BaseException], tuple[int, str]] = {
+    AuthenticationError: (401, "unauthenticated"),
+    PermissionDeniedError: (403, "forbidden"),
     InvalidInputError: (422, "bad_input"),  # also NotEnoughDataError
     InvalidParameterError: (422, "bad_input"),
     ValidationError: (422, "bad_input"),  # a pydantic model built from request data inside a route
@@ -38,6 +44,8 @@ STATUS: dict[type[BaseException], tuple[int, str]] = {
     NotFittedError: (503, "internal"),  # a served model that cannot score: the service's fault, not the request's
     ArtifactError: (503, "internal"),
     NotServableError: (503, "unavailable"),
+    QuotaExceededError: (429, "quota"),  # answered with Retry-After: the exception's retry_after_s
+    QuotaExceededError: (429, "quota"),  # answered with Retry-After: the exception's retry_after_s
     RegistryError: (503, "registry"),
     EyenetError: (503, "internal"),  # any other error of the family
 }

@@ -34,18 +34,20 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from eyenet.core.errors import EyenetError, InvalidInputError, NotServableError
+from eyenet.core.errors import EyenetError, InvalidInputError, NotServableError, QuotaExceededError
 from eyenet.lifecycle import registry as reg
 from eyenet.monitoring import metrics as m
 from eyenet.monitoring.monitor import Outbox
 from eyenet.serving import schemas
+from eyenet.serving.quota import RateLimits
 from eyenet.serving.settings import AppConfig
+from eyenet.serving.streams import Refusal, state_bytes
 
 log = logging.getLogger(__name__)
 
-#: ensemble models a process keeps loaded (least recently used dropped beyond this)
+#: ensemble models a process keeps loaded (least recently used dropped beyond this; ``AppConfig.models_cached``)
 MODELS_PER_ROUTER = 32
-#: series states a process caches between calls (the store stays the authority)
+#: series states a process caches between calls (the store stays the authority; ``AppConfig.streams_cached``)
 STREAMS_PER_ROUTER = 50_000
 #: scorings of one stream request before a series that keeps moving on elsewhere is refused
 COMMIT_ATTEMPTS = 3
@@ -137,6 +139,7 @@ class ModelCache:
         self._models.move_to_end(key)
         while len(self._models) > self.capacity:
             self._models.popitem(last=False)
+            m.EVICTIONS.labels("router_models").inc()
 
     async def preload(self, versions: Iterable[tuple[str, int]]) -> None:
         """Load these versions now (best effort, without ``prepare``: what fails loads on first use)."""
@@ -191,20 +194,29 @@ class Pipeline:
     ``resolve`` gives the version that serves a model name; ``models`` loads and caches versions;
     ``store`` keeps stream states; ``members`` (optional) scores members elsewhere: without it every
     member is scored in this process. ``outbox`` (optional) collects what was scored for the monitor.
+
+    Bounds: per-tenant request and point rates (:class:`~eyenet.serving.quota.RateLimits`, per
+    replica), the cached stream states (``streams_cached`` states and ``streams_cached_bytes``,
+    least recently used dropped and counted); a tenant the store refused a new series
+    (429) is refused new series here without scoring until its ``Retry-After`` has passed.
     """
 
     def __init__(self, resolve: Resolve, models: ModelCache, store: StreamStoreLike, *,
                  members: RemoteMembers | None = None, outbox: Outbox | None = None,
-                 config: AppConfig | None = None, streams_cached: int = STREAMS_PER_ROUTER) -> None:
+                 config: AppConfig | None = None, streams_cached: int | None = None) -> None:
         self.resolve = resolve
         self.models = models
         self.store = store
         self.members = members
         self.outbox = outbox
         self.config = config or AppConfig()
-        self.streams_cached = streams_cached
+        self.streams_cached = self.config.streams_cached if streams_cached is None else streams_cached
+        self.streams_cached_bytes = self.config.streams_cached_bytes
+        self.rates = RateLimits(self.config.quota)
         self._locks: dict[str, list[Any]] = {}  # series -> [lock, requests holding or awaiting it]
         self._streams: OrderedDict[str, tuple[int, Any]] = OrderedDict()  # series -> (version, state)
+        self._streams_bytes = 0
+        self._full: dict[str, tuple[float, Refusal]] = {}  # tenant -> (refuse new series until, why)
         self._pool = ThreadPoolExecutor(self.config.score_threads, thread_name_prefix="eyenet-score")
 
     def close(self) -> None:
@@ -215,9 +227,12 @@ class Pipeline:
         """Score windows of one or many series, each from a fresh stream (no stored state)."""
         data = schemas.check_series(req.series)
         total = sum(len(s.values) for s in data)
-        name, version, model = await self.model(req.tenant, req.group)
+        tenant = req.tenant or schemas.DEFAULT_TENANT
+        self.rates.check(tenant, total)
+        name, version, model = await self.model(tenant, req.group)
         report = schemas.check_detectors(req.detectors, model.member_families, f"{name} v{version}")
-        results = await asyncio.gather(*(self.score(name, version, model, s.values, None, total, report=report)
+        results = await asyncio.gather(*(self.score(name, version, model, s.values, None, total, report=report,
+                                                    scored=s.id, timestamps=s.timestamps)
                                          for s in data))
         return {"results": [{"id": s.id, **body} for s, (body, _) in zip(data, results)]}
 
@@ -228,39 +243,85 @@ class Pipeline:
         series on meanwhile, the store answers with its newer state and the points are scored again."""
         (s,) = schemas.check_series([schemas.SeriesIn(id=req.id, values=req.values, timestamps=req.timestamps)],
                                     field="body")
-        key = f"{req.tenant}/{req.group}/{req.id}"
+        self.rates.check(req.tenant or schemas.DEFAULT_TENANT, len(s.values))
+        key = f"{req.tenant or schemas.DEFAULT_TENANT}/{req.group}/{req.id}"
         # one request of a series at a time in this process: points of a series are applied in order
         entry = self._locks.setdefault(key, [asyncio.Lock(), 0])
         entry[1] += 1
         try:
             async with entry[0]:
-                return await self._stream(req, s.values, key)
+                return await self._stream(req, s.values, key, s.timestamps)
         finally:
             entry[1] -= 1
             if entry[1] == 0:
                 self._locks.pop(key, None)
 
-    async def _stream(self, req: schemas.StreamRequest, values: np.ndarray, key: str) -> tuple[dict[str, Any], str]:
+    async def _stream(self, req: schemas.StreamRequest, values: np.ndarray, key: str,
+                      timestamps: np.ndarray | None = None) -> tuple[dict[str, Any], str]:
+        tenant = req.tenant or schemas.DEFAULT_TENANT
         if req.reset:
             version, state = await self.store.delete(key), None
         else:
             version, state = self._streams.get(key, (0, None))
+            if state is None:
+                await self._refuse_if_full(tenant, key)
         for _ in range(COMMIT_ATTEMPTS):
             t0 = time.perf_counter()
-            name, version_m, model = await self.model(req.tenant, req.group)
-            body, new_state = await self.score(name, version_m, model, values, state, len(values), series=req.id)
+            name, version_m, model = await self.model(tenant, req.group)
+            scored: list[tuple[Any, ...]] = []  # for the outbox once committed (refused points were not served)
+            body, new_state = await self.score(name, version_m, model, values, state, len(values), series=req.id,
+                                               timestamps=timestamps, later=scored)
             t1 = time.perf_counter()
             ok, now, stored = await self.store.commit(key, version, new_state)
+            if isinstance(stored, Refusal):  # a new series over the tenant's quota, or the store full: 429
+                self._full[tenant] = (time.monotonic() + stored.retry_after_s, stored)
+                if len(self._full) > self.config.quota.max_tenants:
+                    self._full = {t: v for t, v in self._full.items() if v[0] > time.monotonic()}
+                raise QuotaExceededError(stored.reason, retry_after_s=stored.retry_after_s)
             if ok:
-                self._streams[key] = (now, new_state)
-                self._streams.move_to_end(key)
-                if len(self._streams) > self.streams_cached:
-                    self._streams.popitem(last=False)
+                self._cache(key, now, new_state)
+                if self.outbox is not None:
+                    for args, kwargs in scored:
+                        self.outbox.add(*args, **kwargs)
                 # where the time went, for clients and load tests (the HTTP Server-Timing header)
                 timing = f"score;dur={1000 * (t1 - t0):.2f}, state;dur={1000 * (time.perf_counter() - t1):.2f}"
                 return {"id": req.id, "seen": new_state.seen, **body}, timing
             version, state = now, stored
         raise InvalidInputError(f"series {req.id!r} is being updated concurrently; send its points in order")
+
+    async def _refuse_if_full(self, tenant: str, key: str) -> None:
+        """Refuse a series new to this process without scoring it while the store refuses ``tenant``
+        new series (until the refusal's Retry-After), unless the store holds the series already."""
+        hit = self._full.get(tenant)
+        if hit is None:
+            return
+        until, refusal = hit
+        if time.monotonic() >= until:
+            del self._full[tenant]
+            return
+        if (await self.store.get(key))[1] is None:
+            raise QuotaExceededError(refusal.reason, retry_after_s=max(1.0, until - time.monotonic()))
+
+    def _cache(self, key: str, version: int, state: Any) -> None:
+        """Keep a series' state for its next request; least recently used dropped (and counted) beyond
+        ``streams_cached`` states or ``streams_cached_bytes``."""
+        old = self._streams.pop(key, None)
+        if old is not None:
+            self._streams_bytes -= state_bytes(key, old[1])
+        self._streams[key] = (version, state)
+        self._streams_bytes += state_bytes(key, state)
+        while len(self._streams) > 1 and (len(self._streams) > self.streams_cached
+                                          or self._streams_bytes > self.streams_cached_bytes):
+            k, (_, s) = self._streams.popitem(last=False)
+            self._streams_bytes -= state_bytes(k, s)
+            m.EVICTIONS.labels("router_streams").inc()
+
+    def stats(self) -> dict[str, Any]:
+        """Sizes of this replica's bounded structures (``/healthz``)."""
+        return {"streams_cached": len(self._streams), "max_streams_cached": self.streams_cached,
+                "streams_cached_bytes": self._streams_bytes, "max_streams_cached_bytes": self.streams_cached_bytes,
+                "models_cached": len(self.models), "max_models_cached": self.models.capacity,
+                "rate_limits": self.rates.stats()}
 
     # -- the model -------------------------------------------------------------------------------
     async def model(self, tenant: str, group: str) -> tuple[str, int, Any]:
@@ -270,11 +331,17 @@ class Pipeline:
         return name, version, await self.models.get(name, version)
 
     async def score(self, name: str, version: int, model: Any, x: np.ndarray, state: Any | None, n_points: int,
-                    series: str | None = None, report: set[str] | None = None) -> tuple[dict[str, Any], Any]:
+                    series: str | None = None, report: set[str] | None = None, *, scored: str | None = None,
+                    timestamps: np.ndarray | None = None,
+                    later: list[tuple[Any, ...]] | None = None) -> tuple[dict[str, Any], Any]:
         """The response body of new points ``x`` of a series in ``state`` (None: a fresh one) and its
-        new state. ``n_points``: the points of the whole request (where the members run)."""
+        new state. ``n_points``: the points of the whole request (where the members run). What was
+        scored goes to the outbox (``series``: a live series' values; ``scored``: the series named
+        for feedback otherwise; ``timestamps``: the points'), or into ``later`` to add once the
+        state is committed."""
         key = model_id(name, version)
         st = model.adopt(state if state is not None else model.new_state(), key)
+        first = st.seen
         ctx = model.context(x, st)
         member_raw, missing = await self._members_raw(key, model, ctx, len(x), n_points)
         families = model.member_families
@@ -282,8 +349,12 @@ class Pipeline:
             raise NotServableError(f"{name} v{version}: no member answered (members: {families})")
         body, new_state, alarms, scores = await self._off_loop(n_points, self._finish, name, version, model,
                                                                member_raw, x, st, missing, report)
-        if self.outbox is not None:  # drift, alarm rate, retraining data (see eyenet.monitoring.monitor)
-            self.outbox.add(name, version, x, scores, series)
+        if self.outbox is not None:  # drift, alarm rate, retraining data, feedback (see eyenet.monitoring.monitor)
+            entry = ((name, version, x, scores, series), {"first": first, "timestamps": timestamps, "scored": scored})
+            if later is not None:
+                later.append(entry)
+            else:
+                self.outbox.add(*entry[0], **entry[1])
         m.POINTS.labels(name).inc(len(x))
         m.ANOMALIES.labels(name).inc(alarms)
         if missing:

@@ -176,6 +176,10 @@ class RetrainScheduler:
             result = await self.launch(self.settings.num_cpus, self.registry.uri, name, series,
                                        values[-self.settings.rows:], root, audit_path=self.audit_path)
             rec.update(version=result.version, series=series, trained=time.time(), train_s=result.seconds)
+            if not self.settings.auto_promote:  # an operator reviews it (POST /v1/models/{name}/review)
+                self.reviews.hold(name, result.version)
+                rec.update(outcome="challenger", gate="waiting for an operator's review (retrain.auto_promote is off)")
+                return
             out = await self.reviews.review(name)
             rec.update(outcome=out.action, gate=out.reason, reviewed=time.time())
             if out.action == "promoted":

@@ -42,6 +42,10 @@ class Reviews:
             return None
         return challenger
 
+    def hold(self, name: str, version: int) -> None:
+        """Leave challenger ``version`` of ``name`` to an operator: never reviewed automatically."""
+        self._after[(name, version)] = float("inf")
+
     def start(self, name: str, version: int) -> asyncio.Task:
         task = self.reviewing[name] = asyncio.get_running_loop().create_task(self._review(name, version))
         return task

@@ -20,7 +20,7 @@ from eyenet.core.errors import InvalidInputError
 from eyenet.lifecycle import registry as reg
 from eyenet.monitoring.feedback import Feedback
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}")  # fullmatch: `$` would take a trailing newline
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class Limits:
 
 
 LIMITS = Limits()
+#: the tenant of a request that names none and has no credential to take one from (auth off, tests)
+DEFAULT_TENANT = "default"
 
 
 class SeriesIn(BaseModel):
@@ -48,7 +50,7 @@ class SeriesIn(BaseModel):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        if not _ID.match(v):
+        if not _ID.fullmatch(v):
             raise ValueError("must be 1-200 characters of letters, digits and _ . : / -, starting with a letter or digit")
         return v
 
@@ -60,7 +62,7 @@ class DetectRequest(BaseModel):
 
     series: list[SeriesIn] = Field(min_length=1)
     group: str = "default"
-    tenant: str = "default"
+    tenant: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")
     detectors: list[str] | None = Field(
         default=None, max_length=32,
         description="member families whose own scores each point reports under 'detectors' (default: every member; "
@@ -77,7 +79,7 @@ class StreamRequest(BaseModel):
     values: list[float] = Field(min_length=1)
     timestamps: list[str | float] | None = None
     group: str = "default"
-    tenant: str = "default"
+    tenant: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")
     reset: bool = Field(default=False, description="forget the series' history first")
 
     _check_id = field_validator("id")(SeriesIn._id.__func__)
@@ -91,7 +93,7 @@ class ForecastRequest(BaseModel):
     series: list[SeriesIn] = Field(min_length=1)
     detector: str = "transformer"
     group: str = "default"
-    tenant: str = "default"
+    tenant: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")
 
 
 class PromoteRequest(BaseModel):
@@ -102,7 +104,6 @@ class PromoteRequest(BaseModel):
     version: int | None = Field(None, ge=1, description="default: the challenger")
     force: bool = Field(False, description="skip the quality gate (the serving check still applies)")
     reason: str = Field("", max_length=2000)
-    actor: str = Field("http", max_length=200, description="who asks, for the audit log")
 
 
 class RollbackRequest(BaseModel):
@@ -112,7 +113,6 @@ class RollbackRequest(BaseModel):
 
     to: int | None = Field(None, ge=1)
     reason: str = Field("", max_length=2000)
-    actor: str = Field("http", max_length=200, description="who asks, for the audit log")
 
 
 class FeedbackRequest(BaseModel):
@@ -128,11 +128,10 @@ class FeedbackRequest(BaseModel):
                                       description="the points' positions in the series (for a stream: its 'seen' count "
                                                   "before the point)")
     group: str = "default"
-    tenant: str = "default"
+    tenant: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")
     detector: str = Field(default="ensemble", description="family of the model that scored the points")
     version: int | None = Field(default=None, ge=1, description="model version that scored the points, if known")
     note: str | None = Field(default=None, max_length=1000)
-    by: str | None = Field(default=None, max_length=100, description="who gives the feedback")
 
     _check_id = field_validator("id")(SeriesIn._id.__func__)
 
@@ -205,11 +204,12 @@ def check_series(series: list[SeriesIn], limits: Limits = LIMITS, field: str = "
     return out
 
 
-def check_feedback(req: FeedbackRequest, limits: Limits = LIMITS, *, now: float | None = None) -> Feedback:
+def check_feedback(req: FeedbackRequest, limits: Limits = LIMITS, *, now: float | None = None,
+                   by: str | None = None) -> Feedback:
     """Validate a request beyond its schema (model name, point count, timestamps) into a
     :class:`~eyenet.monitoring.feedback.Feedback`; raises :class:`InvalidInputError` /
     :class:`~eyenet.core.errors.InvalidParameterError` naming the field."""
-    name = reg.model_name(req.detector, group=req.group, tenant=req.tenant)
+    name = reg.model_name(req.detector, group=req.group, tenant=req.tenant or DEFAULT_TENANT)
     points = req.timestamps if req.timestamps is not None else req.indices
     where = "timestamps" if req.timestamps is not None else "indices"
     if len(points) > limits.max_points:
@@ -230,7 +230,7 @@ def check_feedback(req: FeedbackRequest, limits: Limits = LIMITS, *, now: float 
             raise InvalidInputError(f"{where}[{i}]: the same point as {where}[{seen[k]}]")
         seen[k] = i
     return Feedback(model=name, series=req.id, label=req.label, points=len(points), timestamps=timestamps,
-                    indices=indices, version=req.version, note=req.note, by=req.by,
+                    indices=indices, version=req.version, note=req.note, by=by,
                     received=time.time() if now is None else now)
 
 

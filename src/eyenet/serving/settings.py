@@ -5,12 +5,66 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from eyenet.serving.auth import AuthSettings
+
 from eyenet.core.detectors import TORCH_FAMILIES
 from eyenet.lifecycle.settings import RetrainSettings
 from eyenet.monitoring.settings import MonitorSettings
 
 __all__ = ["AppConfig", "Autoscaling", "ControllerActorSettings", "ControllerSettings", "DeploymentSettings",
-           "MonitorSettings", "RetrainSettings", "TORCH_FAMILIES"]
+           "MonitorSettings", "QuotaSettings", "RetrainSettings", "StoreSettings", "TORCH_FAMILIES", "TenantQuota"]
+
+
+class TenantQuota(BaseModel):
+    """One tenant's quotas; a field left out takes :class:`QuotaSettings`' default (None: unlimited)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_s: float | None = Field(None, gt=0)
+    points_per_s: float | None = Field(None, gt=0)
+    max_series: int | None = Field(None, ge=0)
+
+
+class QuotaSettings(BaseModel):
+    """Per-tenant quotas (see eyenet.serving.quota). Rates are per router replica (token buckets in
+    each replica, ``burst_s`` seconds of the rate at most); the live-series cap is app-wide (the
+    stream store). Over a quota: 429 with Retry-After. None: unlimited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_s: float | None = Field(1000.0, gt=0, description="requests a second per tenant, per router replica")
+    points_per_s: float | None = Field(1_000_000.0, gt=0, description="points a second per tenant, per router replica")
+    burst_s: float = Field(2.0, gt=0, description="a bucket holds this many seconds of its rate")
+    max_series_per_tenant: int | None = Field(10_000, ge=0, description="live stream series per tenant (app-wide)")
+    max_tenants: int = Field(10_000, ge=1, description="tenants whose rate buckets a replica keeps (LRU, counted)")
+    retry_after_s: float = Field(5.0, ge=0, description="Retry-After of a refused new series")
+    tenants: dict[str, TenantQuota] = Field(default_factory=dict, description="per-tenant overrides")
+
+    def of(self, tenant: str) -> TenantQuota:
+        """``tenant``'s quotas: its override's fields where given, the defaults otherwise."""
+        base = {"requests_per_s": self.requests_per_s, "points_per_s": self.points_per_s,
+                "max_series": self.max_series_per_tenant}
+        o = self.tenants.get(tenant)
+        if o is not None:
+            base.update({f: getattr(o, f) for f in o.model_fields_set})
+        return TenantQuota.model_construct(**base)
+
+
+class StoreSettings(BaseModel):
+    """The stream store: snapshots, memory caps, reload after a restart (see eyenet.serving.streams)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flush_s: float = Field(1.0, gt=0, description="how often changed states are written")
+    max_backoff_s: float = Field(30.0, gt=0, description="longest wait between retries of a failing write")
+    ttl_s: float = Field(7 * 86400.0, gt=0, description="a series idle this long is forgotten")
+    max_series: int = Field(1_000_000, ge=1, description="series in memory (tombstones included); beyond it the "
+                            "least recently used idle series is evicted (counted), else a new series gets 429")
+    max_bytes: int = Field(2 << 30, ge=1024, description="estimated bytes of the states in memory (same rule)")
+    min_idle_s: float = Field(300.0, ge=0, description="a series used more recently than this is never evicted")
+    reload_max_series: int = Field(1_000_000, ge=0, description="series reloaded after a restart, newest first")
+    reload_max_s: float = Field(30.0, ge=0, description="longest reload after a restart; older rows are dropped")
+    open_timeout_s: float = Field(60.0, gt=0, description="how long a locked database is retried at start-up")
 
 
 class Autoscaling(BaseModel):
@@ -97,6 +151,12 @@ class AppConfig(BaseModel):
     overrides: dict[str, DeploymentSettings] = Field(default_factory=dict, description="per-family settings")
     controller: ControllerSettings = ControllerSettings()
     monitor: MonitorSettings = MonitorSettings()
+    auth: AuthSettings = AuthSettings()
+    quota: QuotaSettings = QuotaSettings()
+    store: StoreSettings = StoreSettings()
+    streams_cached: int = Field(50_000, ge=1, description="stream states a router replica caches (LRU, counted)")
+    streams_cached_bytes: int = Field(256 << 20, ge=1024, description="estimated bytes of those states at most")
+    models_cached: int = Field(32, ge=1, description="ensemble versions a router replica keeps loaded (LRU, counted)")
 
     def settings(self, family: str) -> DeploymentSettings:
         return self.overrides.get(family, self.family)

@@ -13,86 +13,287 @@ The store keeps every state in memory and writes only the ones that changed,
 as compact binary rows (:meth:`eyenet.core.model.StreamState.to_bytes`), so a
 snapshot costs in proportion to the traffic since the last one, not to the
 number of series. States idle longer than ``ttl_s`` are forgotten.
+
+Bounds (:class:`~eyenet.serving.settings.StoreSettings`, :class:`~eyenet.serving.settings.QuotaSettings`):
+
+- **live series per tenant** (``quota.max_series_per_tenant``, app-wide since there is one
+  store): a commit that would create a tenant's series beyond its quota is refused with a
+  :class:`Refusal` (the pipeline answers 429 with ``Retry-After``);
+- **series and bytes in memory** (``max_series``, ``max_bytes``, an estimate of the states'
+  arrays): a new series beyond either evicts the least recently used series idle for at least
+  ``min_idle_s`` (counted, ``eyenet_evictions_total{structure="store"}``; its row is deleted
+  too, so the file stays bounded); when even the least recently used one is busy the new
+  series is refused (429), never the process killed for memory;
+- **reload after a restart**: at most ``reload_max_series`` rows, newest first, for at most
+  ``reload_max_s`` seconds; the older rows are dropped (counted, and deleted at the next write).
+
+Reliability: a snapshot that fails to write (disk full, database locked, read-only) leaves its
+keys dirty for the next attempt; the error is kept and reported by :meth:`StreamStore.health`
+(``/healthz`` says degraded with the reason) and the flusher goes on retrying with backoff.
+:meth:`StreamStore.close` writes what is left (``eyenet down`` calls it before stopping Ray).
+A database another process holds locked at start-up is retried with backoff; only a file that
+is not a database is moved aside.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from eyenet.core.model import StreamState
+from eyenet.monitoring import metrics as m
+from eyenet.serving.settings import QuotaSettings, StoreSettings
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS streams (key TEXT PRIMARY KEY, version INTEGER NOT NULL, " \
           "touched REAL NOT NULL, state BLOB)"
+_INDEX = "CREATE INDEX IF NOT EXISTS streams_touched ON streams (touched)"
+#: what a state costs in memory besides its arrays (objects, dict entry, key), for the byte estimate
+STATE_OVERHEAD = 600
+
+
+def state_bytes(key: str, state: StreamState | None) -> int:
+    """Estimated memory of one stored state (its arrays and a fixed overhead)."""
+    if state is None:
+        return STATE_OVERHEAD // 2 + len(key)
+    arrays = state.values.nbytes + state.ranks.nbytes + sum(h.nbytes for h in state.scores)
+    return STATE_OVERHEAD + len(key) + arrays
+
+
+def tenant_of(key: str) -> str:
+    return key.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The store's answer to a commit it will not take (the third element of ``commit``'s tuple)."""
+
+    reason: str
+    retry_after_s: float
+
+
+def _locked(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 class Streams:
     """In-memory states keyed by ``tenant/group/series``, persisted incrementally to ``state_dir/streams.db``."""
 
-    def __init__(self, state_dir: str | Path, *, ttl_s: float = 7 * 86400) -> None:
+    def __init__(self, state_dir: str | Path, *, ttl_s: float | None = None, settings: StoreSettings | None = None,
+                 quota: QuotaSettings | None = None, clock: Any = time.time) -> None:
+        self.settings = settings or StoreSettings()
+        self.quota = quota or QuotaSettings()
+        self.clock = clock
         self.path = Path(state_dir) / "streams.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.ttl_s = ttl_s
-        self.states: dict[str, tuple[int, StreamState | None, float]] = {}
+        self.ttl_s = self.settings.ttl_s if ttl_s is None else ttl_s
+        # key -> (version, state or None for a tombstone, touched); least recently used first
+        self.states: OrderedDict[str, tuple[int, StreamState | None, float]] = OrderedDict()
         self.dirty: set[str] = set()
+        self.bytes = 0  # estimated memory of the states
+        self.live: dict[str, int] = {}  # tenant -> series with a state (tombstones not counted)
         self.unreadable = 0  # rows skipped at load (a corrupt row restarts that stream; the others load)
+        self.evicted = 0  # series dropped for the memory caps
+        self.refused = 0  # new series refused (tenant quota, or the store full of busy series)
+        self.reload_dropped = 0  # rows not loaded at start-up (over reload_max_series / reload_max_s)
+        self.moved_aside: str | None = None  # where a damaged file went at start-up
+        self._prune_before: float | None = None  # rows older than this are dropped at the next write
         self._load()
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(_SCHEMA)
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def _put(self, key: str, version: int, state: StreamState | None, touched: float) -> None:
+        old = self.states.get(key)
+        if old is not None:
+            self.bytes -= state_bytes(key, old[1])
+            if old[1] is not None:
+                self._live(key, -1)
+        self.states[key] = (version, state, touched)
+        self.states.move_to_end(key)
+        self.bytes += state_bytes(key, state)
+        if state is not None:
+            self._live(key, +1)
+
+    def _forget(self, key: str) -> None:
+        _, state, _ = self.states.pop(key)
+        self.bytes -= state_bytes(key, state)
+        if state is not None:
+            self._live(key, -1)
+
+    def _live(self, key: str, n: int) -> None:
+        t = tenant_of(key)
+        c = self.live.get(t, 0) + n
+        if c > 0:
+            self.live[t] = c
+        else:
+            self.live.pop(t, None)
+
+    def _connect(self, timeout: float = 30.0) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+            db.execute(_INDEX)
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def _load(self) -> None:
-        try:
-            db = self._connect()
-            rows = db.execute("SELECT key, version, touched, state FROM streams").fetchall()
-            db.close()
-        except sqlite3.DatabaseError:
-            # not a database (a damaged file): keep it aside for inspection and start afresh
-            self.path.replace(self.path.with_name(f"streams.db.unreadable-{int(time.time())}"))
-            return
-        for key, version, touched, blob in rows:
+        """The newest rows, within ``reload_max_series`` and ``reload_max_s``. A locked database is
+        retried with backoff (``open_timeout_s`` in all, then the error is raised: the actor
+        restarts); a file that is not a database is moved aside and the store starts empty."""
+        s = self.settings
+        deadline = time.monotonic() + s.open_timeout_s
+        delay = 0.05
+        while True:
             try:
-                self.states[key] = (int(version), None if blob is None else StreamState.from_bytes(blob), float(touched))
-            except (ValueError, KeyError, TypeError):
-                self.unreadable += 1
+                self._read()
+                return
+            except sqlite3.OperationalError as exc:  # locked, busy, cannot open: never move the file aside
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("stream store: %s at start-up (%s); retrying in %.2f s", self.path, exc, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
+            except sqlite3.DatabaseError as exc:
+                # not a database (a damaged file): keep it aside for inspection and start afresh
+                aside = self.path.with_name(f"streams.db.unreadable-{int(time.time())}")
+                log.error("stream store: %s is not readable (%s); moved to %s", self.path, exc, aside)
+                self.path.replace(aside)
+                self.moved_aside = str(aside)
+                self.states.clear()
+                self.live.clear()
+                self.bytes = 0
+                return
+
+    def _read(self) -> None:
+        s = self.settings
+        self.states.clear()
+        self.live.clear()
+        self.bytes = 0
+        self.unreadable = self.reload_dropped = 0
+        t0 = time.monotonic()
+        db = self._connect(timeout=min(1.0, s.open_timeout_s))
+        try:
+            total = db.execute("SELECT COUNT(*) FROM streams").fetchone()[0]
+            rows = db.execute("SELECT key, version, touched, state FROM streams ORDER BY touched DESC")
+            loaded = []
+            last_touched = None
+            for key, version, touched, blob in rows:
+                if len(loaded) >= s.reload_max_series or time.monotonic() - t0 > s.reload_max_s \
+                        or self.bytes > s.max_bytes:
+                    break
+                try:
+                    state = None if blob is None else StreamState.from_bytes(blob)
+                except (ValueError, KeyError, TypeError):
+                    self.unreadable += 1
+                    continue
+                loaded.append((key, int(version), state, float(touched)))
+                self.bytes += state_bytes(key, state)
+                last_touched = float(touched)
+        finally:
+            db.close()
+        self.bytes = 0
+        for key, version, state, touched in reversed(loaded):  # oldest first: the LRU order
+            self._put(key, version, state, touched)
+        self.reload_dropped = max(0, total - len(loaded) - self.unreadable)
+        if self.reload_dropped:
+            m.EVICTIONS.labels("store_reload").inc(self.reload_dropped)
+            self._prune_before = last_touched if last_touched is not None else float("inf")
+            log.warning("stream store: loaded the newest %d of %d series in %.1f s; %d older ones dropped",
+                        len(loaded), total, time.monotonic() - t0, self.reload_dropped)
 
     # -- the API the store actor exposes ------------------------------------------------------
     def get(self, key: str) -> tuple[int, StreamState | None]:
         version, state, _ = self.states.get(key, (0, None, 0.0))
         return version, state
 
-    def commit(self, key: str, version: int, state: StreamState) -> tuple[bool, int, StreamState | None]:
+    def commit(self, key: str, version: int, state: StreamState) -> tuple[bool, int, StreamState | Refusal | None]:
         """Store ``state`` (computed from ``version``) as ``version + 1``; ``(accepted, version now,
-        the store's newer state when refused)``."""
-        current, stored, _ = self.states.get(key, (0, None, 0.0))
+        the store's newer state when refused)``. A new series over a cap: ``(False, -1, Refusal)``."""
+        entry = self.states.get(key)
+        current, stored = (entry[0], entry[1]) if entry is not None else (0, None)
         if version < current:
             return False, current, stored
-        self.states[key] = (version + 1, state, time.time())
+        if stored is None:  # a new live series (or one coming back from a reset)
+            refusal = self._admit(key, entry is None, state)
+            if refusal is not None:
+                self.refused += 1
+                return False, -1, refusal
+        self._put(key, version + 1, state, self.clock())
         self.dirty.add(key)
+        if self.bytes > self.settings.max_bytes:  # an existing series grew: make room behind it
+            self._evict(keep=key)
         return True, version + 1, None
+
+    def _admit(self, key: str, new_key: bool, state: StreamState) -> Refusal | None:
+        """None when ``key`` may become a live series (evicting idle ones to make room), else why not."""
+        tenant = tenant_of(key)
+        cap = self.quota.of(tenant).max_series
+        if cap is not None and self.live.get(tenant, 0) >= cap:
+            m.QUOTA_REFUSED.labels("series").inc()
+            return Refusal(f"tenant {tenant!r}: at its quota of {cap} live series; reset or let idle series "
+                           f"expire before starting new ones", self.quota.retry_after_s)
+        s = self.settings
+        need = state_bytes(key, state)
+        if (len(self.states) + (1 if new_key else 0) > s.max_series or self.bytes + need > s.max_bytes) \
+                and not self._evict(keep=key, extra_series=1 if new_key else 0, extra_bytes=need):
+            m.QUOTA_REFUSED.labels("store_full").inc()
+            return Refusal(f"the stream store is full ({len(self.states)} series, ~{self.bytes >> 20} MiB) of "
+                           f"series active in the last {s.min_idle_s:g} s", max(self.quota.retry_after_s, 1.0))
+        return None
+
+    def _evict(self, keep: str, extra_series: int = 0, extra_bytes: int = 0) -> bool:
+        """Drop least recently used series idle for ``min_idle_s`` until the caps hold with room for
+        ``extra_*``; False when they cannot be made to hold."""
+        s = self.settings
+        now = self.clock()
+        while len(self.states) + extra_series > s.max_series or self.bytes + extra_bytes > s.max_bytes:
+            oldest = next((k for k in self.states if k != keep), None)
+            if oldest is None or now - self.states[oldest][2] < s.min_idle_s:
+                return False
+            self._forget(oldest)
+            self.dirty.add(oldest)  # deleted from the file at the next write
+            self.evicted += 1
+            m.EVICTIONS.labels("store").inc()
+        return True
 
     def delete(self, key: str) -> int:
         """Forget a stream's state; returns the tombstone's version (the next commit's base)."""
         current = self.states.get(key, (0, None, 0.0))[0]
-        self.states[key] = (current + 1, None, time.time())
+        self._put(key, current + 1, None, self.clock())
         self.dirty.add(key)
         return current + 1
 
     def count(self) -> int:
-        return sum(1 for _, s, _ in self.states.values() if s is not None)
+        return sum(self.live.values())
+
+    def stats(self) -> dict[str, Any]:
+        """Sizes and counters of the bounded structures (``/healthz``)."""
+        s = self.settings
+        return {"series": self.count(), "entries": len(self.states), "max_series": s.max_series,
+                "bytes": self.bytes, "max_bytes": s.max_bytes, "tenants": len(self.live),
+                "evicted": self.evicted, "refused": self.refused, "reload_dropped": self.reload_dropped,
+                "unreadable": self.unreadable, "moved_aside": self.moved_aside}
 
     # -- persistence ------------------------------------------------------------------------------
     def take_dirty(self) -> list[tuple[str, int, float, StreamState | None]]:
         """The changed states since the last call (states are never mutated, only replaced, so the
-        batch can be written from another thread), and the expired ones as deletions (version -1)."""
-        now = time.time()
-        for key in [k for k, (_, _, t) in self.states.items() if now - t > self.ttl_s]:
-            del self.states[key]
+        batch can be written from another thread), and the expired or evicted ones as deletions
+        (version -1)."""
+        now = self.clock()
+        # least recently used first: the expired ones are at the front
+        for key in list(self.states):
+            if now - self.states[key][2] <= self.ttl_s:
+                break
+            self._forget(key)
             self.dirty.add(key)
         batch = []
         for key in self.dirty:
@@ -104,6 +305,11 @@ class Streams:
         self.dirty = set()
         return batch
 
+    def requeue(self, batch: list[tuple[str, int, float, StreamState | None]]) -> None:
+        """Mark the keys of a batch that failed to write dirty again (the next write takes their
+        state as of then)."""
+        self.dirty.update(k for k, _, _, _ in batch)
+
     def write(self, batch: list[tuple[str, int, float, StreamState | None]]) -> None:
         rows = [(k, v, t, None if s is None else s.to_bytes()) for k, v, t, s in batch if v >= 0]
         gone = [(k,) for k, v, _, _ in batch if v < 0]
@@ -114,41 +320,88 @@ class Streams:
                                "ON CONFLICT(key) DO UPDATE SET version=excluded.version, "
                                "touched=excluded.touched, state=excluded.state", rows)
                 db.executemany("DELETE FROM streams WHERE key = ?", gone)
+                if self._prune_before is not None:  # the rows not reloaded after a restart
+                    db.execute("DELETE FROM streams WHERE touched < ?", (self._prune_before,))
+            self._prune_before = None
         finally:
             db.close()
 
     def flush(self) -> int:
+        """Write the changed states now (raising what the write raised, the keys still dirty)."""
         batch = self.take_dirty()
-        if batch:
-            self.write(batch)
+        if batch or self._prune_before is not None:
+            try:
+                self.write(batch)
+            except BaseException:
+                self.requeue(batch)
+                raise
         return len(batch)
 
 
 class StreamStore:
-    """The actor around :class:`~eyenet.serving.streams.Streams`: snapshots in a thread, off the event loop."""
+    """The actor around :class:`~eyenet.serving.streams.Streams`: snapshots in a thread, off the event
+    loop, retried after a failure (see the module docstring)."""
 
-    def __init__(self, state_dir: str, interval_s: float = 1.0, ttl_s: float = 7 * 86400) -> None:
-        self.streams = Streams(state_dir, ttl_s=ttl_s)
-        self.interval_s = interval_s
+    def __init__(self, state_dir: str, interval_s: float | None = None, ttl_s: float | None = None,
+                 settings: StoreSettings | dict[str, Any] | None = None,
+                 quota: QuotaSettings | dict[str, Any] | None = None) -> None:
+        # over Ray the settings come as dicts (model_dump()); unknown keys are an error
+        s = settings if isinstance(settings, StoreSettings) else StoreSettings.model_validate(settings or {})
+        q = quota if isinstance(quota, QuotaSettings) else QuotaSettings.model_validate(quota or {})
+        self.streams = Streams(state_dir, ttl_s=ttl_s, settings=s, quota=q)
+        self.interval_s = s.flush_s if interval_s is None else interval_s
+        self.max_backoff_s = max(self.interval_s, s.max_backoff_s)
+        self.error: str | None = None  # the last write's error, None once a write succeeds again
+        self.error_at: float | None = None
+        self.failures = 0  # consecutive failed writes
+        self.written = 0
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self._closed = False
 
     def _start(self) -> None:
-        if self._task is None:
+        if self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(self._flusher())
 
     async def _flusher(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
-            await self.flush()
+            delay = self.interval_s if not self.failures else min(self.max_backoff_s,
+                                                                  self.interval_s * 2 ** self.failures)
+            await asyncio.sleep(delay)
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - recorded by flush; the loop goes on and retries
+                pass
 
     async def flush(self) -> int:
-        """Write the changed states now; returns how many."""
+        """Write the changed states now; returns how many. On failure the keys stay dirty, the error
+        is kept for :meth:`health` and raised."""
         async with self._lock:
             batch = self.streams.take_dirty()
-            if batch:
+            if not batch and self.streams._prune_before is None:
+                return 0
+            try:
                 await asyncio.to_thread(self.streams.write, batch)
+            except Exception as exc:
+                self.streams.requeue(batch)
+                self.failures += 1
+                self.error, self.error_at = f"{type(exc).__name__}: {exc}", time.time()
+                m.ERRORS.labels("store_write").inc()
+                log.warning("stream store: writing %d states failed (%s); retrying", len(batch), self.error)
+                raise
+            self.failures, self.error, self.error_at = 0, None, None
+            self.written += len(batch)
             return len(batch)
+
+    async def close(self, timeout_s: float = 10.0) -> int:
+        """Stop the flusher and write what is left (``eyenet down`` calls it before stopping Ray)."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        return await asyncio.wait_for(self.flush(), timeout=timeout_s)
 
     async def get(self, key: str) -> tuple[int, Any]:
         self._start()
@@ -164,6 +417,12 @@ class StreamStore:
 
     async def count(self) -> int:
         return self.streams.count()
+
+    async def health(self) -> dict[str, Any]:
+        """``ok`` False with ``error`` while snapshots fail; the bounded structures' sizes and counters."""
+        return {"ok": self.error is None, "error": self.error, "error_at": self.error_at,
+                "failures": self.failures, "dirty": len(self.streams.dirty), "written": self.written,
+                **self.streams.stats()}
 
     async def ping(self) -> float:
         return time.time()

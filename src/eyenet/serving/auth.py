@@ -1,0 +1,453 @@
+"""Who may do what: a credential (an API key or an OIDC bearer token) becomes an :class:`Identity`
+(name, tenant, role); the route policy says which role each route needs; an ASGI middleware
+enforces both before a request reaches a route.
+
+- **Roles** are ordered, each including the ones before it: ``reader`` (GET routes),
+  ``writer`` (detect, stream, forecast, feedback), ``operator`` (promote, rollback, review),
+  ``admin`` (keys, and every tenant).
+- **Tenants** come from the credential. A request naming another tenant is refused (403) unless
+  the caller is an admin; models (``<tenant>.<group>.<family>``), streams, feedback and history
+  are the caller's tenant's only.
+- **API keys** look like ``eyn_<id>_<secret>``; the store keeps the id, the key's name, tenant,
+  role, when it was created and last used, whether it was revoked, and a scrypt hash of the
+  secret (never the secret). Verifying a hash costs tens of milliseconds on purpose, so a
+  verified key is remembered in memory for ``cache_s`` seconds (keyed by a SHA-256 digest of the
+  key): a request then costs a dictionary look-up, and a revoked key stops working within
+  ``cache_s``.
+- **OIDC tokens** (JWTs) are verified with PyJWT against the issuer's JWKS, with the issuer and
+  audience checked; claims name the tenant and role.
+
+With ``auth.enabled`` false (an explicit setting only) every request acts as an admin of the
+tenant it names, and ``/healthz`` says so.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import hashlib
+import hmac
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from eyenet.core.errors import (
+    AuthenticationError,
+    InvalidParameterError,
+    PermissionDeniedError,
+    UnknownNameError,
+)
+
+ROLES: tuple[str, ...] = ("reader", "writer", "operator", "admin")
+KEY_PREFIX = "eyn_"
+_KEY = re.compile(r"eyn_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,63}")
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+#: scrypt cost: 16 MiB and ~30-60 ms per hash here; paid once per key per ``cache_s``
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+# ----------------------------------------------------------------------------------------------
+# identities and settings
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is calling: ``name`` (recorded as the actor in the audit log), ``tenant`` and ``role``."""
+
+    name: str
+    tenant: str
+    role: str
+
+    def allows(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def sees(self, tenant: str) -> bool:
+        """Whether this identity may read or change ``tenant``'s models, streams and history."""
+        return self.is_admin or tenant == self.tenant
+
+    def tenant_for(self, requested: str | None) -> str:
+        """The tenant a request acts for: the credential's; another one only for an admin."""
+        if requested is None or requested == self.tenant:
+            return self.tenant
+        if self.is_admin:
+            return requested
+        raise PermissionDeniedError(f"tenant: {self.name} acts for tenant {self.tenant!r}, not {requested!r}")
+
+    def check_model(self, name: str) -> str:
+        """``name`` if its tenant part is this identity's (or an admin calls), else 403."""
+        tenant = name.split(".", 1)[0]
+        if not self.sees(tenant):
+            raise PermissionDeniedError(f"model {name!r} belongs to another tenant")
+        return name
+
+
+#: the identity of every request when authentication is turned off by configuration
+AUTH_OFF = Identity("auth-off", "default", "admin")
+
+
+class OidcSettings(BaseModel):
+    """Bearer JWTs from an OpenID Connect issuer, verified against its JWKS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: str = Field(description="expected `iss` claim")
+    audience: str = Field(description="expected `aud` claim")
+    jwks_url: str = Field(description="the issuer's JWKS document (https://...)")
+    tenant_claim: str = Field("tenant", description="claim that names the caller's tenant")
+    role_claim: str = Field("role", description="claim that names the caller's role (reader/writer/operator/admin)")
+    name_claim: str = Field("sub", description="claim recorded as the actor in the audit log")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    leeway_s: float = Field(30.0, ge=0, description="clock skew allowed on exp/nbf")
+
+
+class AuthSettings(BaseModel):
+    """Authentication and authorization of the HTTP API and the Serve handle."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="false turns authentication off: every caller is an admin "
+                          "(/healthz says so); for a trusted single-user laptop only")
+    keys_path: str | None = Field(None, description="the API-key database (default .eyenet/keys.db)")
+    cache_s: float = Field(5.0, ge=0, le=300, description="how long a verified key is remembered; a revoked "
+                           "key stops working within this")
+    public_metrics: bool = Field(False, description="serve /metrics without a credential (for a Prometheus "
+                                 "that cannot send one)")
+    oidc: OidcSettings | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# API keys
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An API key as stored (never its secret)."""
+
+    id: str
+    name: str
+    tenant: str
+    role: str
+    created: float
+    last_used: float | None = None
+    revoked: float | None = None
+
+    @property
+    def identity(self) -> Identity:
+        return Identity(f"key:{self.name}", self.tenant, self.role)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _hash(secret: str, salt: bytes | None = None) -> str:
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(secret.encode(), salt=salt, dklen=32, **_SCRYPT)
+    b64 = base64.urlsafe_b64encode
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def _verify(secret: str, stored: str) -> bool:
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        got = hashlib.scrypt(secret.encode(), salt=base64.urlsafe_b64decode(salt), n=int(n), r=int(r), p=int(p),
+                             dklen=32)
+        return hmac.compare_digest(got, base64.urlsafe_b64decode(digest))
+    except (ValueError, TypeError):
+        return False
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise InvalidParameterError(f"role: {role!r} is not one of {', '.join(ROLES)}")
+    return role
+
+
+class KeyStore:
+    """API keys in SQLite (``keys_path``): create, list, revoke, verify."""
+
+    _SCHEMA = ("CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL, "
+               "role TEXT NOT NULL, hash TEXT NOT NULL, created REAL NOT NULL, last_used REAL, revoked REAL)")
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        with self._connect() as db:
+            db.execute(self._SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    def create(self, name: str, tenant: str, role: str) -> tuple[KeyRecord, str]:
+        """A new key; returns its record and the key itself, which is shown once and never stored."""
+        if not _TENANT.fullmatch(tenant):
+            raise InvalidParameterError(f"tenant: {tenant!r} must be 1-64 letters, digits and _ -")
+        if not _NAME.fullmatch(name):
+            raise InvalidParameterError(f"name: {name!r} must be 1-64 letters, digits and _ . @ : -")
+        check_role(role)
+        key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+        rec = KeyRecord(key_id, name, tenant, role, time.time())
+        try:
+            with self._lock, self._connect() as db:
+                db.execute("INSERT INTO keys (id, name, tenant, role, hash, created) VALUES (?, ?, ?, ?, ?, ?)",
+                           (key_id, name, tenant, role, _hash(secret), rec.created))
+        except sqlite3.IntegrityError:
+            raise InvalidParameterError(f"name: a key named {name!r} exists already") from None
+        return rec, f"{KEY_PREFIX}{key_id}_{secret}"
+
+    def list(self) -> list[KeyRecord]:
+        with self._connect() as db:
+            rows = db.execute("SELECT id, name, tenant, role, created, last_used, revoked FROM keys "
+                              "ORDER BY created").fetchall()
+        return [KeyRecord(*row) for row in rows]
+
+    def get(self, id_or_name: str) -> KeyRecord:
+        for rec in self.list():
+            if id_or_name in (rec.id, rec.name):
+                return rec
+        raise UnknownNameError(f"no API key with id or name {id_or_name!r}")
+
+    def revoke(self, id_or_name: str) -> KeyRecord:
+        rec = self.get(id_or_name)
+        if rec.revoked is None:
+            with self._lock, self._connect() as db:
+                db.execute("UPDATE keys SET revoked = ? WHERE id = ?", (time.time(), rec.id))
+        return self.get(rec.id)
+
+    def verify(self, key: str) -> KeyRecord | None:
+        """The record of a valid, unrevoked key; None for anything else (same answer for every failure)."""
+        m = _KEY.fullmatch(key)
+        if m is None:
+            return None
+        with self._connect() as db:
+            row = db.execute("SELECT id, name, tenant, role, created, last_used, revoked, hash FROM keys WHERE id = ?",
+                             (m.group(1),)).fetchone()
+        if row is None or row[6] is not None or not _verify(m.group(2), row[7]):
+            return None
+        return KeyRecord(*row[:7])
+
+    def touch(self, key_id: str, when: float) -> None:
+        with self._lock, self._connect() as db:
+            db.execute("UPDATE keys SET last_used = ? WHERE id = ?", (when, key_id))
+
+
+# ----------------------------------------------------------------------------------------------
+# credentials -> identity
+
+
+class Authenticator:
+    """``Authorization: Bearer ...`` -> :class:`Identity`, with a bounded in-memory cache of verified
+    credentials (``cache_s``) so the request path rarely pays for a hash or a signature."""
+
+    #: credentials remembered at most (least recently used forgotten first)
+    CACHE_SIZE = 10_000
+    #: how often a key's ``last_used`` is written (at most once per key per this many seconds)
+    TOUCH_S = 60.0
+
+    def __init__(self, settings: AuthSettings, keys: KeyStore | None = None) -> None:
+        self.settings = settings
+        self.keys = keys
+        self._cache: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
+        self._touched: dict[str, float] = {}
+        self._jwks: Any = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.enabled
+
+    def cached(self, credential: str) -> Identity | None:
+        digest = hashlib.sha256(credential.encode()).digest()
+        hit = self._cache.get(digest)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        self._cache.move_to_end(digest)
+        return hit[1]
+
+    def verify(self, credential: str) -> Identity:
+        """Check a credential the slow way (a hash or a signature); remember the outcome if good."""
+        if credential.startswith(KEY_PREFIX):
+            rec = self.keys.verify(credential) if self.keys is not None else None
+            if rec is None:
+                raise AuthenticationError("credential: unknown, revoked or malformed API key")
+            now = time.time()
+            if now - self._touched.get(rec.id, 0.0) >= self.TOUCH_S:
+                self._touched[rec.id] = now
+                self.keys.touch(rec.id, now)
+            identity = rec.identity
+        elif self.settings.oidc is not None and credential.count(".") == 2:
+            identity = self._verify_token(credential)
+        else:
+            raise AuthenticationError("credential: expected an EyeNet API key (eyn_...) or an OIDC bearer token")
+        self._cache[hashlib.sha256(credential.encode()).digest()] = (time.monotonic() + self.settings.cache_s,
+                                                                     identity)
+        while len(self._cache) > self.CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return identity
+
+    def _verify_token(self, token: str) -> Identity:
+        import jwt
+
+        oidc = self.settings.oidc
+        try:
+            if self._jwks is None:
+                self._jwks = jwt.PyJWKClient(oidc.jwks_url, cache_keys=True)
+            key = self._jwks.get_signing_key_from_jwt(token)
+            claims = jwt.decode(token, key.key, algorithms=oidc.algorithms, audience=oidc.audience,
+                                issuer=oidc.issuer, leeway=oidc.leeway_s,
+                                options={"require": ["exp", "iss", "aud"]})
+        except jwt.PyJWTError as exc:
+            raise AuthenticationError(f"credential: token rejected ({type(exc).__name__}: {exc})") from None
+        tenant, role = claims.get(oidc.tenant_claim), claims.get(oidc.role_claim)
+        name = claims.get(oidc.name_claim)
+        if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
+            raise AuthenticationError(f"credential: token has no valid {oidc.tenant_claim!r} claim")
+        if role not in ROLES:
+            raise AuthenticationError(f"credential: token's {oidc.role_claim!r} claim must be one of {', '.join(ROLES)}")
+        return Identity(f"oidc:{name}", tenant, role)
+
+    async def identify(self, authorization: str | None) -> Identity:
+        """The identity behind an ``Authorization`` header value (401 without a valid one)."""
+        if not self.settings.enabled:
+            return AUTH_OFF
+        if not authorization:
+            raise AuthenticationError("credential: missing; send 'Authorization: Bearer <API key or token>'")
+        scheme, _, credential = authorization.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential or len(credential) > 8192:
+            raise AuthenticationError("credential: expected 'Authorization: Bearer <API key or token>'")
+        hit = self.cached(credential)
+        if hit is not None:
+            return hit
+        return await asyncio.to_thread(self.verify, credential)
+
+
+# ----------------------------------------------------------------------------------------------
+# the route policy and its middleware
+
+
+@dataclass(frozen=True)
+class Rule:
+    method: str  # "*" for any
+    pattern: re.Pattern[str]
+    role: str | None  # None: public
+
+
+def _rule(method: str, template: str, role: str | None) -> Rule:
+    regex = re.sub(r"\{[^}]+\}", "[^/]+", template)
+    return Rule(method, re.compile(regex), role)
+
+
+def policy(settings: AuthSettings) -> list[Rule]:
+    """Which role each route needs, first match wins; anything unlisted needs ``reader``."""
+    return [
+        _rule("GET", "/healthz", None),
+        _rule("GET", "/metrics", None if settings.public_metrics else "reader"),
+        _rule("GET", "/docs", None), _rule("GET", "/docs/oauth2-redirect", None), _rule("GET", "/openapi.json", None),
+        _rule("POST", "/v1/detect", "writer"),
+        _rule("POST", "/v1/stream", "writer"),
+        _rule("POST", "/v1/forecast", "writer"),
+        _rule("POST", "/v1/feedback", "writer"),
+        _rule("POST", "/v1/models/{name}/promote", "operator"),
+        _rule("POST", "/v1/models/{name}/rollback", "operator"),
+        _rule("POST", "/v1/models/{name}/review", "operator"),
+        _rule("*", "/v1/keys", "admin"), _rule("*", "/v1/keys/{id}", "admin"),
+        _rule("GET", "/v1/{rest}", "reader"), _rule("GET", "/v1/{a}/{b}", "reader"),
+        _rule("GET", "/v1/{a}/{b}/{c}", "reader"),
+    ]
+
+
+def required_role(rules: Iterable[Rule], method: str, path: str) -> str | None:
+    for r in rules:
+        if (r.method == "*" or r.method == method or (method == "HEAD" and r.method == "GET")) \
+                and r.pattern.fullmatch(path):
+            return r.role
+    return "reader"
+
+
+_CURRENT: contextvars.ContextVar[Identity] = contextvars.ContextVar("eyenet_identity")
+
+
+def current() -> Identity:
+    """The identity of the HTTP request being served (set by :class:`AuthMiddleware`)."""
+    try:
+        return _CURRENT.get()
+    except LookupError:
+        raise AuthenticationError("credential: no identity for this call") from None
+
+
+class AuthMiddleware:
+    """Pure ASGI: 401 without a valid credential, 403 for a role below the route's; otherwise the
+    request goes on with its :class:`Identity` in :func:`current`."""
+
+    def __init__(self, app: Any, authenticator: Authenticator | Callable[[], Authenticator], *,
+                 on_error: Callable[[str], None] | None = None) -> None:
+        self.app = app
+        self._given = authenticator  # or how to get it: a Serve replica sets its own when it starts
+        self._rules: tuple[Any, list[Rule]] = (None, [])
+        self.on_error = on_error  # counts refusals (the error-metric kind), if given
+
+    @property
+    def auth(self) -> Authenticator:
+        return self._given if isinstance(self._given, Authenticator) else self._given()
+
+    @property
+    def rules(self) -> list[Rule]:
+        settings = self.auth.settings
+        if self._rules[0] is not settings:
+            self._rules = (settings, policy(settings))
+        return self._rules[1]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, root = scope["path"], scope.get("root_path", "")
+        path = path[len(root):] if root and path.startswith(root) else path
+        role = required_role(self.rules, scope["method"], path)
+        try:
+            if role is None and self.auth.enabled:
+                identity = Identity("public", "default", "reader")
+            else:
+                header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+                identity = await self.auth.identify(header.decode("latin-1") or None)
+                if role is not None and not identity.allows(role):
+                    raise PermissionDeniedError(f"role: {scope['method']} {path} needs {role}; "
+                                                f"{identity.name} is {identity.role}")
+        except (AuthenticationError, PermissionDeniedError) as exc:
+            return await self._refuse(exc, scope, receive, send)
+        token = _CURRENT.set(identity)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _CURRENT.reset(token)
+
+    async def _refuse(self, exc: Exception, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        from starlette.responses import JSONResponse
+
+        unauthenticated = isinstance(exc, AuthenticationError)
+        if self.on_error is not None:
+            self.on_error("unauthenticated" if unauthenticated else "forbidden")
+        headers = {"WWW-Authenticate": 'Bearer realm="eyenet"'} if unauthenticated else {}
+        response = JSONResponse({"error": str(exc)}, status_code=401 if unauthenticated else 403, headers=headers)
+        await response(scope, receive, send)
+
+
+def default_keys_path(home: Path) -> Path:
+    return home / "keys.db"

@@ -1,0 +1,113 @@
+"""Per-tenant rate quotas of a router replica: token buckets for requests/s and points/s (no Ray).
+
+Each tenant has two buckets, refilled continuously at its rate and holding at
+most ``burst_s`` seconds of it; a request takes one request token and one point
+token per point it carries. A request that finds either bucket short is refused
+whole (nothing is taken) with :class:`~eyenet.core.errors.QuotaExceededError`,
+whose ``retry_after_s`` is the time until both buckets hold enough again: the
+HTTP answer is 429 with ``Retry-After``. A request bigger than a full bucket is
+let through when the bucket is full (it could never pass otherwise) and
+empties it.
+
+**The limits are per router replica.** Buckets live in each replica's
+:class:`~eyenet.serving.pipeline.Pipeline`, with no coordination on the request
+path; the ingress spreads a tenant's requests over the replicas, so the
+app-wide rate a tenant gets is about ``replicas x`` the configured one. Set the
+rates with the router's replica count in mind (``router.autoscaling``). The
+live-series quota (``max_series_per_tenant``) is app-wide: the stream store
+enforces it (:mod:`eyenet.serving.streams`).
+
+The table of buckets is bounded too (``max_tenants``, least recently used
+dropped and counted in ``eyenet_evictions_total{structure="rate_buckets"}``);
+a dropped tenant's buckets start full again when it returns.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from eyenet.core.errors import QuotaExceededError
+from eyenet.monitoring import metrics as m
+from eyenet.serving.settings import QuotaSettings
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``capacity`` held; starts full."""
+
+    __slots__ = ("rate", "capacity", "tokens", "at")
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        self.rate = float(rate)
+        self.capacity = max(float(capacity), 1.0)
+        self.tokens = self.capacity
+        self.at = now
+
+    def refill(self, now: float) -> None:
+        if now > self.at:
+            self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+
+    def wait(self, cost: float) -> float:
+        """Seconds until ``cost`` tokens are there (0: now); call :meth:`refill` first."""
+        need = min(float(cost), self.capacity)
+        return 0.0 if self.tokens >= need else (need - self.tokens) / self.rate
+
+    def take(self, cost: float) -> None:
+        self.tokens = max(0.0, self.tokens - min(float(cost), self.capacity))
+
+
+class RateLimits:
+    """The request and point buckets of every tenant seen by this replica (see the module docstring)."""
+
+    def __init__(self, settings: QuotaSettings | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings or QuotaSettings()
+        self.clock = clock
+        self._buckets: OrderedDict[str, tuple[TokenBucket | None, TokenBucket | None]] = OrderedDict()
+        self.refused = 0
+        self.evicted = 0
+
+    def _of(self, tenant: str, now: float) -> tuple[TokenBucket | None, TokenBucket | None]:
+        pair = self._buckets.get(tenant)
+        if pair is not None:
+            self._buckets.move_to_end(tenant)
+            return pair
+        q = self.settings.of(tenant)
+        burst = self.settings.burst_s
+        pair = (None if q.requests_per_s is None else TokenBucket(q.requests_per_s, q.requests_per_s * burst, now),
+                None if q.points_per_s is None else TokenBucket(q.points_per_s, q.points_per_s * burst, now))
+        self._buckets[tenant] = pair
+        while len(self._buckets) > self.settings.max_tenants:
+            self._buckets.popitem(last=False)
+            self.evicted += 1
+            m.EVICTIONS.labels("rate_buckets").inc()
+        return pair
+
+    def check(self, tenant: str, points: int) -> None:
+        """Take one request and ``points`` points of ``tenant``'s buckets, or raise
+        :class:`QuotaExceededError` (taking nothing) naming the limit and when to retry."""
+        now = self.clock()
+        requests, pts = self._of(tenant, now)
+        waits = []
+        for bucket, cost, what in ((requests, 1, "requests/s"), (pts, points, "points/s")):
+            if bucket is not None:
+                bucket.refill(now)
+                w = bucket.wait(cost)
+                if w > 0:
+                    waits.append((w, what, bucket.rate))
+        if waits:
+            self.refused += 1
+            wait, what, rate = max(waits)
+            m.QUOTA_REFUSED.labels(what).inc()
+            raise QuotaExceededError(f"tenant {tenant!r}: over its quota of {rate:g} {what} (per router replica); "
+                                     f"retry in {wait:.2f} s", retry_after_s=max(1.0, math.ceil(wait)))
+        for bucket, cost in ((requests, 1), (pts, points)):
+            if bucket is not None:
+                bucket.take(cost)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def stats(self) -> dict[str, int]:
+        return {"tenants": len(self._buckets), "refused": self.refused, "evicted": self.evicted}

@@ -1,0 +1,191 @@
+"""Credentials, roles and tenants without Ray: the key store, the authenticator (API keys and OIDC
+tokens verified against a real JWKS document), the route policy and the ASGI middleware."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.server
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from eyenet.core.errors import AuthenticationError, InvalidParameterError, PermissionDeniedError, UnknownNameError
+from eyenet.serving import auth
+from eyenet.serving.auth import AuthSettings, Authenticator, Identity, KeyStore, OidcSettings
+
+
+@pytest.fixture()
+def keys(tmp_path: Path) -> KeyStore:
+    return KeyStore(tmp_path / "keys.db")
+
+
+def _identify(authenticator: Authenticator, header: str | None) -> Identity:
+    return asyncio.run(authenticator.identify(header))
+
+
+def test_a_key_is_stored_hashed_and_verifies_to_its_identity(keys: KeyStore, tmp_path: Path) -> None:
+    rec, key = keys.create("ops-bot", "acme", "operator")
+    assert key.startswith("eyn_") and rec.id in key
+    assert key.split("_")[-1] not in (tmp_path / "keys.db").read_bytes().decode("latin-1")  # no secret at rest
+    assert keys.verify(key).identity == Identity("key:ops-bot", "acme", "operator")
+    assert keys.verify(key[:-1] + ("A" if key[-1] != "A" else "B")) is None  # a wrong secret
+    assert keys.verify("eyn_" + "0" * 12 + "_" + "x" * 43) is None  # an unknown id
+    assert [r.name for r in keys.list()] == ["ops-bot"]
+
+
+def test_keys_are_validated_and_unique(keys: KeyStore) -> None:
+    with pytest.raises(InvalidParameterError, match="role"):
+        keys.create("a", "acme", "root")
+    with pytest.raises(InvalidParameterError, match="tenant"):
+        keys.create("a", "acme\n", "reader")  # fully matched: no trailing newline
+    with pytest.raises(InvalidParameterError, match="name"):
+        keys.create("bad name", "acme", "reader")
+    keys.create("a", "acme", "reader")
+    with pytest.raises(InvalidParameterError, match="exists"):
+        keys.create("a", "other", "reader")
+    with pytest.raises(UnknownNameError):
+        keys.revoke("nope")
+
+
+def test_a_revoked_key_is_refused_once_the_cache_expires(keys: KeyStore) -> None:
+    rec, key = keys.create("reader-1", "acme", "reader")
+    authenticator = Authenticator(AuthSettings(cache_s=0.2), keys)
+    assert _identify(authenticator, f"Bearer {key}").tenant == "acme"
+    assert keys.get(rec.id).last_used is not None
+    keys.revoke("reader-1")
+    assert keys.get(rec.id).revoked is not None
+    time.sleep(0.3)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        _identify(authenticator, f"Bearer {key}")
+
+
+@pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer", "Bearer nonsense", "Bearer eyn_short"])
+def test_missing_or_malformed_credentials_are_401(keys: KeyStore, header: str | None) -> None:
+    with pytest.raises(AuthenticationError, match="credential"):
+        _identify(Authenticator(AuthSettings(), keys), header)
+
+
+def test_auth_off_is_an_admin_of_any_tenant() -> None:
+    who = _identify(Authenticator(AuthSettings(enabled=False)), None)
+    assert who == auth.AUTH_OFF and who.tenant_for("other") == "other"
+
+
+def test_tenants_and_roles() -> None:
+    writer = Identity("key:w", "acme", "writer")
+    assert writer.allows("reader") and writer.allows("writer") and not writer.allows("operator")
+    assert writer.tenant_for(None) == "acme" and writer.tenant_for("acme") == "acme"
+    with pytest.raises(PermissionDeniedError, match="tenant"):
+        writer.tenant_for("globex")
+    with pytest.raises(PermissionDeniedError, match="another tenant"):
+        writer.check_model("globex.web.ensemble")
+    assert writer.check_model("acme.web.ensemble") == "acme.web.ensemble"
+    admin = Identity("key:root", "acme", "admin")
+    assert admin.tenant_for("globex") == "globex" and admin.check_model("globex.web.ensemble")
+
+
+@pytest.mark.parametrize(("method", "path", "role"), [
+    ("GET", "/healthz", None), ("GET", "/openapi.json", None), ("GET", "/metrics", "reader"),
+    ("GET", "/v1/models", "reader"), ("GET", "/v1/models/acme.a.ensemble/history", "reader"),
+    ("GET", "/v1/controller", "reader"), ("GET", "/v1/detectors", "reader"),
+    ("POST", "/v1/detect", "writer"), ("POST", "/v1/stream", "writer"), ("POST", "/v1/forecast", "writer"),
+    ("POST", "/v1/feedback", "writer"), ("POST", "/v1/models/acme.a.ensemble/promote", "operator"),
+    ("POST", "/v1/models/acme.a.ensemble/rollback", "operator"),
+    ("POST", "/v1/models/acme.a.ensemble/review", "operator"),
+    ("POST", "/v1/keys", "admin"), ("POST", "/nowhere", "reader"), ("DELETE", "/v1/models", "reader"),
+])
+def test_the_route_policy(method: str, path: str, role: str | None) -> None:
+    assert auth.required_role(auth.policy(AuthSettings()), method, path) == role
+
+
+def test_public_metrics_only_by_configuration() -> None:
+    assert auth.required_role(auth.policy(AuthSettings(public_metrics=True)), "GET", "/metrics") is None
+
+
+# -- OIDC: a real RSA key, a real JWKS document, PyJWT's client fetching it ------------------------
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory: pytest.TempPathFactory):
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    root = tmp_path_factory.mktemp("oidc")
+    (root / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}))
+    # the issuer's JWKS endpoint: a real HTTP server on loopback
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings = OidcSettings(issuer="https://idp.example", audience="eyenet",
+                            jwks_url=f"http://127.0.0.1:{server.server_address[1]}/jwks.json")
+
+    def token(**claims) -> str:
+        body = {"iss": "https://idp.example", "aud": "eyenet", "sub": "alice", "tenant": "acme", "role": "operator",
+                "exp": time.time() + 60, **claims}
+        return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm="RS256",
+                          headers={"kid": "k1"})
+
+    yield settings, token
+    server.shutdown()
+
+
+def test_an_oidc_token_maps_its_claims_to_tenant_and_role(issuer) -> None:
+    settings, token = issuer
+    authenticator = Authenticator(AuthSettings(oidc=settings))
+    assert _identify(authenticator, f"Bearer {token()}") == Identity("oidc:alice", "acme", "operator")
+
+
+@pytest.mark.parametrize(("claims", "message"), [
+    ({"exp": time.time() - 3600}, "Expired"), ({"aud": "someone-else"}, "Audience"),
+    ({"iss": "https://evil.example"}, "Issuer"), ({"role": "root"}, "role"), ({"tenant": None}, "tenant"),
+])
+def test_bad_oidc_tokens_are_401(issuer, claims, message) -> None:
+    settings, token = issuer
+    with pytest.raises(AuthenticationError, match=message):
+        _identify(Authenticator(AuthSettings(oidc=settings)), f"Bearer {token(**claims)}")
+
+
+def test_a_token_signed_by_another_key_is_401(issuer) -> None:
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    settings, _ = issuer
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = jwt.encode({"iss": settings.issuer, "aud": "eyenet", "sub": "mallory", "tenant": "acme", "role": "admin",
+                         "exp": time.time() + 60}, other, algorithm="RS256", headers={"kid": "k1"})
+    with pytest.raises(AuthenticationError, match="Signature"):
+        _identify(Authenticator(AuthSettings(oidc=settings)), f"Bearer {forged}")
+
+
+# -- the middleware on a plain FastAPI app ---------------------------------------------------------------
+def test_the_middleware_answers_401_403_and_passes_the_identity(keys: KeyStore) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    app = FastAPI()
+
+    @app.post("/v1/stream")
+    async def stream() -> dict:
+        who = auth.current()
+        return {"tenant": who.tenant, "name": who.name}
+
+    @app.get("/healthz")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    refused: list[str] = []
+    app.add_middleware(auth.AuthMiddleware, authenticator=Authenticator(AuthSettings(), keys),
+                       on_error=refused.append)
+    _, writer = keys.create("w", "acme", "writer")
+    _, reader = keys.create("r", "acme", "reader")
+    client = TestClient(app)
+    assert client.get("/healthz").status_code == 200
+    r = client.post("/v1/stream")
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer") and "credential" in r.json()["error"]
+    r = client.post("/v1/stream", headers={"Authorization": f"Bearer {reader}"})
+    assert r.status_code == 403 and "needs writer" in r.json()["error"]
+    r = client.post("/v1/stream", headers={"Authorization": f"Bearer {writer}"})
+    assert r.status_code == 200 and r.json() == {"tenant": "acme", "name": "key:w"}
+    assert refused == ["unauthenticated", "forbidden"]
