@@ -21,23 +21,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import ValidationError
 from ray import serve
 
 from eyenet.core.errors import (
     AuthenticationError,
     EyenetError,
     InvalidInputError,
-    NotServableError,
     PermissionDeniedError,
+    UnavailableError,
     UnknownNameError,
 )
 from eyenet.lifecycle import registry as reg
@@ -112,41 +109,6 @@ app = FastAPI(
 )
 
 
-class LimitAndMeasure:
-    """Refuse oversized bodies before parsing them (413 naming the limit); time every API request
-    (latency histogram, and a ``Server-Timing`` header with ``app``, the time spent in this replica).
-    A pure ASGI middleware: Starlette's ``@app.middleware("http")`` costs ~1 ms a request here."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = schemas.LIMITS.max_body_bytes
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > limit:
-            status, kind = http.TOO_LARGE
-            m.ERRORS.labels(kind).inc()
-            return await JSONResponse({"error": f"body: {int(length)} bytes, at most {limit}"},
-                                      status_code=status)(scope, receive, send)
-        path = scope["path"]
-        root = scope.get("root_path", "")
-        path = path[len(root):] if root and path.startswith(root) else path  # the app's own route
-        if not path.startswith("/v1/"):
-            return await self.app(scope, receive, send)
-        t0 = time.perf_counter()
-
-        async def timed_send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                ms = 1000 * (time.perf_counter() - t0)
-                m.REQUEST_LATENCY.labels(path).observe(ms)
-                message["headers"] = [*message.get("headers", []), (b"server-timing", f"app;dur={ms:.2f}".encode())]
-            await send(message)
-
-        await self.app(scope, receive, timed_send)
-
-
 class _ReplicaAuth:
     """This replica's authenticator: the Router sets it when it starts; until then every request that
     needs a credential is refused (no key store)."""
@@ -156,48 +118,55 @@ class _ReplicaAuth:
 
 app.add_middleware(AuthMiddleware, authenticator=lambda: _ReplicaAuth.authenticator,
                    on_error=lambda kind: m.ERRORS.labels(kind).inc())
-app.add_middleware(LimitAndMeasure)
+# the HTTP edge (eyenet.serving.http), outside the auth middleware: the body limit, latency by route
+# template, and errors as {"error": ...} with Retry-After on 503 and 429
+http.install(app)
 
 
-@app.exception_handler(RequestValidationError)
-async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    status, kind = http.BAD_REQUEST
-    m.ERRORS.labels(kind).inc()
-    return JSONResponse({"error": schemas.validation_message(exc.errors())}, status_code=status)
-
-
-async def _mapped_error(request: Request, exc: Exception) -> JSONResponse:
-    """Every route's EyeNet errors (and pydantic errors raised inside a route): the status and error
-    kind of :data:`eyenet.serving.http.STATUS`."""
-    status, kind = http.error_status(exc) or (503, "internal")
-    m.ERRORS.labels(kind).inc()
-    return JSONResponse(http.error_body(exc), status_code=status)
-
-
-app.add_exception_handler(EyenetError, _mapped_error)
-app.add_exception_handler(ValidationError, _mapped_error)
+async def _call(what: str, ref: Any, timeout_s: float, retry_after_s: float) -> Any:
+    """Await an actor call for at most ``timeout_s``; an actor that is away or slower than that is a
+    :class:`UnavailableError` (503 with ``Retry-After``), its own EyeNet errors keep their status."""
+    try:
+        return await asyncio.wait_for(ref, timeout=timeout_s)
+    except asyncio.TimeoutError:
+        m.ERRORS.labels("unavailable").inc()
+        raise UnavailableError(f"{what} did not answer within {timeout_s:g} s; retry shortly",
+                               retry_after_s=retry_after_s) from None
+    except Exception as exc:  # noqa: BLE001 - RayActorError, ActorUnavailableError, ...
+        cause = unwrap(exc)
+        if isinstance(cause, EyenetError):
+            raise cause from None
+        m.ERRORS.labels("unavailable").inc()
+        raise UnavailableError(f"{what} is not available ({type(cause).__name__}); retry shortly",
+                               retry_after_s=retry_after_s) from None
 
 
 class _StoreActor:
-    """The stream store actor behind the pipeline's async ``get/commit/delete/count``."""
+    """The stream store actor behind the pipeline's async ``get/commit/delete/count``; every call
+    waits at most ``timeout_s`` (then 503 with ``Retry-After``)."""
 
-    def __init__(self, actor: Any) -> None:
+    def __init__(self, actor: Any, timeout_s: float = 10.0, retry_after_s: float = 1.0) -> None:
         self.actor = actor
+        self.timeout_s = timeout_s
+        self.retry_after_s = retry_after_s
+
+    async def _do(self, ref: Any) -> Any:
+        return await _call("the stream store", ref, self.timeout_s, self.retry_after_s)
 
     async def get(self, key: str) -> tuple[int, Any]:
-        return await self.actor.get.remote(key)
+        return await self._do(self.actor.get.remote(key))
 
     async def commit(self, key: str, version: int, state: Any) -> tuple[bool, int, Any]:
-        return await self.actor.commit.remote(key, version, state)
+        return await self._do(self.actor.commit.remote(key, version, state))
 
     async def delete(self, key: str) -> int:
-        return await self.actor.delete.remote(key)
+        return await self._do(self.actor.delete.remote(key))
 
     async def count(self) -> int:
-        return await self.actor.count.remote()
+        return await self._do(self.actor.count.remote())
 
     async def health(self) -> dict[str, Any]:
-        return await self.actor.health.remote()
+        return await self._do(self.actor.health.remote())
 
 
 class _FamilyDeployments:
@@ -223,6 +192,47 @@ class _FamilyDeployments:
         await asyncio.gather(*(asyncio.wait_for(c, timeout=120) for c in calls), return_exceptions=True)
 
 
+# module helpers above the class: a Serve replica sees only the names defined before the ingress class
+def _visible(who: Identity, name: str) -> bool:
+    """Whether ``who`` may see model ``name`` (``<tenant>.<group>.<family>``)."""
+    return who.sees(name.split(".", 1)[0])
+
+
+_STATUS_LISTS = ("swaps", "reviews", "retrains")
+_STATUS_NAMES = ("switching", "reviewing", "retraining")
+
+
+def _tenant_view(status: dict[str, Any], who: Identity) -> dict[str, Any]:
+    """The controller's status with only ``who``'s tenant's models (all of them for an admin)."""
+    if who.is_admin:
+        return status
+    out = dict(status)
+    for key in ("table", "refused"):
+        out[key] = {n: v for n, v in (status.get(key) or {}).items() if _visible(who, n)}
+    for key in _STATUS_LISTS:
+        out[key] = [r for r in status.get(key) or [] if _visible(who, str(r.get("name", "")))]
+    for key in _STATUS_NAMES:
+        out[key] = [n for n in status.get(key) or [] if _visible(who, n)]
+    out["replicas"] = {r: {**v, "serving": {n: ver for n, ver in v.get("serving", {}).items() if _visible(who, n)}}
+                       for r, v in (status.get("replicas") or {}).items()}
+    return out
+
+
+_MODEL_LABEL = re.compile(r'model="([^"]*)"')
+
+
+def _tenant_metrics(text: str, who: Identity) -> str:
+    """Prometheus text without the series of other tenants' models (an admin sees all)."""
+    if who.is_admin:
+        return text
+    keep = []
+    for line in text.splitlines():
+        hit = _MODEL_LABEL.search(line)
+        if hit is None or _visible(who, hit.group(1)):
+            keep.append(line)
+    return "\n".join(keep) + "\n"
+
+
 @serve.ingress(app)
 class Router:
     """The HTTP API: routes, Ray handles and background tasks around the :class:`Pipeline`."""
@@ -245,7 +255,8 @@ class Router:
         self._here = AliasResolver(self.registry, self.config.alias, self.config.alias_ttl_s)
         self.outbox = Outbox(self.config.monitor.recent_points)
         store = _StoreActor(get_store(self.config.state_dir or str(reg.home() / "state"),
-                                      self.config.store.model_dump(), self.config.quota.model_dump()))
+                                      self.config.store.model_dump(), self.config.quota.model_dump()),
+                            self.config.timeouts.store_s, self.config.timeouts.retry_after_s)
         self.pipeline = Pipeline(self._resolve, self.models, store, members=members,
                                  outbox=self.outbox if self.config.monitor.enabled else None, config=self.config)
         self._controller_handle: Any = None
@@ -310,7 +321,8 @@ class Router:
         if version is not None:
             return version
         try:
-            entry = await asyncio.wait_for(self._controller().resolve.remote(name), timeout=120)
+            entry = await asyncio.wait_for(self._controller().resolve.remote(name),
+                                           timeout=self.config.timeouts.resolve_s)
         except Exception as exc:  # noqa: BLE001
             cause = unwrap(exc)
             if isinstance(cause, EyenetError):
@@ -323,13 +335,13 @@ class Router:
     # -- HTTP ------------------------------------------------------------------------------------
     # The HTTP routes return JSONResponse: the bodies are JSON-ready already, and FastAPI's generic
     # encoder costs ~1 ms per 256 points. Handle callers (Ray jobs) call detect / stream for dicts.
-    @app.post("/v1/detect")
+    @app.post("/v1/detect", responses=http.responses(401, 403, 404, 413, 422, 429, 503))
     async def http_detect(self, req: schemas.DetectRequest) -> JSONResponse:
         """Score windows of one or many series, each from a fresh stream (no stored state). ``detectors``
         names the members whose own scores each point reports (default: all)."""
         return JSONResponse(await self.pipeline.detect(self._scoped(req, auth.current())))
 
-    @app.post("/v1/stream")
+    @app.post("/v1/stream", responses=http.responses(401, 403, 404, 413, 422, 429, 503))
     async def http_stream(self, req: schemas.StreamRequest) -> JSONResponse:
         """Append points to a series; its history is kept by the server between calls (send one
         point at a time if you like). An ``X-EyeNet-Series`` header naming the series lets the
@@ -360,7 +372,7 @@ class Router:
         """``req`` acting for the caller's tenant (another tenant only for an admin, else 403)."""
         return req.model_copy(update={"tenant": who.tenant_for(req.tenant)})
 
-    @app.post("/v1/forecast")
+    @app.post("/v1/forecast", responses=http.responses(401, 403, 404, 413, 422, 429, 503))
     async def forecast(self, req: schemas.ForecastRequest) -> dict[str, Any]:
         req = self._scoped(req, auth.current())
         data = schemas.check_series(req.series)
@@ -373,21 +385,21 @@ class Router:
         return {"model": name, "version": version,
                 "results": [{"id": s.id, "forecast": v} for s, v in zip(data, values)]}
 
-    @app.get("/v1/detectors")
+    @app.get("/v1/detectors", responses=http.responses(401, 403))
     async def detectors(self) -> dict[str, Any]:
         from eyenet.core import detectors
 
         return {"deployed": sorted(self.scorers),
                 "families": {f: detectors.get_class(f)().get_params() for f in detectors.available()}}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=http.responses(401, 403, 503))
     async def models(self) -> dict[str, Any]:
         """Registered models, versions and aliases, and the version of each that this replica serves."""
         loop = asyncio.get_running_loop()
         who = auth.current()
         versions = await loop.run_in_executor(None, self.registry.versions)
         try:
-            monitoring = await asyncio.wait_for(self._monitor().report.remote(), timeout=10)
+            monitoring = await asyncio.wait_for(self._monitor().report.remote(), timeout=self.config.timeouts.monitor_s)
         except Exception as exc:  # noqa: BLE001
             monitoring = {"error": f"monitor unavailable ({type(unwrap(exc)).__name__})"}
         return {"models": [v.to_dict() for v in versions if _visible(who, v.name)],
@@ -395,48 +407,44 @@ class Router:
                 "monitoring": {n: v for n, v in monitoring.items() if n == "error" or _visible(who, n)}}
 
     async def _ask(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the controller; its errors keep their HTTP status, its absence is a 503."""
-        try:
-            return await getattr(self._controller(), method).remote(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            cause = unwrap(exc)
-            if isinstance(cause, EyenetError):
-                raise cause from None
-            raise NotServableError(f"the model controller is not available ({type(cause).__name__}); "
-                                   "serving goes on with the current versions, retry shortly") from None
+        """Call the controller; its errors keep their HTTP status, its absence or a call slower than
+        ``timeouts.controller_s`` is a 503 with ``Retry-After``."""
+        t = self.config.timeouts
+        return await _call("the model controller (serving goes on with the current versions)",
+                           getattr(self._controller(), method).remote(*args, **kwargs), t.controller_s, t.retry_after_s)
 
-    @app.get("/v1/models/{name}/history")
-    async def model_history(self, name: str, limit: int | None = None) -> dict[str, Any]:
+    @app.get("/v1/models/{name}/history", responses=http.responses(401, 403, 404, 422, 503))
+    async def model_history(self, name: schemas.ModelName, limit: schemas.HistoryLimit = None) -> dict[str, Any]:
         """The audit log of a model: TRAIN, REGISTER, GATE-PASS, REJECT, PROMOTE, ROLLBACK and SERVE events."""
         reg.split_name(name)
         auth.current().check_model(name)
         return {"name": name, "events": await self._ask("history", name, limit)}
 
-    @app.post("/v1/models/{name}/rollback")
-    async def model_rollback(self, name: str, req: schemas.RollbackRequest) -> dict[str, Any]:
+    @app.post("/v1/models/{name}/rollback", responses=http.responses(401, 403, 404, 409, 413, 422, 503))
+    async def model_rollback(self, name: schemas.ModelName, req: schemas.RollbackRequest) -> dict[str, Any]:
         """Return the champion to the previous good version (or ``to``); answers once it serves."""
         reg.split_name(name)
         who = auth.current()
         who.check_model(name)
         return await self._ask("rollback", name, to_version=req.to, reason=req.reason, actor=who.name)
 
-    @app.post("/v1/models/{name}/promote")
-    async def model_promote(self, name: str, req: schemas.PromoteRequest) -> dict[str, Any]:
+    @app.post("/v1/models/{name}/promote", responses=http.responses(401, 403, 404, 409, 413, 422, 503))
+    async def model_promote(self, name: schemas.ModelName, req: schemas.PromoteRequest) -> dict[str, Any]:
         """Make a version (default: the challenger) champion through the gate, or past it with ``force``."""
         reg.split_name(name)
         who = auth.current()
         who.check_model(name)
         return await self._ask("promote", name, req.version, force=req.force, reason=req.reason, actor=who.name)
 
-    @app.post("/v1/models/{name}/review")
-    async def model_review(self, name: str) -> dict[str, Any]:
+    @app.post("/v1/models/{name}/review", responses=http.responses(401, 403, 404, 409, 422, 503))
+    async def model_review(self, name: schemas.ModelName) -> dict[str, Any]:
         """Gate the challenger against the champion now: promote it or archive it with the reason."""
         reg.split_name(name)
         who = auth.current()
         who.check_model(name)
         return await self._ask("review", name, actor=who.name)
 
-    @app.get("/v1/controller")
+    @app.get("/v1/controller", responses=http.responses(401, 403, 503))
     async def controller_status(self) -> dict[str, Any]:
         """The controller's serving table, registry health, replicas, recent switches and reviews (of the
         caller's tenant; an admin's: all)."""
@@ -472,20 +480,21 @@ class Router:
                 "streams": streams, "replica": self.replica_id, "serving": self.follower.serving(),
                 "controller": ctl, "store": store, "monitor": monitor, "bounds": self.pipeline.stats()}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=http.responses(401, 403))
     async def metrics(self) -> PlainTextResponse:
         """Prometheus text: every router replica's series (label ``replica``) and the app-wide drift and
         feedback gauges, from the app's monitor; this replica's alone if the monitor is away."""
         own = m.exposition().decode()
         try:
-            text = await asyncio.wait_for(self._monitor().metrics.remote(self.replica_id, own), timeout=5)
+            text = await asyncio.wait_for(self._monitor().metrics.remote(self.replica_id, own),
+                                          timeout=self.config.timeouts.monitor_s)
         except Exception as exc:  # noqa: BLE001
             m.ERRORS.labels("monitor").inc()
             log.warning("/metrics from this replica only: monitor unavailable (%s)", unwrap(exc))
             text = own
         return PlainTextResponse(_tenant_metrics(text, auth.current()), media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/feedback")
+    @app.post("/v1/feedback", responses=http.responses(401, 403, 404, 413, 422, 429, 503))
     async def feedback(self, req: schemas.FeedbackRequest) -> dict[str, Any]:
         """An operator's verdict on points a model scored (true anomaly, false alarm, missed anomaly);
         EyeNet tracks precision, false-positive rate and alarm rate per model from it."""
@@ -497,53 +506,16 @@ class Router:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, lambda: self.registry.version(fb.model, alias=self.config.alias))
         try:
-            counts = await asyncio.wait_for(self._monitor().record_feedback.remote(fb), timeout=30)
+            counts = await asyncio.wait_for(self._monitor().record_feedback.remote(fb),
+                                            timeout=self.config.timeouts.monitor_s)
         except Exception as exc:  # noqa: BLE001
             cause = unwrap(exc)
             if isinstance(cause, EyenetError):
                 raise cause from None
-            raise NotServableError("the monitor is not available; feedback was not recorded, retry shortly") from None
+            raise UnavailableError("the monitor is not available; feedback was not recorded, retry shortly",
+                                   retry_after_s=self.config.timeouts.retry_after_s) from None
         m.count_feedback(fb)
         await self._ask("record", "FEEDBACK", fb.model, fb.version, actor=who.name, metrics={fb.label: fb.points},
                         reason=f"{fb.label} on {fb.points} points of series {fb.series}")
         return {"recorded": fb.to_dict(), "model": fb.model, **counts}
 
-
-def _visible(who: Identity, name: str) -> bool:
-    """Whether ``who`` may see model ``name`` (``<tenant>.<group>.<family>``)."""
-    return who.sees(name.split(".", 1)[0])
-
-
-_STATUS_LISTS = ("swaps", "reviews", "retrains")
-_STATUS_NAMES = ("switching", "reviewing", "retraining")
-
-
-def _tenant_view(status: dict[str, Any], who: Identity) -> dict[str, Any]:
-    """The controller's status with only ``who``'s tenant's models (all of them for an admin)."""
-    if who.is_admin:
-        return status
-    out = dict(status)
-    for key in ("table", "refused"):
-        out[key] = {n: v for n, v in (status.get(key) or {}).items() if _visible(who, n)}
-    for key in _STATUS_LISTS:
-        out[key] = [r for r in status.get(key) or [] if _visible(who, str(r.get("name", "")))]
-    for key in _STATUS_NAMES:
-        out[key] = [n for n in status.get(key) or [] if _visible(who, n)]
-    out["replicas"] = {r: {**v, "serving": {n: ver for n, ver in v.get("serving", {}).items() if _visible(who, n)}}
-                       for r, v in (status.get("replicas") or {}).items()}
-    return out
-
-
-_MODEL_LABEL = re.compile(r'model="([^"]*)"')
-
-
-def _tenant_metrics(text: str, who: Identity) -> str:
-    """Prometheus text without the series of other tenants' models (an admin sees all)."""
-    if who.is_admin:
-        return text
-    keep = []
-    for line in text.splitlines():
-        hit = _MODEL_LABEL.search(line)
-        if hit is None or _visible(who, hit.group(1)):
-            keep.append(line)
-    return "\n".join(keep) + "\n"

@@ -139,8 +139,9 @@ def secured_app(ray_cluster, mlflow_store, tmp_path_factory):
     import numpy as np
     from ray import serve
 
-    from eyenet.core import presets, synthetic
-    from eyenet.lifecycle import training
+    from eyenet.cli.training import DEFAULT_TRAIN_METRIC, _default_series
+    from eyenet.core import presets
+    from eyenet.lifecycle import holdout, training
     from eyenet.serve.actors import find_controller
     from eyenet.serve.app import build_app
     from eyenet.serving.auth import KeyStore
@@ -148,15 +149,17 @@ def secured_app(ray_cluster, mlflow_store, tmp_path_factory):
     root = tmp_path_factory.mktemp("secured")
     store = KeyStore(root / "keys.db")
     keys = {name: store.create(name, tenant, role)[1] for name, (role, tenant) in SECURED_KEYS.items()}
-    _, values, _ = synthetic.series("cpu_pct", n=1200, seed=3)
-    values = np.asarray(values)
+    series = _default_series()  # recorded as the training data, so the gate can hold out the rest
+    values = np.asarray(series.values)
+    data = training.data_info(series, holdout.synthetic_source(DEFAULT_TRAIN_METRIC))
     config = presets.model_config("ensemble", {"members": [{"family": "zscore", "params": {}},
                                                            {"family": "mad", "params": {}}]})
     models = {}
     for tenant in ("acme", "globex"):
-        first = training.train_and_register(config, values[:600], registry=mlflow_store, group="web", tenant=tenant)
+        first = training.train_and_register(config, values, registry=mlflow_store, group="web", tenant=tenant,
+                                            data=data)
         mlflow_store.set_alias(first.version.name, "champion", first.version.version)
-        training.train_and_register(config, values[:600], registry=mlflow_store, group="web", tenant=tenant)
+        training.train_and_register(config, values, registry=mlflow_store, group="web", tenant=tenant, data=data)
         models[tenant] = first.version.name
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -111,7 +111,7 @@ def test_feedback_and_app_wide_metrics(app):
     url = app["url"]
     _stream(url, "fb-1", before_shift()[:200])
     r = requests.post(f"{url}/v1/feedback", json={"id": "fb-1", "group": GROUP, "label": "false_alarm",
-                                                   "indices": [150, 151], "by": "ops:ana"}, timeout=30)
+                                                   "indices": [150, 151]}, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["model"] == NAME and r.json()["total"]["false_alarm"] == 2
     bad = [({"id": "fb-1", "group": GROUP, "label": "maybe", "indices": [1]}, 422, "label"),

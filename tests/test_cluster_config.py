@@ -59,6 +59,25 @@ def test_cluster_has_cpu_head_and_autoscaled_gpu_workers(config):
     assert any("pip install" in c for c in config["setup_commands"])
 
 
+def test_ray_token_auth_is_on_on_every_node(config):
+    """RAY_AUTH_MODE=token for every `ray start`, and the token file synced to the nodes."""
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c.split("ray start")[0] for c in starts), (key, starts)
+    assert config["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    assert any("RAY_AUTH_MODE=token" in c and ".bashrc" in c for c in config["setup_commands"])
+    assert not any("RAY_AUTH_MODE=disabled" in c for k, v in config.items() if k.endswith("commands") for c in v)
+
+
+def test_dashboard_listens_on_loopback_only(config):
+    """Reached through `ray dashboard cluster.yaml` (an SSH tunnel), never on an open port."""
+    (head,) = [c for c in config["head_start_ray_commands"] if "ray start --head" in c]
+    hosts = [arg.split("=", 1)[1] for arg in head.split() if arg.startswith("--dashboard-host")]
+    assert hosts == ["127.0.0.1"], head
+    assert "0.0.0.0" not in head
+    assert not any("--dashboard-host" in c for c in config["worker_start_ray_commands"])
+
+
 @pytest.mark.parametrize(
     "mutate",
     [

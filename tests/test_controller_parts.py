@@ -233,6 +233,9 @@ class FakeReviews:
         self.reviewed.append(name)
         return SimpleNamespace(action=self.action, reason="better")
 
+    def hold(self, name, version):
+        self.held = (name, version)
+
 
 def _scheduler(tmp_path, monitor, *, launch=None, served=(("default.r.ensemble", 1),), **settings):
     launched = []
@@ -252,7 +255,7 @@ def _scheduler(tmp_path, monitor, *, launch=None, served=(("default.r.ensemble",
 def test_persistent_drift_launches_a_retraining_that_is_reviewed_and_cools_down(tmp_path):
     mon = FakeMonitor(drifted=_drift(1))
     sched, launched, reviews = _scheduler(tmp_path, mon, drift_for_s=0, rows=400, num_cpus=0.5,
-                                          root=str(tmp_path / "retrain"))
+                                          root=str(tmp_path / "retrain"), auto_promote=True)
     sched.last_logged = lambda name: 0.0  # never retrained before
 
     async def run():
@@ -269,6 +272,21 @@ def test_persistent_drift_launches_a_retraining_that_is_reviewed_and_cools_down(
     assert reviews.reviewed == ["default.r.ensemble"]
     (ev,) = sched.registry.audit_log.read()
     assert (ev.event, ev.version, ev.metrics["psi"]) == (audit.RETRAIN, 1, 0.8)
+
+
+def test_by_default_a_retrained_model_waits_for_an_operator(tmp_path):
+    mon = FakeMonitor(drifted=_drift(1))
+    sched, launched, reviews = _scheduler(tmp_path, mon, drift_for_s=0, rows=400, root=str(tmp_path / "retrain"))
+    sched.last_logged = lambda name: 0.0
+
+    async def run():
+        assert await sched.check() == ["default.r.ensemble"]
+        await asyncio.gather(*sched.retraining.values())
+
+    asyncio.run(run())
+    (rec,) = sched.retrains
+    assert rec["outcome"] == "challenger" and "operator" in rec["gate"]
+    assert reviews.reviewed == [] and reviews.held == ("default.r.ensemble", 2)  # never reviewed by itself
 
 
 def test_the_cool_down_survives_a_restart_through_the_audit_log(tmp_path, monkeypatch):

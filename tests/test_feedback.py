@@ -51,7 +51,7 @@ def test_bad_request_fields_are_named(body, field):
 
 def test_check_normalises_timestamps_and_refuses_duplicates_bad_names_and_oversize():
     req = FeedbackRequest(id="w", label="true_anomaly", timestamps=["2026-03-01T10:00:00+01:00", 1772359200.5],
-                          group="edge", tenant="acme", version=4, by="oncall", note="disk full")
+                          group="edge", tenant="acme", version=4, note="disk full")
     fb = check_feedback(req, now=123.0)
     assert fb.model == "acme.edge.ensemble" and fb.points == 2 and fb.received == 123.0
     assert fb.timestamps == ["2026-03-01T09:00:00+00:00", "2026-03-01T10:00:00.500000+00:00"]
@@ -130,15 +130,15 @@ def test_labels_are_appended_to_jsonl_and_replayed_by_a_new_tracker(tmp_path):
     path = tmp_path / "feedback.jsonl"
     clock = Clock()
     tr = FeedbackTracker(path, min_labels=1, clock=clock)
-    req = FeedbackRequest(id="web-1/cpu", label="false_alarm", indices=[5, 6, 7], note="deploy", by="ana")
-    fb = check_feedback(req, now=clock.t)
+    req = FeedbackRequest(id="web-1/cpu", label="false_alarm", indices=[5, 6, 7], note="deploy")
+    fb = check_feedback(req, now=clock.t, by="key:ana")  # the credential's identity, never a request field
     tr.record(fb)
     tr.record(_fb("true_anomaly", 1, at=clock.t))
     lines = path.read_text().splitlines()
     assert len(lines) == 2
     first = json.loads(lines[0])
     assert first["label"] == "false_alarm" and first["indices"] == [5, 6, 7] and first["note"] == "deploy"
-    assert first["by"] == "ana" and first["model"] == "default.default.ensemble"
+    assert first["by"] == "key:ana" and first["model"] == "default.default.ensemble"
     with open(path, "a") as f:
         f.write('{"model": "default.default.ensemble", "label": "true_an')  # a torn last write
     back = FeedbackTracker(path, min_labels=1, clock=clock)

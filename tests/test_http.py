@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 from fastapi.testclient import TestClient
 
 from eyenet.core.errors import EyenetError, InvalidInputError, LifecycleError, NotServableError, UnknownNameError
@@ -39,6 +40,10 @@ def client(monkeypatch):
         if name in errors:
             raise errors[name]
         return {"name": name, "limit": limit}
+
+    @app.get("/metrics", response_class=PlainTextResponse, responses=http.responses(401, 403))
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse("up 1\n")
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -150,6 +155,8 @@ def test_schema_errors_and_unknown_paths_answer_the_error_body(client):
     assert resp.status_code == 422 and resp.json()["error"].startswith("query.limit:")
     resp = client.get("/v1/none")
     assert resp.status_code == 404 and resp.json() == {"error": "Not Found"}
+    resp = client.post("/v1/echo", content=b"\xff\xfe{", headers={"content-type": "application/json"})
+    assert resp.status_code == 422 and resp.json()["error"].startswith("body:"), resp.text
 
 
 def test_responses_documents_every_status_with_the_error_schema(client):
@@ -161,6 +168,9 @@ def test_responses_documents_every_status_with_the_error_schema(client):
     # FastAPI's own 422 body is never documented: the handlers answer ErrorBody
     assert "HTTPValidationError" not in doc["components"]["schemas"]
     assert doc["components"]["schemas"]["ErrorBody"]["required"] == ["error"]
+    metrics = doc["paths"]["/metrics"]["get"]["responses"]
+    assert "text/plain" in metrics["200"]["content"]
+    assert set(metrics["401"]["content"]) == {"application/json"}  # errors are JSON on a text route too
     with pytest.raises(ValueError):
         http.responses(418)
 

@@ -14,6 +14,7 @@ from typing import Any
 from eyenet.cli.arguments import positive_int
 from eyenet.cli.output import table
 from eyenet.core.errors import GateRejectedError
+from eyenet.core.redact import redact
 
 
 def _nonnegative(text: str) -> float:
@@ -155,7 +156,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps([v.to_dict() for v in versions], indent=2))
         return 0
     if not versions:
-        print(f"no registered models in {reg.uri}; run 'eyenet train'")
+        print(f"no registered models in {redact(reg.uri)}; run 'eyenet train'")
         return 0
     rows = []
     for v in versions:

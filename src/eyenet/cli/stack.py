@@ -23,6 +23,7 @@ import numpy as np
 
 from eyenet.cli.cluster import QUIET_ENV, SERVE_ENV, ClusterError
 from eyenet.core.errors import EyenetError
+from eyenet.core.redact import redact, redact_all
 from eyenet.lifecycle import registry as reg
 
 # token authentication for the cluster `up` starts and every client of it (the token is in
@@ -185,7 +186,7 @@ def up(*, port: int | None = None, host: str | None = None, families: list[str] 
     port = int(port or os.environ.get(PORT_ENV) or 8000)
     host = host or os.environ.get(HOST_ENV) or "127.0.0.1"
     registry = reg.Registry().check()
-    say(f"MLflow: {registry.uri}")
+    say(f"MLflow: {redact(registry.uri)}")
     old = read_stack()
     if not (old and old.port == port) and not _port_free(host, port):
         raise ClusterError(f"port {port} on {host} is in use; set {PORT_ENV} to another port")
@@ -237,10 +238,10 @@ def status() -> dict[str, Any]:
         try:
             served[name] = registry.version(name, alias=reg.CHAMPION).version
         except EyenetError as exc:
-            served[name] = f"unavailable ({exc})"
+            served[name] = f"unavailable ({redact(exc)})"
     return {"url": stack.url, "ray": stack.ray_address,
             "app": str(app.status.value if app is not None and hasattr(app.status, "value") else (app.status if app else "NOT RUNNING")),
-            "deployments": deployments, "champions": served, "controller": controller_status()}
+            "deployments": deployments, "champions": served, "controller": redact_all(controller_status())}
 
 
 def controller_status(timeout: float = 10.0) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from eyenet.cli.output import info
 from eyenet.core import presets
 from eyenet.core.detectors import TORCH_FAMILIES
 from eyenet.core.errors import InvalidParameterError
+from eyenet.core.redact import redact
 
 #: `eyenet train` without --input: the anomaly-free head of this synthetic metric
 DEFAULT_TRAIN_METRIC = "cpu_pct"
@@ -161,7 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if len(series) > 1:
             raise InvalidParameterError(f"--group names one series group, but the input holds {len(series)} series")
     reg = _registry()
-    info(f"MLflow: {reg.uri}")
+    info(f"MLflow: {redact(reg.uri)}")
     cluster.connect(args.address)
     from eyenet.train import trainer
 
@@ -228,7 +229,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         train_series, source = _default_series(), holdout.synthetic_source(DEFAULT_TRAIN_METRIC)
     reg = _registry()
-    info(f"MLflow: {reg.uri}; validating on {kind}; {args.trials} trials")
+    info(f"MLflow: {redact(reg.uri)}; validating on {kind}; {args.trials} trials")
     cluster.connect(args.address)
     from eyenet.tune import tuner
 

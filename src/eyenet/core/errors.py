@@ -81,23 +81,6 @@ class PermissionDeniedError(EyenetError):
 
     exit_code = 8
 
-class QuotaExceededError(EyenetError):
-    """A tenant is over a quota (requests/s, points/s, live series) or a bounded structure is full
-    of busy entries; retry after ``retry_after_s`` seconds (HTTP 429 with ``Retry-After``)."""
-
-    exit_code = 9
-
-    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after_s = float(retry_after_s)
-
-    def __reduce__(self):  # noqa: ANN204 - keep retry_after_s across pickling (Ray)
-        return (_quota_exceeded, (str(self), self.retry_after_s))
-
-
-def _quota_exceeded(message: str, retry_after_s: float) -> QuotaExceededError:
-    return QuotaExceededError(message, retry_after_s=retry_after_s)
-
 
 class QuotaExceededError(EyenetError):
     """A tenant is over a quota (requests/s, points/s, live series) or a bounded structure is full
@@ -115,6 +98,17 @@ class QuotaExceededError(EyenetError):
 
 def _quota_exceeded(message: str, retry_after_s: float) -> QuotaExceededError:
     return QuotaExceededError(message, retry_after_s=retry_after_s)
+
+
+class UnavailableError(EyenetError):
+    """A dependency of the service (the stream store, the model controller, the monitor) is away or
+    did not answer in time; retry after ``retry_after_s`` seconds (HTTP 503 with ``Retry-After``)."""
+
+    exit_code = 6
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from eyenet.core.errors import ArtifactError, EyenetError, InvalidParameterError, UnknownNameError
+from eyenet.core.redact import redact
 from eyenet.lifecycle import audit
 from eyenet.lifecycle.paths import HOME, home  # noqa: F401 - re-exported: callers use registry.home()
 
@@ -197,6 +198,9 @@ class Registry:
         self._client: Any = None
         self._experiment_id: str | None = None
 
+    def __repr__(self) -> str:
+        return f"Registry({redact(self.uri)!r})"
+
     @property
     def is_embedded(self) -> bool:
         return self.uri.startswith("sqlite:") or self.uri.startswith("file:") or "://" not in self.uri
@@ -226,7 +230,7 @@ class Registry:
             raise
         except Exception as exc:  # noqa: BLE001 - MlflowException, requests errors, sqlalchemy errors
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise RegistryError(f"MLflow at {self.uri}: {what} failed: {text[:300]}") from None
+            raise RegistryError(redact(f"MLflow at {self.uri}: {what} failed: {text[:300]}")) from None
 
     def check(self) -> "Registry":
         """Raise :class:`RegistryError` unless the tracking store answers."""

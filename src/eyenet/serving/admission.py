@@ -15,12 +15,10 @@ import logging
 import time
 from typing import Any
 
-import numpy as np
 
-from eyenet.core import synthetic
 from eyenet.core.errors import EyenetError, LifecycleError
 from eyenet.core.evaluation import ValidationSeries
-from eyenet.lifecycle import audit, gate, holdout
+from eyenet.lifecycle import audit, gate, holdout, tuning
 from eyenet.lifecycle.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -38,8 +36,7 @@ def probe_series(registry: Registry, name: str, version: int, rows: int) -> list
     try:
         series = holdout.validation_for(registry, name, version)
     except LifecycleError:
-        t, v, windows = synthetic.series("cpu_pct", n=rows, seed=7)
-        series = [ValidationSeries("synthetic-probe", np.asarray(v, dtype=float), list(windows), 0)]
+        series = tuning.from_synthetic(metrics=("cpu_pct",), n=max(rows, 800), seed=7)
     out = []
     for s in series:
         n = min(len(s.values), max(rows, s.train_rows + 200))

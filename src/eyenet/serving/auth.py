@@ -51,7 +51,7 @@ ROLES: tuple[str, ...] = ("reader", "writer", "operator", "admin")
 KEY_PREFIX = "eyn_"
 _KEY = re.compile(r"eyn_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,63}")
-_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # a model-name part (eyenet.lifecycle.registry)
 #: scrypt cost: 16 MiB and ~30-60 ms per hash here; paid once per key per ``cache_s``
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
@@ -199,7 +199,7 @@ class KeyStore:
     def create(self, name: str, tenant: str, role: str) -> tuple[KeyRecord, str]:
         """A new key; returns its record and the key itself, which is shown once and never stored."""
         if not _TENANT.fullmatch(tenant):
-            raise InvalidParameterError(f"tenant: {tenant!r} must be 1-64 letters, digits and _ -")
+            raise InvalidParameterError(f"tenant: {tenant!r} must be 1-63 lower-case letters, digits and _ -")
         if not _NAME.fullmatch(name):
             raise InvalidParameterError(f"name: {name!r} must be 1-64 letters, digits and _ . @ : -")
         check_role(role)

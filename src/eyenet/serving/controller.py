@@ -33,6 +33,7 @@ import time
 from typing import Any, Callable
 
 from eyenet.core.errors import NotServableError
+from eyenet.core.redact import redact_all
 from eyenet.lifecycle import audit, gate
 from eyenet.lifecycle.audit import AuditLog
 from eyenet.lifecycle.registry import Registry
@@ -232,7 +233,7 @@ class Controller:
         self._start()
         now = time.time()
         live = self.board.live()
-        return {
+        return redact_all({  # errors in it may quote a store's URI
             "incarnation": self.board.incarnation,
             "started": self.started,
             "health": self.health.to_dict(),
@@ -246,7 +247,7 @@ class Controller:
             "reviews": list(self.reviews.done)[-20:],
             "retraining": sorted(self.retraining.retraining),
             "retrains": list(self.retraining.retrains)[-20:],
-        }
+        })
 
     async def record(self, event: str, name: str, version: int | None, *, reason: str, actor: str,
                      metrics: dict[str, Any] | None = None) -> None:

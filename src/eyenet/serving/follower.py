@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from eyenet.core.redact import redact
 from eyenet.serving.controller import Entry
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ class Follower:
                 raise
             except Exception as exc:  # noqa: BLE001 - controller away: keep the table, retry
                 self.connected = False
-                self.error = f"{type(unwrap(exc)).__name__}: {str(unwrap(exc)).splitlines()[0][:200] if str(unwrap(exc)) else ''}"
+                self.error = redact(f"{type(unwrap(exc)).__name__}: "
+                                    f"{str(unwrap(exc)).splitlines()[0][:200] if str(unwrap(exc)) else ''}")
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
                 continue

@@ -11,9 +11,10 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from eyenet.core.errors import InvalidInputError
@@ -37,15 +38,42 @@ LIMITS = Limits()
 #: the tenant of a request that names none and has no credential to take one from (auth off, tests)
 DEFAULT_TENANT = "default"
 
+# -- what the OpenAPI document says of each field: the rules the validators below (and
+# eyenet.lifecycle.registry.model_name) apply, so that a request valid by the schema is not refused
+# by a stricter hidden rule. Only rules across fields or values stay out (one timestamp per value,
+# in increasing order, a real calendar date; each series once; each point once; detectors that are
+# members of the served model; a forecaster for /v1/forecast).
+#: a series id (the ``_ID`` validator)
+ID_SCHEMA = {"pattern": f"^{_ID.pattern}$", "minLength": 1, "maxLength": 200}
+#: a group or family: one part of a model name (``registry.model_name``)
+NAME_PART = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+NAME_SCHEMA = {"pattern": NAME_PART, "minLength": 1, "maxLength": 63}
+#: a registered-model name ``<tenant>.<group>.<family>``
+MODEL_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}\.[a-z0-9][a-z0-9_-]{0,62}\.[a-z0-9][a-z0-9_-]{0,62}$"
+#: an ISO 8601 timestamp that fits a nanosecond timestamp (years 1700-2259)
+ISO_TIMESTAMP = (r"^(1[7-9][0-9][0-9]|2[01][0-9][0-9]|22[0-5][0-9])-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+                 r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,9})?)?(Z|[+-]([01][0-9]|2[0-3]):?[0-5][0-9])?)?$")
+#: epoch seconds that fit a nanosecond timestamp
+EPOCH_MAX = 9.0e9
+MAX_VERSION = 2**31 - 1
+
+Timestamp = Annotated[str, Field(json_schema_extra={"pattern": ISO_TIMESTAMP})] | Annotated[
+    float, Field(json_schema_extra={"minimum": -EPOCH_MAX, "maximum": EPOCH_MAX})]
+#: the ``{name}`` of ``/v1/models/{name}/...``
+ModelName = Annotated[str, Path(pattern=MODEL_NAME, max_length=191,
+                                description="registered model, <tenant>.<group>.<family>")]
+#: the ``limit`` of ``/v1/models/{name}/history``
+HistoryLimit = Annotated[int | None, Query(ge=1, le=100_000, description="the last this many events (default: all)")]
+
 
 class SeriesIn(BaseModel):
     """One series' points: values in time order, optional timestamps (ISO 8601 or epoch seconds)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(description="series id, e.g. 'web-1/cpu'")
-    values: list[float] = Field(min_length=1)
-    timestamps: list[str | float] | None = None
+    id: str = Field(description="series id, e.g. 'web-1/cpu'", json_schema_extra=ID_SCHEMA)
+    values: list[float] = Field(min_length=1, json_schema_extra={"maxItems": LIMITS.max_points})
+    timestamps: list[Timestamp] | None = Field(None, json_schema_extra={"maxItems": LIMITS.max_points})
 
     @field_validator("id")
     @classmethod
@@ -60,10 +88,10 @@ class DetectRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    series: list[SeriesIn] = Field(min_length=1)
-    group: str = "default"
-    tenant: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")
-    detectors: list[str] | None = Field(
+    series: list[SeriesIn] = Field(min_length=1, json_schema_extra={"maxItems": LIMITS.max_series})
+    group: str = Field("default", json_schema_extra=NAME_SCHEMA)
+    tenant: str | None = Field(None, pattern=NAME_PART, description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")
+    detectors: list[Annotated[str, Field(json_schema_extra=NAME_SCHEMA)]] | None = Field(
         default=None, max_length=32,
         description="member families whose own scores each point reports under 'detectors' (default: every member; "
                     "[]: none). The ensemble score always combines every member; a family that is not a member "
@@ -75,11 +103,11 @@ class StreamRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str
-    values: list[float] = Field(min_length=1)
-    timestamps: list[str | float] | None = None
-    group: str = "default"
-    tenant: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")
+    id: str = Field(json_schema_extra=ID_SCHEMA)
+    values: list[float] = Field(min_length=1, json_schema_extra={"maxItems": LIMITS.max_points})
+    timestamps: list[Timestamp] | None = Field(None, json_schema_extra={"maxItems": LIMITS.max_points})
+    group: str = Field("default", json_schema_extra=NAME_SCHEMA)
+    tenant: str | None = Field(None, pattern=NAME_PART, description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")
     reset: bool = Field(default=False, description="forget the series' history first")
 
     _check_id = field_validator("id")(SeriesIn._id.__func__)
@@ -90,10 +118,10 @@ class ForecastRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    series: list[SeriesIn] = Field(min_length=1)
-    detector: str = "transformer"
-    group: str = "default"
-    tenant: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")
+    series: list[SeriesIn] = Field(min_length=1, json_schema_extra={"maxItems": LIMITS.max_series})
+    detector: str = Field("transformer", json_schema_extra=NAME_SCHEMA)
+    group: str = Field("default", json_schema_extra=NAME_SCHEMA)
+    tenant: str | None = Field(None, pattern=NAME_PART, description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")
 
 
 class PromoteRequest(BaseModel):
@@ -101,7 +129,7 @@ class PromoteRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int | None = Field(None, ge=1, description="default: the challenger")
+    version: int | None = Field(None, ge=1, le=MAX_VERSION, description="default: the challenger")
     force: bool = Field(False, description="skip the quality gate (the serving check still applies)")
     reason: str = Field("", max_length=2000)
 
@@ -111,26 +139,44 @@ class RollbackRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    to: int | None = Field(None, ge=1)
+    to: int | None = Field(None, ge=1, le=MAX_VERSION)
     reason: str = Field("", max_length=2000)
+
+
+def _one_of_timestamps_or_indices(schema: dict[str, Any]) -> None:
+    """The schema of :class:`FeedbackRequest`: the points as ``timestamps`` or ``indices``, exactly one."""
+    props = schema.get("properties", {})
+    for key in ("timestamps", "indices"):
+        prop = props.get(key, {})
+        branches = [b for b in prop.get("anyOf", []) if b.get("type") != "null"]
+        if len(branches) == 1:  # not null: leave it out instead
+            extra = {k: v for k, v in prop.items() if k not in ("anyOf", "default")}
+            props[key] = {**branches[0], **extra}
+    schema["oneOf"] = [{"required": ["timestamps"], "not": {"required": ["indices"]}},
+                       {"required": ["indices"], "not": {"required": ["timestamps"]}}]
 
 
 class FeedbackRequest(BaseModel):
     """``POST /v1/feedback``: an operator's verdict on points of one series, by timestamp or by index."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_of_timestamps_or_indices)
 
-    id: str = Field(description="series id, as sent to /v1/detect or /v1/stream")
+    id: str = Field(description="series id, as sent to /v1/detect or /v1/stream", json_schema_extra=ID_SCHEMA)
     label: Literal["true_anomaly", "false_alarm", "missed_anomaly"]
-    timestamps: list[str | float] | None = Field(default=None, min_length=1,
-                                                 description="the points' timestamps (ISO 8601 or epoch seconds)")
-    indices: list[int] | None = Field(default=None, min_length=1,
+    timestamps: list[Timestamp] | None = Field(default=None, min_length=1,
+                                               json_schema_extra={"maxItems": LIMITS.max_points, "uniqueItems": True},
+                                               description="the points' timestamps (ISO 8601 or epoch seconds)")
+    indices: list[Annotated[int, Field(json_schema_extra={"minimum": 0})]] | None = Field(
+                                      default=None, min_length=1,
+                                      json_schema_extra={"maxItems": LIMITS.max_points, "uniqueItems": True},
                                       description="the points' positions in the series (for a stream: its 'seen' count "
                                                   "before the point)")
-    group: str = "default"
-    tenant: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")
-    detector: str = Field(default="ensemble", description="family of the model that scored the points")
-    version: int | None = Field(default=None, ge=1, description="model version that scored the points, if known")
+    group: str = Field("default", json_schema_extra=NAME_SCHEMA)
+    tenant: str | None = Field(None, pattern=NAME_PART, description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")
+    detector: str = Field(default="ensemble", description="family of the model that scored the points",
+                          json_schema_extra=NAME_SCHEMA)
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION,
+                                description="model version that scored the points, if known")
     note: str | None = Field(default=None, max_length=1000)
 
     _check_id = field_validator("id")(SeriesIn._id.__func__)

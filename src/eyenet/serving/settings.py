@@ -12,7 +12,8 @@ from eyenet.lifecycle.settings import RetrainSettings
 from eyenet.monitoring.settings import MonitorSettings
 
 __all__ = ["AppConfig", "Autoscaling", "ControllerActorSettings", "ControllerSettings", "DeploymentSettings",
-           "MonitorSettings", "QuotaSettings", "RetrainSettings", "StoreSettings", "TORCH_FAMILIES", "TenantQuota"]
+           "MonitorSettings", "QuotaSettings", "RequestTimeouts", "RetrainSettings", "StoreSettings", "TORCH_FAMILIES",
+           "TenantQuota"]
 
 
 class TenantQuota(BaseModel):
@@ -121,6 +122,21 @@ class ControllerActorSettings(ControllerSettings):
     hold_s: float = Field(2.0, gt=0, description="longest a replica's follow call waits for a change")
 
 
+class RequestTimeouts(BaseModel):
+    """How long a request waits for each actor it calls; past that (or with the actor away) it gets
+    503 with ``Retry-After: retry_after_s``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store_s: float = Field(10.0, gt=0, description="a stream store call (get, commit, reset, count)")
+    controller_s: float = Field(180.0, gt=0, description="an operator call to the model controller (history, "
+                                "status, review; promote and rollback answer once the new version serves)")
+    resolve_s: float = Field(120.0, gt=0, description="the controller's answer for a model the router does not "
+                             "follow yet (checked before it serves); past it the router reads the registry itself")
+    monitor_s: float = Field(10.0, gt=0, description="a monitor call (report, metrics, feedback)")
+    retry_after_s: float = Field(1.0, gt=0, description="Retry-After of a 503 when an actor is away or slow")
+
+
 class AppConfig(BaseModel):
     """The whole application: which families are deployed and how."""
 
@@ -154,6 +170,7 @@ class AppConfig(BaseModel):
     auth: AuthSettings = AuthSettings()
     quota: QuotaSettings = QuotaSettings()
     store: StoreSettings = StoreSettings()
+    timeouts: RequestTimeouts = RequestTimeouts()
     streams_cached: int = Field(50_000, ge=1, description="stream states a router replica caches (LRU, counted)")
     streams_cached_bytes: int = Field(256 << 20, ge=1024, description="estimated bytes of those states at most")
     models_cached: int = Field(32, ge=1, description="ensemble versions a router replica keeps loaded (LRU, counted)")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from eyenet.core.errors import UnknownNameError
+from eyenet.core.redact import redact
 from eyenet.lifecycle import audit
 from eyenet.lifecycle.registry import Registry
 from eyenet.serving.admission import ACTOR, Admission
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 def short(exc: BaseException) -> str:
     """The first line of an error, cut to 300 characters (what status reports show)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:300]
+    return redact(text)[:300]
 
 
 @dataclass
