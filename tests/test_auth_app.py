@@ -50,6 +50,9 @@ def test_every_route_needs_a_credential_and_the_right_role(secured_app) -> None:
             if ROLES.index(role) < ROLES.index(least):
                 assert r.status_code == 403, (method, path, role, r.text)
                 assert f"needs {least}" in r.json()["error"]
+            elif path.endswith("/review") and role != least:
+                # the least role's review already dealt with the challenger: past auth, the model's state answers
+                assert r.status_code == 409 and "challenger" in r.json()["error"], (method, path, role, r.text)
             else:
                 assert r.status_code < 300, (method, path, role, r.status_code, r.text)
             seen.append((path, role, r.status_code))
@@ -119,7 +122,8 @@ def test_operator_actions_are_audited_with_the_credential_identity(secured_app) 
     kinds = [e for e, _ in mine]
     assert kinds.index("INTENT") < kinds.index("PROMOTE")  # the intent is written before the alias moves
     history = _call(secured_app, "GET", f"/v1/models/{model}/history", "reader").json()["events"]
-    assert history[-1]["actor"] == "key:operator" and history[-1]["event"] == "ROLLBACK"
+    last = [e for e in history if e["event"] == "ROLLBACK"][-1]
+    assert last["actor"] == "key:operator" and last["reason"] == "drill over"
 
 
 def test_the_handle_api_needs_an_identity_and_applies_it(secured_app) -> None:
@@ -133,12 +137,10 @@ def test_the_handle_api_needs_an_identity_and_applies_it(secured_app) -> None:
     req = schemas.DetectRequest(series=[schemas.SeriesIn(id="job-1", values=[float(v) for v in
                                                                              secured_app["values"][:50]])],
                                 group="web")
-    with pytest.raises(Exception) as exc:  # the error travels back wrapped by Ray
+    with pytest.raises(AuthenticationError, match="identity"):  # Ray re-raises the replica's error type
         handle.detect.remote(req).result(timeout_s=60)
-    assert "identity" in str(exc.value) and AuthenticationError.__name__ in str(exc.value)
     job = Identity("job:nightly", "globex", "writer")
     out = handle.detect.remote(req, identity=job).result(timeout_s=60)
     assert out["results"][0]["model"] == secured_app["models"]["globex"]
-    with pytest.raises(Exception) as exc:
+    with pytest.raises(PermissionDeniedError, match="tenant"):
         handle.detect.remote(req.model_copy(update={"tenant": "acme"}), identity=job).result(timeout_s=60)
-    assert PermissionDeniedError.__name__ in str(exc.value)

@@ -4,7 +4,6 @@ writes, a locked database retried, feedback only for scored points, fully matche
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import sqlite3
 import threading

@@ -36,8 +36,15 @@ def test_up_serves_status_reports_and_down_leaves_nothing_running(tmp_path):
         assert up.returncode == 0, up.stderr[-3000:]
         assert f"EyeNet is up at http://127.0.0.1:{port}" in up.stdout
         assert "seasonal" in up.stdout and "ensemble" in up.stdout  # per-detector scores of the example
+        # the first `up` created an admin key, readable by its owner only; without a key: 401
+        key_file = tmp_path / ".eyenet" / "admin.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600 and f"Bearer $(cat {key_file})" in up.stdout
+        key = key_file.read_text().strip()
         body = {"series": [{"id": "a", "values": [float(i % 7) for i in range(200)]}]}
-        resp = requests.post(f"http://127.0.0.1:{port}/v1/detect", json=body, timeout=60)
+        assert requests.post(f"http://127.0.0.1:{port}/v1/detect", json=body, timeout=60).status_code == 401
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=60).json()["auth"] == "on"
+        resp = requests.post(f"http://127.0.0.1:{port}/v1/detect", json=body, timeout=60,
+                             headers={"Authorization": f"Bearer {key}"})
         assert resp.status_code == 200, resp.text
         res = resp.json()["results"][0]
         assert res["model"] == "default.default.ensemble" and res["version"] == 1
@@ -57,6 +64,7 @@ def test_up_serves_status_reports_and_down_leaves_nothing_running(tmp_path):
         again = _eyenet("up", "--families", "seasonal,lstm,transformer", cwd=tmp_path, env=env)
         assert again.returncode == 0, again.stderr[-2000:]
         assert "training" not in again.stderr
+        assert key_file.read_text().strip() == key  # the admin key is made once
     finally:
         record = stack.read_stack(tmp_path)
         down = _eyenet("down", cwd=tmp_path, env=env)
