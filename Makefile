@@ -17,10 +17,10 @@ up: $(VENV)/.installed
 down: $(VENV)/.installed
 	$(VENV)/bin/eyenet down
 
-# promtool and prometheus (Debian's package) for the alert-rule tests: installed when missing and
-# possible, else those tests skip
+# Debian's packages some tests need (prometheus for the alert rules, postgresql's server binaries
+# for the PostgreSQL state and audit tests): installed when missing and possible, else those tests skip
 test: $(VENV)/.installed
-	-@.ci/install-prometheus
+	-@.ci/install-packages
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(VENV)/.installed

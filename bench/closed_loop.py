@@ -81,7 +81,7 @@ def main() -> None:
     from eyenet.cli import cluster
     from eyenet.lifecycle import holdout, promotion, registry, training
     from eyenet.core import presets
-    from eyenet.cli.training import DEFAULT_TRAIN_METRIC, _default_series
+    from eyenet.cli.training import DEFAULT_TRAIN_METRIC, default_series
     from eyenet.serve.app import build_app
     from eyenet.serve.actors import find_controller
     from eyenet.serve.actors import find_monitor
@@ -91,7 +91,7 @@ def main() -> None:
     torch.set_num_threads(1)
     ray = cluster.connect(num_cpus=8)
     reg = registry.Registry().check()
-    series = _default_series()
+    series = default_series()
     config = presets.model_config("ensemble", {"members": MEMBERS})
     config["rank"] = None
     model, metrics = training.fit_model(config, series.values)
@@ -102,7 +102,7 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     base_cfg = {"auth": {"enabled": False}, "families": ["seasonal", "zscore"], "mlflow_uri": reg.uri, "use_gpus": False,
-                "state_dir": str(Path.cwd() / "state")}
+                "state_uri": str(Path.cwd() / "state")}
     before = np.asarray(series.values, dtype=float)
     rng = np.random.default_rng(2)
     after = float(np.median(before)) + 20 + 8 * rng.standard_t(2, 20000)

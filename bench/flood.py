@@ -1,82 +1,117 @@
 """A flood over HTTP: one tenant streams many distinct series (one point each) at a running app while
 another tenant keeps streaming a few series; what each gets back, and the app's bounds afterwards.
 
-    eyenet up ...                                     # an app with a model for both tenants' group
-    python -m bench.flood --url http://127.0.0.1:8000 [--ids 200000] [--concurrency 32] \\
-        [--flood-tenant flood] [--calm-tenant default] [--header "Authorization: Bearer KEY"]
+    eyenet up [--config FILE]                        # an app, and a model for each tenant's group
+    python -m bench.flood --url http://127.0.0.1:8000 --flood-key KEY1 --calm-key KEY2 \\
+        [--ids 200000] [--connections 32] [--group G] [--calm-alone-s 30] [--calm-rps 20]
 
-Reports per tenant the status codes (the flooding tenant should get 429 with Retry-After past its
-live-series quota, ``quota.max_series_per_tenant``), the calm tenant's latency percentiles during
-the flood, and ``/healthz``'s store and bounds figures after it (series, bytes, evictions). Nothing
-is recorded in bench/RESULTS.md by this script.
+The calm tenant streams its few series at ``--calm-rps`` (one request at a time, its latency
+measured per request), first alone for ``--calm-alone-s`` seconds (its baseline), then while the
+flooding tenant sends ``--ids`` distinct series ids, one point each, as fast as ``--connections``
+connections allow, ignoring Retry-After (a misbehaving client). The flood runs in ``wrk``
+(bench/flood.lua), so the load generator takes little of the CPU the app needs. Each tenant is
+whoever its key belongs to (the tenant comes from the credential).
+
+Reports the flood's status codes (429 with Retry-After past its live-series quota,
+``quota.max_series_per_tenant``, or past its requests in progress, ``max_inflight_per_tenant``),
+the calm tenant's latency percentiles alone and during the flood with their ratio, and
+``/healthz``'s store, monitor and bounds figures after it. Nothing is recorded in
+bench/RESULTS.md by this script.
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import json
+import os
+import shutil
+import subprocess
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
+import requests
 
 
-async def _flood(args: argparse.Namespace) -> dict:
-    import httpx
+class Calm:
+    """One client streaming ``series`` series in turn at ``rps``, recording each answer's latency."""
 
-    headers = dict(h.split(":", 1) for h in args.header)
-    headers = {k.strip(): v.strip() for k, v in headers.items()}
-    limits = httpx.Limits(max_connections=args.concurrency + 4)
-    statuses: dict[str, collections.Counter] = {"flood": collections.Counter(), "calm": collections.Counter()}
-    retry_after: list[float] = []
-    calm_ms: list[float] = []
-    ids = iter(range(args.ids))
-    done = asyncio.Event()
+    def __init__(self, url: str, key: str, group: str, rps: float, series: int = 10) -> None:
+        self.url, self.group, self.interval, self.series = url, group, 1.0 / rps, series
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.ms: list[float] = []
+        self.statuses: collections.Counter = collections.Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._k = 0
 
-    async with httpx.AsyncClient(base_url=args.url, headers=headers, limits=limits, timeout=30) as client:
-        async def flooder() -> None:
-            for i in ids:
-                body = {"id": f"flood-{i}", "values": [float(i % 13)], "tenant": args.flood_tenant,
-                        "group": args.group}
-                try:
-                    r = await client.post("/v1/stream", json=body)
-                except httpx.HTTPError as exc:
-                    statuses["flood"][type(exc).__name__] += 1
-                    continue
-                statuses["flood"][r.status_code] += 1
-                if r.status_code == 429 and "retry-after" in r.headers:
-                    retry_after.append(float(r.headers["retry-after"]))
-
-        async def calm() -> None:
-            k = 0
-            while not done.is_set():
-                body = {"id": f"calm-{k % 10}", "values": [40.0 + k % 5], "tenant": args.calm_tenant,
-                        "group": args.group}
+    def _run(self) -> None:
+        with requests.Session() as s:
+            while not self._stop.is_set():
+                k = self._k
+                body = {"id": f"calm-{k % self.series}", "values": [40.0 + k % 5], "group": self.group}
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post("/v1/stream", json=body)
-                    statuses["calm"][r.status_code] += 1
+                    r = s.post(f"{self.url}/v1/stream", json=body, headers=self.headers, timeout=30)
+                    self.statuses[r.status_code] += 1
                     if r.status_code == 200:
-                        calm_ms.append(1000 * (time.perf_counter() - t0))
-                except httpx.HTTPError as exc:
-                    statuses["calm"][type(exc).__name__] += 1
-                k += 1
-                await asyncio.sleep(args.calm_interval_s)
+                        self.ms.append(1000 * (time.perf_counter() - t0))
+                except requests.RequestException as exc:
+                    self.statuses[type(exc).__name__] += 1
+                self._k += 1
+                self._stop.wait(max(0.0, self.interval - (time.perf_counter() - t0)))
 
-        t0 = time.perf_counter()
-        calm_task = asyncio.create_task(calm())
-        await asyncio.gather(*(flooder() for _ in range(args.concurrency)))
-        took = time.perf_counter() - t0
-        done.set()
-        await calm_task
-        health = (await client.get("/healthz")).json()
+    def run_for(self, seconds: float) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        time.sleep(seconds)
+        self.stop()
 
-    pct = (lambda q: float(np.percentile(calm_ms, q)) if calm_ms else None)
-    return {"ids": args.ids, "seconds": round(took, 1), "flood_rps": round(args.ids / took, 1),
-            "flood": {str(k): v for k, v in statuses["flood"].items()},
-            "calm": {str(k): v for k, v in statuses["calm"].items()},
-            "retry_after_s": sorted(set(retry_after))[:5],
-            "calm_ms": {"p50": pct(50), "p99": pct(99), "n": len(calm_ms)},
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def summary(self) -> dict:
+        pct = (lambda q: round(float(np.percentile(self.ms, q)), 2) if self.ms else None)
+        return {"p50": pct(50), "p99": pct(99), "n": len(self.ms), "statuses": {str(k): v for k, v in self.statuses.items()}}
+
+
+def flood(args: argparse.Namespace) -> dict:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("bench.flood: wrk not found (Debian's package 'wrk')")
+    threads = 2
+    env = {**os.environ, "FLOOD_IDS": str(args.ids), "FLOOD_THREADS": str(threads), "FLOOD_KEY": args.flood_key,
+           "FLOOD_GROUP": args.group}
+    calm = Calm(args.url, args.calm_key, args.group, args.calm_rps)
+    calm.run_for(args.calm_alone_s)
+    alone = calm.summary()
+    calm = Calm(args.url, args.calm_key, args.group, args.calm_rps)
+    calm.start()
+    t0 = time.perf_counter()
+    out = subprocess.run([wrk, f"-t{threads}", f"-c{args.connections}", "-d3600s", "--timeout", "30s",
+                          "-s", str(Path(__file__).with_name("flood.lua")), args.url],
+                         env=env, capture_output=True, text=True, check=False)
+    took = time.perf_counter() - t0
+    calm.stop()
+    during = calm.summary()
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("FLOOD ")), None)
+    if line is None:
+        raise SystemExit(f"bench.flood: wrk failed: {out.stdout[-500:]} {out.stderr[-500:]}")
+    result = json.loads(line[len("FLOOD "):])
+    health = requests.get(f"{args.url}/healthz", timeout=30).json()
+    return {"ids": args.ids, "connections": args.connections, "seconds": round(took, 1),
+            "flood_rps": round(result["requests"] / took, 1), "flood": result,
+            "calm_alone_ms": alone, "calm_during_flood_ms": during,
+            "calm_p99_ratio": round(during["p99"] / alone["p99"], 2) if during["p99"] and alone["p99"] else None,
+            "calm_p50_ratio": round(during["p50"] / alone["p50"], 2) if during["p50"] and alone["p50"] else None,
             "healthz": {k: health.get(k) for k in ("status", "problems", "streams", "store", "bounds", "monitor")}}
 
 
@@ -84,14 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--ids", type=int, default=200_000, help="distinct series the flooding tenant sends one point of")
-    p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--flood-tenant", default="flood")
-    p.add_argument("--calm-tenant", default="default")
+    p.add_argument("--connections", type=int, default=32, help="the flood's connections")
     p.add_argument("--group", default="default")
-    p.add_argument("--calm-interval-s", type=float, default=0.05)
-    p.add_argument("--header", action="append", default=[], help="extra request header, 'Name: value'")
+    p.add_argument("--flood-key", default="", help="the flooding tenant's API key (none: auth off)")
+    p.add_argument("--calm-key", default="", help="the calm tenant's API key")
+    p.add_argument("--calm-alone-s", type=float, default=30.0, help="seconds the calm tenant streams alone first")
+    p.add_argument("--calm-rps", type=float, default=20.0, help="the calm tenant's requests a second")
     args = p.parse_args(argv)
-    print(json.dumps(asyncio.run(_flood(args)), indent=2))
+    print(json.dumps(flood(args), indent=2))
 
 
 if __name__ == "__main__":

@@ -181,7 +181,7 @@ def main() -> None:
     import requests
 
     families = model.member_families
-    app_config = {"auth": {"enabled": False}, "families": families, "mlflow_uri": reg.uri, "use_gpus": False, "state_dir": str(Path.cwd() / "state")}
+    app_config = {"auth": {"enabled": False}, "families": families, "mlflow_uri": reg.uri, "use_gpus": False, "state_uri": str(Path.cwd() / "state")}
     history = v[:1700].tolist()  # every stream starts with a long history, as a live series has
 
     def prepare(base: str) -> None:

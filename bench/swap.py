@@ -69,14 +69,14 @@ def main() -> None:
     from eyenet.cli import cluster
     from eyenet.lifecycle import holdout, registry, training
     from eyenet.core import presets
-    from eyenet.cli.training import DEFAULT_TRAIN_METRIC, _default_series
+    from eyenet.cli.training import DEFAULT_TRAIN_METRIC, default_series
     from eyenet.serve.app import build_app
     from eyenet.serve.actors import find_controller
 
     torch.set_num_threads(1)
     ray = cluster.connect(num_cpus=8)
     reg = registry.Registry().check()
-    series = _default_series()
+    series = default_series()
     data = training.data_info(series, holdout.synthetic_source(DEFAULT_TRAIN_METRIC))
     versions = []
     for members in ([{"family": "zscore", "params": {}}, {"family": "mad", "params": {}}],
@@ -92,7 +92,7 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     config = {"auth": {"enabled": False}, "name": "swap", "families": ["zscore", "mad"], "mlflow_uri": reg.uri, "use_gpus": False,
-              "state_dir": str(Path.cwd() / "state"), "controller": {"review_challengers": False}}
+              "state_uri": str(Path.cwd() / "state"), "controller": {"review_challengers": False}}
     serve.run(build_app(config), name="swap", route_prefix="/")
     ids = [f"s{i}" for i in range(args.clients * SERIES_PER_CLIENT)]
     half = len(series.values) // 2

@@ -21,7 +21,7 @@ import numpy as np
 from eyenet.cli import cluster
 from eyenet.core import presets, synthetic
 from eyenet.lifecycle import registry, training
-from eyenet.cli.training import _default_series
+from eyenet.cli.training import default_series
 from eyenet.core.detectors import TORCH_FAMILIES
 from eyenet.core.data import Series
 
@@ -40,7 +40,7 @@ def _ray_train(family: str, config: dict, series: Series, reg: registry.Registry
 def suite(families: list[str], reg: registry.Registry) -> list[tuple]:
     import torch
 
-    series = _default_series()
+    series = default_series()
     rows = []
     for family in families:
         config = presets.model_config(family)

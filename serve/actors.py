@@ -15,13 +15,14 @@ CONTROLLER_PREFIX = "eyenet-controller"
 MONITOR_PREFIX = "eyenet-monitor"
 
 
-def get_actor(cls: type, name: str, *args: Any) -> Any:
-    """The actor ``name`` (created from ``cls(*args)`` if it does not exist; ``args`` matter only then)."""
+def get_actor(cls: type, name: str, *args: Any, resources: dict[str, float] | None = None) -> Any:
+    """The actor ``name`` (created from ``cls(*args)`` if it does not exist; ``args`` matter only then),
+    on a node offering ``resources`` (``AppConfig.actor_resources``: custom Ray resources)."""
     import ray
 
     return ray.remote(cls).options(
         name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=1000,
+        max_restarts=-1, max_task_retries=0, num_cpus=0, max_concurrency=1000, resources=dict(resources or {}),
     ).remote(*args)
 
 
@@ -35,8 +36,10 @@ def find_actor(name: str) -> Any | None:
         return None
 
 
-def get_store(state_dir: str, settings: dict[str, Any] | None = None, quota: dict[str, Any] | None = None) -> Any:
-    """The stream store (one per cluster; its calls are retried across restarts); ``settings``
+def get_store(state_uri: str, settings: dict[str, Any] | None = None, quota: dict[str, Any] | None = None,
+              resources: dict[str, float] | None = None) -> Any:
+    """The stream store (one per cluster; its calls are retried across restarts) at ``state_uri`` (a
+    folder or a postgresql:// URI; see :mod:`eyenet.serving.snapshots`); ``settings``
     (``StoreSettings``) and ``quota`` (``QuotaSettings``), as dicts, matter only to the call that creates it."""
     import ray
 
@@ -44,8 +47,8 @@ def get_store(state_dir: str, settings: dict[str, Any] | None = None, quota: dic
 
     return ray.remote(StreamStore).options(
         name=STORE_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_restarts=-1,
-        max_task_retries=-1, num_cpus=0,
-    ).remote(state_dir, settings=settings, quota=quota)
+        max_task_retries=-1, num_cpus=0, resources=dict(resources or {}),
+    ).remote(state_uri, settings=settings, quota=quota)
 
 
 def flush_store(timeout_s: float = 10.0) -> int | None:
@@ -63,7 +66,8 @@ def controller_name(app: str) -> str:
     return f"{CONTROLLER_PREFIX}-{app}"
 
 
-def get_controller(app: str, mlflow_uri: str | None = None, settings: dict[str, Any] | None = None) -> Any:
+def get_controller(app: str, mlflow_uri: str | None = None, settings: dict[str, Any] | None = None,
+                   resources: dict[str, float] | None = None) -> Any:
     """The application's model controller; ``mlflow_uri`` and ``settings`` matter only to the call that creates it.
 
     It finds the app's monitor with :func:`monitor_client` and runs retrainings as Ray tasks
@@ -71,7 +75,8 @@ def get_controller(app: str, mlflow_uri: str | None = None, settings: dict[str, 
     from eyenet.serving.controller import Controller
 
     return get_actor(Controller, controller_name(app), mlflow_uri, settings,
-                     functools.partial(monitor_client, app), launch_retrain)
+                     functools.partial(monitor_client, app),
+                     functools.partial(launch_retrain, resources=resources), resources=resources)
 
 
 def find_controller(app: str) -> Any | None:
@@ -82,11 +87,12 @@ def monitor_name(app: str) -> str:
     return f"{MONITOR_PREFIX}-{app}"
 
 
-def get_monitor(app: str, mlflow_uri: str | None = None, settings: dict[str, Any] | None = None) -> Any:
+def get_monitor(app: str, mlflow_uri: str | None = None, settings: dict[str, Any] | None = None,
+                resources: dict[str, float] | None = None) -> Any:
     """The application's monitor; ``mlflow_uri`` and ``settings`` matter only to the call that creates it."""
     from eyenet.monitoring.monitor import Monitor
 
-    return get_actor(Monitor, monitor_name(app), mlflow_uri, settings)
+    return get_actor(Monitor, monitor_name(app), mlflow_uri, settings, resources=resources)
 
 
 def find_monitor(app: str) -> Any | None:
@@ -114,11 +120,14 @@ def monitor_client(app: str) -> Remote | None:
     return None if handle is None else Remote(handle)
 
 
-async def launch_retrain(num_cpus: float, *args: Any, **kwargs: Any) -> Any:
-    """Run :func:`eyenet.lifecycle.retrain.retrain` as a Ray task of ``num_cpus`` (not retried)."""
+async def launch_retrain(num_cpus: float, *args: Any, resources: dict[str, float] | None = None,
+                         **kwargs: Any) -> Any:
+    """Run :func:`eyenet.lifecycle.retrain.retrain` as a Ray task of ``num_cpus`` (not retried), on a
+    node offering ``resources`` (the app's ``actor_resources``: beside the controller, which gates
+    the result on the data the task writes under ``retrain.root``)."""
     import ray
 
     from eyenet.lifecycle import retrain
 
-    task = ray.remote(retrain.retrain).options(num_cpus=num_cpus, max_retries=0)
+    task = ray.remote(retrain.retrain).options(num_cpus=num_cpus, max_retries=0, resources=dict(resources or {}))
     return await task.remote(*args, **kwargs)

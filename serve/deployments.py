@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,9 +44,11 @@ from eyenet.serving import http, schemas
 from eyenet.serving.controller import settings_from
 from eyenet.serving.follower import Follower, unwrap
 from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline, model_id, parse_model_id
-from eyenet.serving import auth
+from eyenet.serving import auth, views
 from eyenet.serving.auth import AUTH_OFF, Authenticator, AuthMiddleware, AuthSettings, Identity, KeyStore
+from eyenet.serving.quota import Admission, InFlight
 from eyenet.serving.settings import AppConfig
+from eyenet.serving.snapshots import default_uri as default_state_uri
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,22 @@ app = FastAPI(
 
 
 class _ReplicaAuth:
-    """This replica's authenticator: the Router sets it when it starts; until then every request that
-    needs a credential is refused (no key store)."""
+    """This replica's authenticator and per-tenant in-flight cap: the Router sets them when it starts;
+    until then every request that needs a credential is refused (no key store)."""
 
     authenticator = Authenticator(AuthSettings())
+    inflight: InFlight | None = None
 
 
+def _caller() -> Identity | None:
+    try:
+        return auth.current()
+    except AuthenticationError:
+        return None
+
+
+# inside authentication: a tenant's requests in progress on this replica are capped (429 beyond)
+app.add_middleware(Admission, limits=lambda: _ReplicaAuth.inflight, identity=_caller)
 app.add_middleware(AuthMiddleware, authenticator=lambda: _ReplicaAuth.authenticator,
                    on_error=lambda kind: m.ERRORS.labels(kind).inc())
 # the HTTP edge (eyenet.serving.http), outside the auth middleware: the body limit, latency by route
@@ -193,46 +204,6 @@ class _FamilyDeployments:
 
 
 # module helpers above the class: a Serve replica sees only the names defined before the ingress class
-def _visible(who: Identity, name: str) -> bool:
-    """Whether ``who`` may see model ``name`` (``<tenant>.<group>.<family>``)."""
-    return who.sees(name.split(".", 1)[0])
-
-
-_STATUS_LISTS = ("swaps", "reviews", "retrains")
-_STATUS_NAMES = ("switching", "reviewing", "retraining")
-
-
-def _tenant_view(status: dict[str, Any], who: Identity) -> dict[str, Any]:
-    """The controller's status with only ``who``'s tenant's models (all of them for an admin)."""
-    if who.is_admin:
-        return status
-    out = dict(status)
-    for key in ("table", "refused"):
-        out[key] = {n: v for n, v in (status.get(key) or {}).items() if _visible(who, n)}
-    for key in _STATUS_LISTS:
-        out[key] = [r for r in status.get(key) or [] if _visible(who, str(r.get("name", "")))]
-    for key in _STATUS_NAMES:
-        out[key] = [n for n in status.get(key) or [] if _visible(who, n)]
-    out["replicas"] = {r: {**v, "serving": {n: ver for n, ver in v.get("serving", {}).items() if _visible(who, n)}}
-                       for r, v in (status.get("replicas") or {}).items()}
-    return out
-
-
-_MODEL_LABEL = re.compile(r'model="([^"]*)"')
-
-
-def _tenant_metrics(text: str, who: Identity) -> str:
-    """Prometheus text without the series of other tenants' models (an admin sees all)."""
-    if who.is_admin:
-        return text
-    keep = []
-    for line in text.splitlines():
-        hit = _MODEL_LABEL.search(line)
-        if hit is None or _visible(who, hit.group(1)):
-            keep.append(line)
-    return "\n".join(keep) + "\n"
-
-
 @serve.ingress(app)
 class Router:
     """The HTTP API: routes, Ray handles and background tasks around the :class:`Pipeline`."""
@@ -248,14 +219,16 @@ class Router:
         self.registry = reg.Registry(self.config.mlflow_uri)
         self.replica_id = ray.get_runtime_context().get_actor_name() or ray.get_runtime_context().get_actor_id()
         a = self.config.auth
-        keys = KeyStore(a.keys_path or auth.default_keys_path(reg.home())) if a.enabled else None
+        keys = KeyStore.for_settings(a, reg.home()) if a.enabled else None
         self.auth = _ReplicaAuth.authenticator = Authenticator(a, keys)
+        _ReplicaAuth.inflight = InFlight(self.config.quota)
         members = _FamilyDeployments(scorers, gpu_families or ())
         self.models = ModelCache(self.registry, capacity=self.config.models_cached, prepare=members.warm)
         self._here = AliasResolver(self.registry, self.config.alias, self.config.alias_ttl_s)
         self.outbox = Outbox(self.config.monitor.recent_points)
-        store = _StoreActor(get_store(self.config.state_dir or str(reg.home() / "state"),
-                                      self.config.store.model_dump(), self.config.quota.model_dump()),
+        store = _StoreActor(get_store(self.config.state_uri or default_state_uri(),
+                                      self.config.store.model_dump(), self.config.quota.model_dump(),
+                                      self.config.actor_resources),
                             self.config.timeouts.store_s, self.config.timeouts.retry_after_s)
         self.pipeline = Pipeline(self._resolve, self.models, store, members=members,
                                  outbox=self.outbox if self.config.monitor.enabled else None, config=self.config)
@@ -281,13 +254,13 @@ class Router:
     def _controller(self) -> Any:
         if self._controller_handle is None:
             self._controller_handle = get_controller(self.config.name, self.config.mlflow_uri,
-                                                     settings_from(self.config))
+                                                     settings_from(self.config), self.config.actor_resources)
         return self._controller_handle
 
     def _monitor(self) -> Any:
         if self._monitor_handle is None:
             self._monitor_handle = get_monitor(self.config.name, self.config.mlflow_uri,
-                                               self.config.monitor.model_dump())
+                                               self.config.monitor.model_dump(), self.config.actor_resources)
         return self._monitor_handle
 
     def _background(self) -> None:
@@ -402,9 +375,9 @@ class Router:
             monitoring = await asyncio.wait_for(self._monitor().report.remote(), timeout=self.config.timeouts.monitor_s)
         except Exception as exc:  # noqa: BLE001
             monitoring = {"error": f"monitor unavailable ({type(unwrap(exc)).__name__})"}
-        return {"models": [v.to_dict() for v in versions if _visible(who, v.name)],
-                "serving": {n: v for n, v in self.follower.serving().items() if _visible(who, n)},
-                "monitoring": {n: v for n, v in monitoring.items() if n == "error" or _visible(who, n)}}
+        return {"models": [v.to_dict() for v in versions if views.visible(who, v.name)],
+                "serving": {n: v for n, v in self.follower.serving().items() if views.visible(who, n)},
+                "monitoring": {n: v for n, v in monitoring.items() if n == "error" or views.visible(who, n)}}
 
     async def _ask(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call the controller; its errors keep their HTTP status, its absence or a call slower than
@@ -448,7 +421,7 @@ class Router:
     async def controller_status(self) -> dict[str, Any]:
         """The controller's serving table, registry health, replicas, recent switches and reviews (of the
         caller's tenant; an admin's: all)."""
-        return _tenant_view(await self._ask("status"), auth.current())
+        return views.controller_status(await self._ask("status"), auth.current())
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -478,7 +451,8 @@ class Router:
                 "auth": "on" if self.auth.enabled else "off (auth.enabled is false: every caller is an admin)",
                 "families": sorted(self.scorers),
                 "streams": streams, "replica": self.replica_id, "serving": self.follower.serving(),
-                "controller": ctl, "store": store, "monitor": monitor, "bounds": self.pipeline.stats()}
+                "controller": ctl, "store": store, "monitor": monitor,
+                "bounds": {**self.pipeline.stats(), "inflight": _ReplicaAuth.inflight.stats()}}
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=http.responses(401, 403))
     async def metrics(self) -> PlainTextResponse:
@@ -492,7 +466,7 @@ class Router:
             m.ERRORS.labels("monitor").inc()
             log.warning("/metrics from this replica only: monitor unavailable (%s)", unwrap(exc))
             text = own
-        return PlainTextResponse(_tenant_metrics(text, auth.current()), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(views.metrics_text(text, auth.current()), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/feedback", responses=http.responses(401, 403, 404, 413, 422, 429, 503))
     async def feedback(self, req: schemas.FeedbackRequest) -> dict[str, Any]:

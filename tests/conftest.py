@@ -9,6 +9,12 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``multinode`` run last: they stop the session's one-node Ray and start a
+    cluster of their own (one Ray instance per process at a time)."""
+    items.sort(key=lambda item: item.get_closest_marker("multinode") is not None)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Tiny networks on a 2-core machine run fastest, and steadiest under load, on one thread."""
@@ -50,13 +56,16 @@ def mlflow_store(tmp_path_factory):
 
 
 class MlflowServer:
-    """A real ``mlflow server`` on loopback (SQLite backend, proxied artifacts), stoppable and restartable
-    on the same port and store."""
+    """A real ``mlflow server`` on loopback (a SQLite backend unless ``backend_uri`` names another, e.g.
+    PostgreSQL; proxied artifacts), stoppable and restartable on the same port and store. ``env``: more
+    environment for the server (e.g. ``PGPASSWORD``)."""
 
-    def __init__(self, root) -> None:
+    def __init__(self, root, backend_uri: str | None = None, env: dict[str, str] | None = None) -> None:
         import socket
 
         self.root = root
+        self.backend_uri = backend_uri or f"sqlite:///{root / 'db.sqlite'}"
+        self.env = env or {}
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -64,6 +73,7 @@ class MlflowServer:
         self.proc = None
 
     def start(self, timeout: float = 120.0) -> MlflowServer:
+        import os
         import subprocess
         import sys
         import time
@@ -74,9 +84,9 @@ class MlflowServer:
         log = (self.root / "server.log").open("a")
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.root / 'db.sqlite'}",
+             "--backend-store-uri", self.backend_uri,
              "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True, env={**os.environ, **self.env},
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -132,14 +142,15 @@ def secured_app(ray_cluster, mlflow_store, tmp_path_factory):
     statistical members per tenant (acme, globex), each with a challenger, and one key per role.
 
     Yields a dict: ``url``, ``keys`` (name -> key), ``store`` (the KeyStore), ``models``
-    (tenant -> model name), ``values`` (the training series), ``audit`` (the controller's audit log path).
+    (tenant -> model name), ``values`` (the training series), ``audit`` (the controller's audit log path),
+    ``state`` (the stream store's folder; its snapshots are written every 0.2 s).
     """
     import socket
 
     import numpy as np
     from ray import serve
 
-    from eyenet.cli.training import DEFAULT_TRAIN_METRIC, _default_series
+    from eyenet.cli.training import DEFAULT_TRAIN_METRIC, default_series
     from eyenet.core import presets
     from eyenet.lifecycle import holdout, training
     from eyenet.serve.actors import find_controller
@@ -149,7 +160,7 @@ def secured_app(ray_cluster, mlflow_store, tmp_path_factory):
     root = tmp_path_factory.mktemp("secured")
     store = KeyStore(root / "keys.db")
     keys = {name: store.create(name, tenant, role)[1] for name, (role, tenant) in SECURED_KEYS.items()}
-    series = _default_series()  # recorded as the training data, so the gate can hold out the rest
+    series = default_series()  # recorded as the training data, so the gate can hold out the rest
     values = np.asarray(series.values)
     data = training.data_info(series, holdout.synthetic_source(DEFAULT_TRAIN_METRIC))
     config = presets.model_config("ensemble", {"members": [{"family": "zscore", "params": {}},
@@ -165,15 +176,16 @@ def secured_app(ray_cluster, mlflow_store, tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    audit_path = root / "audit.jsonl"
-    app_config = {"families": ["zscore", "mad"], "mlflow_uri": mlflow_store.uri, "state_dir": str(root / "state"),
-                  "member_timeout_s": 10, "use_gpus": False, "auth": {"keys_path": str(root / "keys.db"),
+    audit_uri = root / "audit.jsonl"
+    app_config = {"families": ["zscore", "mad"], "mlflow_uri": mlflow_store.uri, "state_uri": str(root / "state"),
+                  "member_timeout_s": 10, "use_gpus": False, "store": {"flush_s": 0.2, "max_backoff_s": 0.5},
+                  "auth": {"keys_uri": str(root / "keys.db"),
                                                                       "cache_s": 1.0},
-                  "controller": {"review_challengers": False, "audit_path": str(audit_path),
+                  "controller": {"review_challengers": False, "audit_uri": str(audit_uri),
                                  "retrain": {"enabled": False}}}
     serve.run(build_app(app_config), name="eyenet", route_prefix="/")
     yield {"url": f"http://127.0.0.1:{port}", "keys": keys, "store": store, "models": models, "values": values,
-           "audit": audit_path}
+           "audit": audit_uri, "state": root / "state"}
     serve.delete("eyenet")
     serve.shutdown()
     ctl = find_controller("eyenet")  # detached: outlives the app unless stopped
@@ -181,3 +193,27 @@ def secured_app(ray_cluster, mlflow_store, tmp_path_factory):
         import ray
 
         ray.kill(ctl, no_restart=True)
+
+
+# -- a real PostgreSQL server ------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the session (Debian's binaries, see tests/servers.py): ``.uri(db=...)``
+    (no password in it), ``.password``, ``.host``, ``.port``, ``.create_database(name)`` (a fresh
+    database, its URI), ``.stop()`` / ``.start()`` (same port and data), ``.terminate()``. Skips when
+    the server binaries are not installed (``.ci/install-packages`` installs them)."""
+    from servers import MISSING, PostgresServer, find_binaries
+
+    if find_binaries() is None:
+        pytest.skip(MISSING)
+    server = PostgresServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def pg_env(postgres, monkeypatch):
+    """The password as libpq reads it (``PGPASSWORD``), never inside a URI; returns the server."""
+    for k, v in postgres.env().items():
+        monkeypatch.setenv(k, v)
+    return postgres

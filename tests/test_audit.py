@@ -53,16 +53,18 @@ def test_unknown_events_are_refused_and_non_finite_metrics_become_null(tmp_path:
     ev = audit.record(reg, audit.REJECT, "default.a.zscore", None, reason="x",
                       metrics={"nab": float("nan"), "n": np.int64(3), "note": "text", "flag": True})
     assert ev.metrics == {"nab": None, "n": 3.0}
-    assert audit.history("default.a.zscore", path=tmp_path / "audit.jsonl")[0].metrics == {"nab": None, "n": 3.0}
+    assert audit.history("default.a.zscore", uri=tmp_path / "audit.jsonl")[0].metrics == {"nab": None, "n": 3.0}
 
 
 def test_the_log_lives_beside_an_embedded_store_unless_told_otherwise(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.delenv(audit.ENV_PATH, raising=False)
-    assert audit.default_path(f"sqlite:///{tmp_path}/x/mlflow.db") == tmp_path / "x" / "audit.jsonl"
+    monkeypatch.delenv(audit.ENV_URI, raising=False)
+    assert audit.default_uri(f"sqlite:///{tmp_path}/x/mlflow.db") == str(tmp_path / "x" / "audit.jsonl")
     monkeypatch.chdir(tmp_path)
-    assert audit.default_path("http://mlflow:5000") == tmp_path / ".eyenet" / "audit.jsonl"
-    monkeypatch.setenv(audit.ENV_PATH, str(tmp_path / "shared" / "events.jsonl"))
-    assert audit.default_path(f"sqlite:///{tmp_path}/x/mlflow.db") == tmp_path / "shared" / "events.jsonl"
+    assert audit.default_uri("http://mlflow:5000") == str(tmp_path / ".eyenet" / "audit.jsonl")
+    monkeypatch.setenv(audit.ENV_URI, str(tmp_path / "shared" / "events.jsonl"))
+    assert audit.default_uri(f"sqlite:///{tmp_path}/x/mlflow.db") == str(tmp_path / "shared" / "events.jsonl")
+    monkeypatch.setenv(audit.ENV_URI, "postgresql://eyenet@db:5432/eyenet")  # a server: taken as it is
+    assert audit.default_uri(f"sqlite:///{tmp_path}/x/mlflow.db") == "postgresql://eyenet@db:5432/eyenet"
 
 
 def test_an_unwritable_log_is_one_clear_error(tmp_path: Path) -> None:
@@ -102,5 +104,5 @@ def test_registering_records_train_and_register_and_tags_the_version(mlflow_stor
     assert events[0].metrics["train_rows"] == 500 and events[0].reason.startswith("trained")
     assert events[1].reason == "registered as challenger" and "@" in events[1].actor
     assert v.tags["eyenet.status"] == audit.REGISTERED and v.tags["eyenet.event"] == "REGISTER"
-    assert audit.default_path(mlflow_store.uri).is_file()
+    assert Path(audit.default_uri(mlflow_store.uri)).is_file()
     assert registry.Registry(mlflow_store.uri).version(v.name, v.version).tags["eyenet.reason"] == "registered as challenger"

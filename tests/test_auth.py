@@ -62,6 +62,37 @@ def test_a_revoked_key_is_refused_once_the_cache_expires(keys: KeyStore) -> None
         _identify(authenticator, f"Bearer {key}")
 
 
+class CountingKeys(KeyStore):
+    """A real key store that counts the slow checks (scrypt) it is asked for."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.checks = 0
+
+    def verify(self, key: str):
+        self.checks += 1
+        return super().verify(key)
+
+
+def test_concurrent_requests_with_one_key_share_one_check_and_a_refusal_is_remembered(tmp_path: Path) -> None:
+    keys = CountingKeys(tmp_path / "keys.db")
+    _, key = keys.create("w", "acme", "writer")
+    wrong = key[:-1] + ("A" if key[-1] != "A" else "B")
+    authenticator = Authenticator(AuthSettings(cache_s=5), keys)
+
+    async def burst(header: str, n: int) -> list:
+        return await asyncio.gather(*(authenticator.identify(header) for _ in range(n)), return_exceptions=True)
+
+    got = asyncio.run(burst(f"Bearer {key}", 32))
+    assert all(isinstance(g, Identity) and g.tenant == "acme" for g in got) and keys.checks == 1
+    refused = asyncio.run(burst(f"Bearer {wrong}", 32))
+    assert all(isinstance(r, AuthenticationError) for r in refused) and keys.checks == 2
+    for _ in range(5):  # a client repeating a bad key: refused from memory, no hash
+        with pytest.raises(AuthenticationError, match="unknown, revoked or malformed"):
+            _identify(authenticator, f"Bearer {wrong}")
+    assert keys.checks == 2
+
+
 @pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer", "Bearer nonsense", "Bearer eyn_short"])
 def test_missing_or_malformed_credentials_are_401(keys: KeyStore, header: str | None) -> None:
     with pytest.raises(AuthenticationError, match="credential"):
@@ -189,3 +220,34 @@ def test_the_middleware_answers_401_403_and_passes_the_identity(keys: KeyStore) 
     r = client.post("/v1/stream", headers={"Authorization": f"Bearer {writer}"})
     assert r.status_code == 200 and r.json() == {"tenant": "acme", "name": "key:w"}
     assert refused == ["unauthenticated", "forbidden"]
+
+
+def test_keys_in_postgresql_are_shared_by_every_store_on_the_uri(pg_env) -> None:
+    """A cluster's routers each open the store; a key made or revoked by one is seen by all. The
+    password comes from PGPASSWORD, never the URI."""
+    uri = pg_env.create_database("keys_shared")
+    assert "password" not in uri and pg_env.password not in uri
+    cli, router = KeyStore(uri), KeyStore(uri)
+    rec, key = cli.create("ops", "acme", "operator")
+    assert router.verify(key).identity == Identity("key:ops", "acme", "operator")
+    with pytest.raises(InvalidParameterError, match="exists"):
+        router.create("ops", "acme", "reader")
+    router.touch(rec.id, 123.0)
+    assert cli.get("ops").last_used == 123.0 and [r.name for r in cli.list()] == ["ops"]
+    cli.revoke(rec.id)
+    assert router.verify(key) is None and router.get("ops").revoked is not None
+
+
+def test_an_unreachable_key_store_is_unavailable_not_a_refusal(pg_env, tmp_path: Path) -> None:
+    from eyenet.core.errors import UnavailableError
+
+    uri = pg_env.create_database("keys_down")
+    store = KeyStore(uri)
+    _, key = store.create("w", "acme", "writer")
+    pg_env.stop()
+    try:
+        with pytest.raises(UnavailableError, match="API-key store"):
+            Authenticator(AuthSettings(), store).verify(key)
+    finally:
+        pg_env.start()
+    assert store.verify(key) is not None

@@ -144,3 +144,65 @@ def test_the_handle_api_needs_an_identity_and_applies_it(secured_app) -> None:
     assert out["results"][0]["model"] == secured_app["models"]["globex"]
     with pytest.raises(PermissionDeniedError, match="tenant"):
         handle.detect.remote(req.model_copy(update={"tenant": "acme"}), identity=job).result(timeout_s=60)
+
+
+# -- a fault on the same app: the stream database stops taking writes ---------------------------------------
+def _health(app) -> dict:
+    return requests.get(app["url"] + "/healthz", timeout=30).json()
+
+
+def _wait_health(app, ok: bool, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        h = _health(app)
+        if (h["store"] is not None and h["store"]["ok"] == ok and h["store"]["dirty"] == 0) if ok \
+                else (h["status"] == "degraded" and any("stream store" in p for p in h["problems"])):
+            return h
+        assert time.monotonic() < deadline, f"/healthz never became {'ok' if ok else 'degraded'}: {h}"
+        time.sleep(0.2)
+
+
+def test_an_unwritable_stream_database_degrades_health_and_loses_no_acknowledged_point(secured_app) -> None:
+    """The snapshot file turns unwritable mid-run (as root chmod stops nothing, so a directory takes
+    the database's place): streaming goes on, /healthz says degraded with the reason, and once the
+    file is back every acknowledged point is in it."""
+    import shutil
+
+    from eyenet.serving.streams import Streams
+
+    values = [float(v) for v in secured_app["values"]]
+    sent = {"fault-a": 0, "fault-b": 0}
+
+    def stream(sid: str, chunk: list[float]) -> None:
+        r = _call(secured_app, "POST", "/v1/stream", "writer", {"id": sid, "values": chunk, "group": "web"})
+        assert r.status_code == 200, r.text
+        sent[sid] += len(chunk)
+        assert r.json()["seen"] == sent[sid]
+
+    stream("fault-a", values[:200])
+    _wait_health(secured_app, ok=True)
+    state = secured_app["state"]
+    db = state / "streams.db"
+    aside = state.parent / "state-aside"
+    aside.mkdir()
+    for f in state.glob("streams.db*"):
+        shutil.move(str(f), aside / f.name)
+    db.mkdir()  # every write now fails: "unable to open database file"
+    try:
+        for i in range(5):  # acknowledged while the database refuses them
+            stream("fault-a", values[200 + 10 * i:210 + 10 * i])
+            stream("fault-b", values[10 * i:10 * i + 10])
+        broken = _wait_health(secured_app, ok=False)
+        assert broken["store"]["ok"] is False and broken["store"]["dirty"] >= 1 and broken["store"]["failures"] >= 1
+        assert broken["streams"] is not None  # still serving
+        stream("fault-a", values[250:260])
+    finally:
+        db.rmdir()
+        for f in aside.iterdir():
+            shutil.move(str(f), state / f.name)
+        aside.rmdir()
+    healed = _wait_health(secured_app, ok=True)
+    assert healed["store"]["error"] is None
+    snap = Streams(state)  # what a restarted store would load
+    for sid, n in sent.items():
+        assert snap.get(f"acme/web/{sid}")[1].seen == n, sid

@@ -451,3 +451,45 @@ def test_a_flooding_tenant_gets_429s_beyond_its_quota_and_others_keep_being_serv
     assert mon.stats()["series"] <= 2_000 and mon.stats()["recent_points"] <= 100_000
     assert served_calm == n // 1000
     print(f"flood: {n} requests in {took:.1f} s, {refused} refused")
+
+
+# -- a tenant's fair share of a replica --------------------------------------------------------------------
+def test_a_tenants_requests_in_progress_are_capped_and_other_tenants_pass() -> None:
+    import httpx
+
+    from eyenet.serving.auth import Identity
+    from eyenet.serving.quota import Admission, InFlight
+    from eyenet.serving.settings import QuotaSettings
+
+    release = asyncio.Event()
+    who: dict[str, Identity] = {}
+
+    async def inner(scope, receive, send):  # a route that answers once released
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    limits = InFlight(QuotaSettings(max_inflight_per_tenant=3, tenants={"vip": {"max_inflight": 5}}))
+
+    async def caller_app(scope, receive, send):  # stands in for the auth middleware
+        tenant = dict(scope["headers"])[b"x-tenant"].decode()
+        who["now"] = Identity(f"key:{tenant}", tenant, "writer")
+        await Admission(inner, lambda: limits, lambda: who["now"])(scope, receive, send)
+
+    async def go():
+        transport = httpx.ASGITransport(app=caller_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            flood = [asyncio.create_task(c.post("/v1/stream", headers={"x-tenant": "flood"})) for _ in range(5)]
+            await asyncio.sleep(0.05)
+            assert limits.now == {"flood": 3}
+            vip = [asyncio.create_task(c.post("/v1/stream", headers={"x-tenant": "vip"})) for _ in range(5)]
+            await asyncio.sleep(0.05)
+            release.set()
+            return [r.status_code for r in await asyncio.gather(*flood)], \
+                [r.status_code for r in await asyncio.gather(*vip)], await asyncio.gather(*flood)
+
+    flood, vip, answers = asyncio.run(go())
+    assert sorted(flood) == [200, 200, 200, 429, 429] and vip == [200] * 5  # its override: 5
+    refused = next(r for r in answers if r.status_code == 429)
+    assert refused.headers["retry-after"] == "1" and "requests in progress" in refused.json()["error"]
+    assert limits.now == {} and limits.stats()["refused"] == 2

@@ -413,3 +413,30 @@ def test_unreachable_mlflow_is_one_line(tmp_path: Path, capsys, monkeypatch) -> 
 def test_train_unknown_detector_is_one_line(capsys) -> None:
     code, _, err = _run(capsys, "train", "--detector", "zscore,nope")
     assert code == 2 and "nope" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("quota:\n  tenants:\n    t: {max_inflight: many}\n", "quota.tenants.t.max_inflight: Input should be a valid integer"),
+    ("[1, 2]\n", "expected a mapping of app settings"),
+    ("quota: {max_inflight_per_tenant: 0}\n", "quota.max_inflight_per_tenant: Input should be greater than or equal to 1"),
+    ("nonsense_field: 1\n", "nonsense_field: Extra inputs are not permitted"),
+    ("quota: [unclosed\n", "not YAML or JSON"),
+])
+def test_up_refuses_bad_settings_in_one_line_before_starting_anything(
+        text: str, problem: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "app.yaml"
+    path.write_text(text)
+    code, out, err = _run(capsys, "up", "--config", str(path))
+    assert code == 2 and problem in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / ".eyenet").exists()
+
+
+def test_up_settings_file_is_read_as_app_config(tmp_path: Path) -> None:
+    from eyenet.cli.stack import read_settings
+
+    path = tmp_path / "app.json"
+    path.write_text('{"quota": {"max_inflight_per_tenant": 8}, "store": {"flush_s": 0.5}}')
+    assert read_settings(str(path)) == {"quota": {"max_inflight_per_tenant": 8}, "store": {"flush_s": 0.5}}
+    assert read_settings(None) == {}

@@ -20,7 +20,7 @@ import yaml
 
 from eyenet.lifecycle import holdout, promotion, training
 from eyenet.core import presets
-from eyenet.cli.training import DEFAULT_TRAIN_METRIC, _default_series
+from eyenet.cli.training import DEFAULT_TRAIN_METRIC, default_series
 from eyenet.lifecycle.registry import CHAMPION
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -49,7 +49,7 @@ def _wait(what: str, check, timeout: float = 120.0, every: float = 0.5):
 
 
 def before_shift() -> np.ndarray:
-    return np.asarray(_default_series().values, dtype=float)
+    return np.asarray(default_series().values, dtype=float)
 
 
 def after_shift(n: int, seed: int = 2) -> np.ndarray:
@@ -67,7 +67,7 @@ def app(ray_cluster, mlflow_store, tmp_path_factory):
     from eyenet.serve.actors import find_monitor
 
     root = tmp_path_factory.mktemp("loop")
-    series = _default_series()
+    series = default_series()
     config = presets.model_config("ensemble", {"members": MEMBERS})
     config["rank"] = None  # scores calibrated against training data only: a model that goes stale
     model, metrics = training.fit_model(config, series.values)
@@ -78,7 +78,7 @@ def app(ray_cluster, mlflow_store, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app_config = {
         "auth": {"enabled": False}, "name": APP, "families": ["seasonal", "zscore"], "mlflow_uri": mlflow_store.uri, "use_gpus": False,
-        "state_dir": str(root / "state"),
+        "state_uri": str(root / "state"),
         "controller": {"poll_s": 0.5, "retrain": {"drift_for_s": 2, "cooldown_s": 600, "rows": 600, "check_s": 1,
                                                   "precision_below": None, "root": str(root / "retrain"),
                                                   "auto_promote": True}},

@@ -1,14 +1,21 @@
 """cluster.yaml is a valid Ray cluster-launcher config with a CPU head and autoscaled GPU workers.
 
 Validated against the JSON schema shipped inside the installed Ray package, so a
-Ray upgrade that changes the schema shows up here. No Ray cluster is started.
+Ray upgrade that changes the schema shows up here. No Ray cluster is started: the
+setup commands that write the nodes' environment run in a scratch HOME, and the
+tests read the environment a `ray start` would get.
 """
 from __future__ import annotations
 
 import copy
 import json
+import os
+import re
+import stat
+import subprocess
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
@@ -92,3 +99,124 @@ def test_broken_copies_fail_validation(config, schema, mutate):
     mutate(broken)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
+
+
+# --- where state lives, credentials, the head's custom resource -------------------------------------
+
+PGPASSWORD_FILE = "~/.config/eyenet/pgpassword"
+
+
+def _setup_env(config: dict, tmp_path: Path, password: str) -> tuple[dict[str, str], Path]:
+    """Run every setup command but the installs in a scratch HOME, source ~/.eyenet.env as the
+    `ray start` commands do, and return that environment (what every Ray process inherits)."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("token\n")
+    pg = home / PGPASSWORD_FILE.removeprefix("~/")
+    pg.parent.mkdir(parents=True)
+    pg.write_text(password + "\n")
+    env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    for cmd in config["setup_commands"]:
+        if "pip install" not in cmd:
+            subprocess.run(["bash", "-c", cmd], env=env, check=True, cwd=home)
+    (start,) = [c for c in config["head_start_ray_commands"] if "ray start" in c]
+    before_start = start.split("ray start")[0].replace("ulimit -n 65536;", "")
+    out = subprocess.run(["bash", "-c", f"{before_start} env -0"], env=env, check=True, cwd=home,
+                         capture_output=True, text=True).stdout
+    return dict(line.split("=", 1) for line in out.split("\0") if "=" in line), home
+
+
+def test_every_node_gets_mlflow_state_and_audit_uris_and_the_password_from_the_synced_file(config, tmp_path):
+    env, home = _setup_env(config, tmp_path, password="s3cret-from-file")
+    assert env["PGPASSWORD"] == "s3cret-from-file"
+    assert env["RAY_AUTH_MODE"] == "token"
+    mlflow = urlsplit(env["EYENET_MLFLOW_URI"])
+    assert mlflow.scheme in ("http", "https") and mlflow.hostname and mlflow.password is None
+    for var in ("EYENET_STATE_URI", "EYENET_AUDIT_URI", "EYENET_KEYS_URI"):
+        uri = urlsplit(env[var])
+        assert uri.scheme == "postgresql" and uri.hostname and uri.username, (var, env[var])
+        assert uri.password is None, f"{var} holds a password: libpq reads PGPASSWORD"
+    # the password is read when the file is sourced, never copied into a file or a command
+    env_file = home / ".eyenet.env"
+    assert "s3cret-from-file" not in env_file.read_text()
+    assert ". ~/.eyenet.env" in (home / ".bashrc").read_text()
+    assert config["file_mounts"].get(PGPASSWORD_FILE) == PGPASSWORD_FILE
+    for path in (env_file, home / PGPASSWORD_FILE.removeprefix("~/")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_ray_serves_fast_path_is_on_as_eyenet_up_sets_it(config, tmp_path):
+    from eyenet.cli.cluster import SERVE_ENV
+
+    env, _ = _setup_env(config, tmp_path, password="x")
+    assert {k: env.get(k) for k in SERVE_ENV} == SERVE_ENV
+
+
+def test_every_ray_start_sources_the_environment_file_first(config):
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        (start,) = [c for c in config[key] if "ray start" in c]
+        assert ". ~/.eyenet.env" in start.split("ray start")[0], start
+
+
+def test_no_credential_is_written_into_the_config():
+    text = CLUSTER_YAML.read_text()
+    assert not re.search(r"://[^/\s@'\"]+:[^/\s@'\"]+@", text), "a URI with a password"
+    assert not re.search(r"(PGPASSWORD|PASSWORD|TOKEN)=(?!\"\$\(cat )", text), "a literal secret assignment"
+
+
+def test_head_offers_the_resource_the_detached_actors_ask_for(config):
+    import yaml as _yaml
+
+    from eyenet.serving.settings import AppConfig
+
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    serve_cfg = _yaml.safe_load((CLUSTER_YAML.parent / "serve" / "serve_config.yaml").read_text())
+    (app,) = serve_cfg["applications"]
+    wanted = AppConfig(**app["args"]).actor_resources
+    assert wanted, "serve_config.yaml does not pin the detached actors"
+    for name, amount in wanted.items():
+        assert head["resources"].get(name, 0) >= amount, (name, head["resources"])
+        for t_name, t in types.items():
+            if t_name != config["head_node_type"]:
+                assert name not in t["resources"], f"worker type {t_name} offers {name}"
+
+
+def test_eyenet_is_installed_from_the_synced_folder_with_its_pins(config):
+    assert config["file_mounts"]["~/eyenet"] == "."
+    installs = [c for c in config["setup_commands"] if "pip install" in c and "eyenet" in c]
+    assert installs == ["python3 -m pip install ~/eyenet"], installs
+    assert "**/.eyenet" in config["rsync_exclude"] and "**/.venv" in config["rsync_exclude"]
+
+
+def test_serve_config_yaml_is_exactly_what_the_generator_writes(monkeypatch, capsys):
+    """`python -m eyenet.serve.app > serve/serve_config.yaml` after changing the typed config."""
+    import yaml as _yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from eyenet.serve import app
+
+    for var in app._SETTINGS_ENV:
+        monkeypatch.setenv(var, "postgresql://leaked@from-the-shell/db")  # must not reach the file
+    app.main([])
+    written = (CLUSTER_YAML.parent / "serve" / "serve_config.yaml").read_text()
+    assert capsys.readouterr().out == written
+    ServeDeploySchema.model_validate(_yaml.safe_load(written))
+
+
+def test_torch_families_fit_the_gpu_workers_and_the_rest_stays_on_cpu(config):
+    import yaml as _yaml
+
+    from eyenet.serving.settings import TORCH_FAMILIES
+
+    serve_cfg = _yaml.safe_load((CLUSTER_YAML.parent / "serve" / "serve_config.yaml").read_text())
+    (app,) = serve_cfg["applications"]
+    gpus_needed = 0.0
+    for d in app["deployments"]:
+        gpus = d["ray_actor_options"].get("num_gpus", 0)
+        family = d["name"].removeprefix("family-")
+        assert (gpus > 0) == (family in TORCH_FAMILIES), d["name"]
+        gpus_needed += gpus * d["autoscaling_config"]["min_replicas"]
+    gpu_capacity = sum(t["resources"].get("GPU", 0) * t["max_workers"]
+                       for t in config["available_node_types"].values())
+    assert 0 < gpus_needed <= gpu_capacity

@@ -17,7 +17,7 @@ import requests
 
 from eyenet.lifecycle import audit, holdout, promotion, training
 from eyenet.core import presets
-from eyenet.cli.training import DEFAULT_TRAIN_METRIC, _default_series
+from eyenet.cli.training import DEFAULT_TRAIN_METRIC, default_series
 from eyenet.lifecycle.registry import CHAMPION, Registry
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -38,7 +38,7 @@ def _free_port() -> int:
 
 def _register(store: Registry, members: list[dict], *, nan: bool = False) -> int:
     """Train an ensemble on the default synthetic series and register it (it becomes the challenger)."""
-    series = _default_series()
+    series = default_series()
     data = training.data_info(series, holdout.synthetic_source(DEFAULT_TRAIN_METRIC))
     model, metrics = training.fit_model(presets.model_config("ensemble", {"members": members}), series.values)
     if nan:
@@ -64,7 +64,7 @@ class Load:
     """Clients sending ``/v1/detect`` back to back, each recording (status, version) per request."""
 
     def __init__(self, url: str, clients: int = 6, points: int = 48) -> None:
-        values = _default_series().values
+        values = default_series().values
         self.body = {"series": [{"id": "load", "values": [float(x) for x in values[:points]]}], "group": GROUP}
         self.url = url
         self.seen: dict[int, list[tuple[int, int | None, str]]] = defaultdict(list)
@@ -125,18 +125,18 @@ def app(ray_cluster, mlflow_server, tmp_path_factory):
     from eyenet.serve.actors import find_controller
 
     root = tmp_path_factory.mktemp("controller")
-    audit_path = str(root / "audit.jsonl")  # the test's and the controller's events in one log
-    before = os.environ.get(audit.ENV_PATH)
-    os.environ[audit.ENV_PATH] = audit_path
+    audit_uri = str(root / "audit.jsonl")  # the test's and the controller's events in one log
+    before = os.environ.get(audit.ENV_URI)
+    os.environ[audit.ENV_URI] = audit_uri
     store = Registry(mlflow_server.url)
     first = _register(store, POOR)
     assert promotion.review(store, NAME, actor="test").champion == first
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = {"auth": {"enabled": False}, "name": APP, "families": ["zscore", "mad"], "mlflow_uri": mlflow_server.url,
-              "state_dir": str(root / "state"), "use_gpus": False,
+              "state_uri": str(root / "state"), "use_gpus": False,
               "controller": {"poll_s": 0.5, "max_backoff_s": 2.0, "switch_delay_s": 0.1, "replica_ttl_s": 3.0,
-                             "check_rows": 1500, "audit_path": audit_path}}
+                             "check_rows": 1500, "audit_uri": audit_uri}}
     serve.run(build_app(config), name=APP, route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     yield {"url": url, "store": store, "server": mlflow_server}
@@ -148,9 +148,9 @@ def app(ray_cluster, mlflow_server, tmp_path_factory):
 
         ray.kill(ctl, no_restart=True)
     if before is None:
-        os.environ.pop(audit.ENV_PATH, None)
+        os.environ.pop(audit.ENV_URI, None)
     else:
-        os.environ[audit.ENV_PATH] = before
+        os.environ[audit.ENV_URI] = before
 
 
 def _history(url: str) -> list[dict]:

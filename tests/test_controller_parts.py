@@ -240,15 +240,15 @@ class FakeReviews:
 def _scheduler(tmp_path, monitor, *, launch=None, served=(("default.r.ensemble", 1),), **settings):
     launched = []
 
-    async def fake_launch(num_cpus, uri, name, series, values, root, audit_path=None):
-        launched.append((num_cpus, name, series, len(values), root, audit_path))
+    async def fake_launch(num_cpus, uri, name, series, values, root, audit_uri=None):
+        launched.append((num_cpus, name, series, len(values), root, audit_uri))
         return SimpleNamespace(version=2, seconds=0.1)
 
     reviews = FakeReviews()
     registry = FakeRegistry(tmp_path)
     sched = RetrainScheduler(RetrainSettings(**settings), registry, reviews, served=lambda: list(served),
                              monitor=lambda: monitor, launch=launch or fake_launch,
-                             audit_path=str(tmp_path / "audit.jsonl"))
+                             audit_uri=str(tmp_path / "audit.jsonl"))
     return sched, launched, reviews
 
 
@@ -360,7 +360,7 @@ def test_admission_checks_once_and_a_refusal_moves_the_alias_back(mlflow_store, 
 # -- settings ------------------------------------------------------------------------------------------
 def test_the_actors_validate_their_settings_dicts(tmp_path):
     config = AppConfig(name="app1", alias="live", controller={"poll_s": 2, "retrain": {"rows": 500},
-                                                              "audit_path": str(tmp_path / "a.jsonl")})
+                                                              "audit_uri": str(tmp_path / "a.jsonl")})
     d = settings_from(config)
     assert isinstance(d, dict) and d["app"] == "app1" and d["alias"] == "live" and d["retrain"]["rows"] == 500
     ctl = Controller(None, d)

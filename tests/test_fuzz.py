@@ -79,10 +79,10 @@ def fuzz_app(ray_cluster, fuzz_app_config, tmp_path_factory):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = {"name": APP, "families": ["zscore", "mad"], "mlflow_uri": store.uri,
-              "state_dir": str(tmp_path_factory.mktemp("fuzz-state")), "member_timeout_s": 10, "use_gpus": False,
+              "state_uri": str(tmp_path_factory.mktemp("fuzz-state")), "member_timeout_s": 10, "use_gpus": False,
               "router": {"num_cpus": 0.1, "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
               "family": {"num_cpus": 0.1, "autoscaling": {"min_replicas": 1, "max_replicas": 1}},
-              "auth": {"keys_path": str(root / "keys.db")},
+              "auth": {"keys_uri": str(root / "keys.db")},
               "controller": {"review_challengers": False, "retrain": {"enabled": False}},
               **fuzz_app_config}
     serve.run(build_app(config), name=APP, route_prefix="/")

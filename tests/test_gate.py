@@ -10,7 +10,7 @@ import pytest
 
 from eyenet.lifecycle import gate, holdout, training
 from eyenet.core import presets, synthetic
-from eyenet.cli.training import DEFAULT_TRAIN_METRIC, _default_series
+from eyenet.cli.training import DEFAULT_TRAIN_METRIC, default_series
 from eyenet.core.data import Series
 from eyenet.core.errors import InvalidParameterError, LifecycleError
 from eyenet.lifecycle.gate import GatePolicy, GateReport
@@ -19,7 +19,7 @@ from eyenet.lifecycle.gate import GatePolicy, GateReport
 @pytest.fixture(scope="module")
 def synthetic_record() -> dict:
     """What a version trained by plain `eyenet train` records about its data."""
-    return training.data_info(_default_series(), holdout.synthetic_source(DEFAULT_TRAIN_METRIC))
+    return training.data_info(default_series(), holdout.synthetic_source(DEFAULT_TRAIN_METRIC))
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def validation(synthetic_record):
 
 
 def _fit(params: dict | None = None, family: str = "zscore"):
-    s = _default_series()
+    s = default_series()
     return training.fit_model(presets.model_config(family, params), s.values)[0]
 
 
@@ -47,7 +47,7 @@ def test_default_training_data_holds_out_the_rest_of_its_synthetic_series(synthe
     (vs,) = validation
     assert vs.train_rows == synthetic_record["rows"] == int(presets.UP_ROWS * presets.UP_TRAIN_FRACTION)
     assert len(vs.values) == presets.UP_ROWS
-    np.testing.assert_array_equal(vs.values[: vs.train_rows], _default_series().values)
+    np.testing.assert_array_equal(vs.values[: vs.train_rows], default_series().values)
     _, _, labels = synthetic.series(DEFAULT_TRAIN_METRIC, n=presets.UP_ROWS, seed=presets.UP_SEED)
     assert not labels[: vs.train_rows].any()  # nothing labelled inside the training rows
     for row in np.flatnonzero(labels):  # every labelled row lies in a window

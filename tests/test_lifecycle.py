@@ -12,7 +12,7 @@ import pytest
 from eyenet.lifecycle import audit, gate, holdout, promotion, training
 from eyenet import cli
 from eyenet.core import presets
-from eyenet.cli.training import DEFAULT_TRAIN_METRIC, _default_series
+from eyenet.cli.training import DEFAULT_TRAIN_METRIC, default_series
 from eyenet.core.errors import GateRejectedError, LifecycleError, UnknownNameError
 from eyenet.lifecycle.registry import CHAMPION, Registry
 
@@ -22,7 +22,7 @@ POOR = {"window": 3}  # a reference window far too short: a much lower NAB score
 
 def _register(store: Registry, group: str, params: dict | None = GOOD, *, corrupt_state: bool = False) -> int:
     """Train a zscore model on the default synthetic series and register it as challenger."""
-    series = _default_series()
+    series = default_series()
     data = training.data_info(series, holdout.synthetic_source(DEFAULT_TRAIN_METRIC))
     model, metrics = training.fit_model(presets.model_config("zscore", params), series.values)
     if corrupt_state:
@@ -187,7 +187,7 @@ def test_review_needs_a_challenger(mlflow_store):
 
 def test_versions_without_a_training_data_record_need_explicit_validation(mlflow_store):
     name = "default.norecord.zscore"
-    series = _default_series()
+    series = default_series()
     training.train_and_register(presets.model_config("zscore"), series.values, registry=mlflow_store, group="norecord")
     with pytest.raises(LifecycleError, match="does not record where its training data came from"):
         promotion.review(mlflow_store, name)

@@ -57,7 +57,7 @@ def server(tmp_path_factory):
 
 def test_train_register_and_load_by_alias_through_a_server(server, monkeypatch, tmp_path):
     monkeypatch.setenv(registry.ENV_URI, server)
-    monkeypatch.setenv(audit.ENV_PATH, str(tmp_path / "audit.jsonl"))  # a server store has no folder of its own here
+    monkeypatch.setenv(audit.ENV_URI, str(tmp_path / "audit.jsonl"))  # a server store has no folder of its own here
     store = registry.Registry()
     assert store.uri == server and not store.is_embedded
     _, values, _ = synthetic.series("bytes_in", n=900, seed=8)

@@ -163,8 +163,8 @@ def test_stream_state_carries_across_calls(model, values, tmp_path):
 
 
 class CountingStore(StreamStore):
-    def __init__(self, state_dir: str) -> None:
-        super().__init__(state_dir)
+    def __init__(self, state_uri: str) -> None:
+        super().__init__(state_uri)
         self.commits: list[tuple[str, int, bool]] = []
 
     async def commit(self, key: str, version: int, state: Any) -> tuple[bool, int, Any]:

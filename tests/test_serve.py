@@ -42,7 +42,7 @@ def served(ray_cluster, mlflow_store, values, tmp_path_factory):
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = {"auth": {"enabled": False}, "families": ["zscore", "mad", "cnn"], "mlflow_uri": mlflow_store.uri,
-              "state_dir": str(tmp_path_factory.mktemp("state")), "member_timeout_s": 10, "use_gpus": False}
+              "state_uri": str(tmp_path_factory.mktemp("state")), "member_timeout_s": 10, "use_gpus": False}
     serve.run(build_app(config), name="eyenet", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     yield {"url": url, "model": trained.model, "version": trained.version}
@@ -184,7 +184,7 @@ def _deploy(name: str, prefix: str, config: dict, mlflow_store, tmp_path) -> Non
 
     from eyenet.serve.app import build_app
 
-    full = {"auth": {"enabled": False}, "mlflow_uri": mlflow_store.uri, "state_dir": str(tmp_path / name), **config}
+    full = {"auth": {"enabled": False}, "mlflow_uri": mlflow_store.uri, "state_uri": str(tmp_path / name), **config}
     serve.run(build_app(full), name=name, route_prefix=prefix)
 
 

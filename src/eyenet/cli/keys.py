@@ -1,10 +1,10 @@
-"""``eyenet keys``: create, list and revoke API keys (stored hashed in ``.eyenet/keys.db``)."""
+"""``eyenet keys``: create, list and revoke API keys (stored hashed in ``.eyenet/keys.db``, or where
+``--store`` / ``EYENET_KEYS_URI`` say: a SQLite file or a postgresql:// URI)."""
 from __future__ import annotations
 
 import argparse
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from eyenet.cli.output import table
@@ -14,8 +14,9 @@ def add_parsers(sub: Any) -> None:
     keys = sub.add_parser("keys", help="create, list and revoke API keys (tenant and role per key)",
                           description="API keys of the HTTP API and the console. A key carries a tenant and a role "
                           "(reader, writer, operator, admin); it is shown once, when created, and stored hashed.")
-    keys.add_argument("--path", type=Path, default=None, metavar="DB",
-                      help="the key database (default: .eyenet/keys.db, as 'eyenet up' uses)")
+    keys.add_argument("--store", default=None, metavar="URI",
+                      help="the key store: a SQLite file or a postgresql:// URI, password in PGPASSWORD "
+                      "(default: EYENET_KEYS_URI, else .eyenet/keys.db, as 'eyenet up' uses)")
     verbs = keys.add_subparsers(dest="verb", metavar="<verb>", required=True)
     create = verbs.add_parser("create", help="create a key and print it (once)")
     create.add_argument("--tenant", required=True)
@@ -32,12 +33,14 @@ def add_parsers(sub: Any) -> None:
 
 def _store(args: argparse.Namespace) -> Any:
     from eyenet.lifecycle.paths import home
-    from eyenet.serving.auth import KeyStore, default_keys_path
+    from eyenet.serving.auth import KeyStore, default_keys_uri
 
-    return KeyStore(args.path or default_keys_path(home()))
+    return KeyStore(args.store or default_keys_uri(home()))
 
 
-def _audit(event: str, name: str, reason: str) -> None:
+def audit_key(event: str, name: str, reason: str) -> None:
+    """Record a key's creation or revocation (``audit.KEY_CREATE``/``KEY_REVOKE``) in the audit log,
+    by whoever runs the command."""
     from eyenet.lifecycle import audit
 
     audit.AuditLog().append(audit.Event(event=event, name=f"key:{name}", version=None, reason=reason,
@@ -50,7 +53,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     store = _store(args)
     name = args.name or f"{args.tenant}-{args.role}-{len(store.list()) + 1}"
     rec, key = store.create(name, args.tenant, args.role)
-    _audit(audit.KEY_CREATE, rec.name, f"tenant {rec.tenant}, role {rec.role}, id {rec.id}")
+    audit_key(audit.KEY_CREATE, rec.name, f"tenant {rec.tenant}, role {rec.role}, id {rec.id}")
     print(key)
     print(f"# key {rec.name!r} (id {rec.id}): tenant {rec.tenant}, role {rec.role}. Shown once; send it as "
           "'Authorization: Bearer <key>'.", file=__import__("sys").stderr)
@@ -76,6 +79,6 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     from eyenet.lifecycle import audit
 
     rec = _store(args).revoke(args.key)
-    _audit(audit.KEY_REVOKE, rec.name, f"id {rec.id}, tenant {rec.tenant}, role {rec.role}")
+    audit_key(audit.KEY_REVOKE, rec.name, f"id {rec.id}, tenant {rec.tenant}, role {rec.role}")
     print(f"revoked key {rec.name!r} (id {rec.id})")
     return 0

@@ -21,6 +21,9 @@ def add_parsers(sub: Any) -> None:
     )
     up.add_argument("--port", type=int, default=None, help="HTTP port (default: EYENET_PORT, else 8000)")
     up.add_argument("--families", default=None, metavar="NAMES", help="family deployments to run (default: all)")
+    up.add_argument("--config", default=None, metavar="FILE",
+                    help="app settings (YAML or JSON: any field of the app config, e.g. quota, store, router; "
+                    "see serve/serve_config.yaml's args) over the defaults")
     up.set_defaults(func=cmd_up)
     st = sub.add_parser("status", help="show deployments, replicas and served model versions")
     st.add_argument("--json", action="store_true")
@@ -44,7 +47,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from eyenet.cli import stack
 
     families = [f.strip() for f in args.families.split(",")] if args.families else None
-    s = stack.up(port=args.port, families=families, say=info)
+    s = stack.up(port=args.port, families=families, settings=stack.read_settings(args.config), say=info)
     endpoint, body = _example(s.url)
     key = stack.admin_key_path().read_text().strip()
     resp = requests.post(endpoint, json=body, timeout=120, headers={"Authorization": f"Bearer {key}"})

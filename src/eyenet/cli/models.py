@@ -42,7 +42,8 @@ def add_parsers(sub: Any) -> None:
             "Without a subcommand: list the registered EyeNet models in MLflow with their versions, aliases and "
             "metrics. 'review' gates the challenger against the champion on held-out labelled data and promotes "
             "or archives it; 'promote' and 'rollback' move the champion alias (what is served); 'history' shows "
-            "the audit events. Every change is recorded in the audit log (.eyenet/audit.jsonl, EYENET_AUDIT_PATH)."
+            "the audit events. Every change is recorded in the audit log (.eyenet/audit.jsonl; EYENET_AUDIT_URI: "
+            "another file or a postgresql:// URI)."
         ),
     )
     _list_args(models, None)

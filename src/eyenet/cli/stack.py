@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from eyenet.cli.cluster import QUIET_ENV, SERVE_ENV, ClusterError
-from eyenet.core.errors import EyenetError
+from eyenet.core.errors import EyenetError, InvalidParameterError
 from eyenet.core.redact import redact, redact_all
 from eyenet.lifecycle import registry as reg
 
@@ -153,13 +153,14 @@ def admin_key_path() -> Path:
     return reg.home() / ADMIN_KEY
 
 
-def admin_key(say: Say = print) -> Path:
-    """The key store of this folder's app, with an admin key in ``.eyenet/admin.key`` (mode 0600)
-    created on first start; returns the store's path."""
+def admin_key(say: Say = print, uri: str | None = None) -> str:
+    """The key store of this folder's app (``uri``, else EYENET_KEYS_URI, else ``.eyenet/keys.db``),
+    with an admin key in ``.eyenet/admin.key`` (mode 0600) created on first start; returns its URI."""
+    from eyenet.cli.keys import audit_key
     from eyenet.lifecycle import audit
-    from eyenet.serving.auth import KeyStore, default_keys_path
+    from eyenet.serving.auth import KeyStore, default_keys_uri
 
-    path = default_keys_path(reg.home())
+    path = uri or default_keys_uri(reg.home())
     store = KeyStore(path)
     key_file = admin_key_path()
     if not key_file.exists():
@@ -167,21 +168,49 @@ def admin_key(say: Say = print) -> Path:
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(key + "\n")
-        audit.AuditLog().append(audit.Event(event=audit.KEY_CREATE, name=f"key:{rec.name}", version=None,
-                                            reason="the admin key of eyenet up", actor=audit.default_actor(),
-                                            time=time.time()))
+        audit_key(audit.KEY_CREATE, rec.name, "the admin key of eyenet up")
         say(f"created an admin API key in {key_file} (mode 0600); send it as "
             f"'Authorization: Bearer $(cat {key_file})'; more keys: eyenet keys create --tenant T --role R")
     return path
 
 
+def read_settings(path: str | None) -> dict[str, Any]:
+    """App settings from a YAML or JSON file (``eyenet up --config``), checked against the app config;
+    an :class:`InvalidParameterError` naming the file and the first problem."""
+    import yaml
+    from pydantic import ValidationError
+
+    from eyenet.serving.settings import AppConfig
+
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise InvalidParameterError(f"--config {path}: cannot be read ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise InvalidParameterError(f"--config {path}: not YAML or JSON ({str(exc).splitlines()[0]})") from None
+    data = data or {}
+    if not isinstance(data, dict):
+        raise InvalidParameterError(f"--config {path}: expected a mapping of app settings, got {type(data).__name__}")
+    try:
+        AppConfig(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise InvalidParameterError(f"--config {path}: {where}: {err['msg']}") from None
+    return data
+
+
 def up(*, port: int | None = None, host: str | None = None, families: list[str] | None = None,
-       say: Say = print) -> Stack:
-    """Bring everything up and return; idempotent (an existing app is redeployed in place)."""
+       settings: dict[str, Any] | None = None, say: Say = print) -> Stack:
+    """Bring everything up and return; idempotent (an existing app is redeployed in place).
+    ``settings``: app config fields over the defaults (:func:`read_settings`)."""
     from ray import serve
 
     from eyenet.serve.app import build_app
     from eyenet.serving.settings import AppConfig
+    from eyenet.serving.snapshots import default_uri as default_state_uri
 
     port = int(port or os.environ.get(PORT_ENV) or 8000)
     host = host or os.environ.get(HOST_ENV) or "127.0.0.1"
@@ -194,9 +223,11 @@ def up(*, port: int | None = None, host: str | None = None, families: list[str] 
     versions = ensure_models(registry, say)
     say(f"deploying the app on {host}:{port}")
     serve.start(http_options={"host": host, "port": port})
-    keys_path = admin_key(say)
-    config = AppConfig(mlflow_uri=registry.uri, state_dir=str(reg.home() / "state"),
-                       auth={"keys_path": str(keys_path)}, **({"families": families} if families else {}))
+    settings = dict(settings or {})
+    keys_uri = admin_key(say, settings.get("auth", {}).get("keys_uri"))
+    config = AppConfig(**{"mlflow_uri": registry.uri, "state_uri": default_state_uri(),
+                          **({"families": families} if families else {}), **settings,
+                          "auth": {"keys_uri": keys_uri, **settings.get("auth", {})}})
     serve.run(build_app(config), name=APP, route_prefix="/")
     stack = Stack(address, port, host, registry.uri, started, time.time(), dashboard)
     _record().parent.mkdir(parents=True, exist_ok=True)

@@ -97,7 +97,8 @@ def _families(text: str) -> list[str]:
     return names
 
 
-def _default_series() -> Any:
+def default_series() -> Any:
+    """The anomaly-free start of the synthetic telemetry `eyenet up` and `eyenet train` use by default."""
     from eyenet.core import synthetic
     from eyenet.core.data import Series
 
@@ -155,7 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         series = _read_input(args.input)
         source = holdout.input_source(args.input)
     else:
-        series = [_default_series()]
+        series = [default_series()]
         source = holdout.synthetic_source(DEFAULT_TRAIN_METRIC)
     if args.group is not None:
         registry.model_name("x", group=args.group, tenant=args.tenant)
@@ -227,7 +228,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     elif args.input is not None:
         train_series, source = _read_input(args.input)[0], holdout.input_source(args.input)
     else:
-        train_series, source = _default_series(), holdout.synthetic_source(DEFAULT_TRAIN_METRIC)
+        train_series, source = default_series(), holdout.synthetic_source(DEFAULT_TRAIN_METRIC)
     reg = _registry()
     info(f"MLflow: {redact(reg.uri)}; validating on {kind}; {args.trials} trials")
     cluster.connect(args.address)

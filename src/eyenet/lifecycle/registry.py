@@ -183,7 +183,7 @@ class Registry:
     """Runs, versions and aliases in one MLflow tracking store (``uri``, default :func:`tracking_uri`).
 
     ``audit_log`` is where the lifecycle events of its versions are written (default: the log that
-    belongs with the store, :func:`eyenet.lifecycle.audit.default_path`)."""
+    belongs with the store, :func:`eyenet.lifecycle.audit.default_uri`)."""
 
     def __init__(self, uri: str | None = None, *, experiment: str = EXPERIMENT, timeout: float = 10.0,
                  artifact_root: str | None = None, audit_log: audit.AuditLog | None = None) -> None:

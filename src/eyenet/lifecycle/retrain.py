@@ -56,15 +56,15 @@ def write_recent(root: str | Path, name: str, series: str, values: np.ndarray, s
 
 
 def retrain(mlflow_uri: str | None, name: str, series: str, values: list[float], root: str,
-            train_fraction: float = TRAIN_FRACTION, audit_path: str | None = None) -> RetrainResult:
+            train_fraction: float = TRAIN_FRACTION, audit_uri: str | None = None) -> RetrainResult:
     """Fit the champion's configuration on the head of ``values`` and register it as challenger
-    (its TRAIN and REGISTER events go to the audit log at ``audit_path``, default the store's)."""
+    (its TRAIN and REGISTER events go to the audit log at ``audit_uri``, default the store's)."""
     from eyenet.core import data
     from eyenet.core.model import AnomalyModel
 
     started = time.time()
     tenant, group, family = reg.split_name(name)
-    store = reg.Registry(mlflow_uri, audit_log=audit.AuditLog(audit_path) if audit_path else None)
+    store = reg.Registry(mlflow_uri, audit_log=audit.AuditLog(audit_uri) if audit_uri else None)
     champion = store.load(name, alias=reg.CHAMPION)
     config = champion.to_dict()
     x = np.asarray(values, dtype=float)

@@ -13,7 +13,10 @@ enforces both before a request reaches a route.
   secret (never the secret). Verifying a hash costs tens of milliseconds on purpose, so a
   verified key is remembered in memory for ``cache_s`` seconds (keyed by a SHA-256 digest of the
   key): a request then costs a dictionary look-up, and a revoked key stops working within
-  ``cache_s``.
+  ``cache_s``. Concurrent requests with the same unverified credential share one check, at most
+  ``SLOW_CHECKS`` checks run at once per process, and a refused credential is remembered as
+  refused for ``cache_s`` too, so neither an expired cache under load nor a client repeating a bad
+  key costs a hash per request.
 - **OIDC tokens** (JWTs) are verified with PyJWT against the issuer's JWKS, with the issuer and
   audience checked; claims name the tenant and role.
 
@@ -44,6 +47,7 @@ from eyenet.core.errors import (
     AuthenticationError,
     InvalidParameterError,
     PermissionDeniedError,
+    UnavailableError,
     UnknownNameError,
 )
 
@@ -121,7 +125,8 @@ class AuthSettings(BaseModel):
 
     enabled: bool = Field(True, description="false turns authentication off: every caller is an admin "
                           "(/healthz says so); for a trusted single-user laptop only")
-    keys_path: str | None = Field(None, description="the API-key database (default .eyenet/keys.db)")
+    keys_uri: str | None = Field(None, description="the API-key store: a SQLite file or a postgresql:// URI, "
+                                 "password in PGPASSWORD/PGPASSFILE (default: EYENET_KEYS_URI, else .eyenet/keys.db)")
     cache_s: float = Field(5.0, ge=0, le=300, description="how long a verified key is remembered; a revoked "
                            "key stops working within this")
     public_metrics: bool = Field(False, description="serve /metrics without a credential (for a Prometheus "
@@ -179,22 +184,70 @@ def check_role(role: str) -> str:
 
 
 class KeyStore:
-    """API keys in SQLite (``keys_path``): create, list, revoke, verify."""
+    """API keys: create, list, revoke, verify. ``uri`` is a SQLite file (the embedded default,
+    ``.eyenet/keys.db``) or a ``postgresql://`` URI (a table ``eyenet_keys``, shared by every node
+    of a cluster; the password from ``PGPASSWORD``/``PGPASSFILE``, see :mod:`eyenet.lifecycle.database`).
+    A store that cannot be reached answers :class:`UnavailableError` (503), never a refusal."""
 
-    _SCHEMA = ("CREATE TABLE IF NOT EXISTS keys (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL, "
-               "role TEXT NOT NULL, hash TEXT NOT NULL, created REAL NOT NULL, last_used REAL, revoked REAL)")
+    _COLUMNS = ("id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL, role TEXT NOT NULL, "
+                "hash TEXT NOT NULL, created {real} NOT NULL, last_used {real}, revoked {real}")
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, uri: str | Path) -> None:
+        from eyenet.lifecycle import database
+
+        self.uri = str(uri)
+        self.postgres = database.is_postgres(self.uri)
+        self.table = "eyenet_keys" if self.postgres else "keys"
         self._lock = threading.Lock()
-        with self._connect() as db:
-            db.execute(self._SCHEMA)
+        if self.postgres:
+            database.check_uri(self.uri, "auth.keys_uri")
+            schema = f"CREATE TABLE IF NOT EXISTS {self.table} ({self._COLUMNS.format(real='DOUBLE PRECISION')})"
+            with self._pg() as conn:
+                database.ensure_schema(conn, self.table, [schema])
+        else:
+            self.path = Path(self.uri)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._run(f"CREATE TABLE IF NOT EXISTS {self.table} ({self._COLUMNS.format(real='REAL')})")
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        db.execute("PRAGMA busy_timeout=10000")
-        return db
+    @classmethod
+    def for_settings(cls, settings: AuthSettings, home: Path) -> KeyStore:
+        """The store ``settings.keys_uri`` names, else ``EYENET_KEYS_URI``, else ``<home>/keys.db``."""
+        return cls(settings.keys_uri or default_keys_uri(home))
+
+    @property
+    def where(self) -> str:
+        from eyenet.core.redact import redact
+
+        return redact(self.uri)
+
+    def _pg(self) -> Any:
+        from eyenet.lifecycle import database
+
+        return database.connect(self.uri, "auth.keys_uri", application_name="eyenet-keys")
+
+    def _run(self, sql: str, params: tuple = (), *, fetch: bool = False) -> list[tuple]:
+        """One statement in its own transaction (``?`` placeholders on both backends)."""
+        from eyenet.lifecycle import database
+
+        try:
+            if self.postgres:
+                with self._pg() as conn, conn.cursor() as cur:
+                    cur.execute(sql.replace("?", "%s"), params)
+                    return cur.fetchall() if fetch else []
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            try:
+                db.execute("PRAGMA busy_timeout=10000")
+                cur = db.execute(sql, params)
+                return cur.fetchall() if fetch else []
+            finally:
+                db.close()
+        except sqlite3.OperationalError as exc:
+            raise UnavailableError(f"the API-key store {self.where} cannot be used: {exc}") from None
+        except Exception as exc:
+            if database.transient(exc):
+                raise UnavailableError(f"the API-key store {self.where} is unreachable: "
+                                       f"{database.describe(exc)}") from None
+            raise
 
     def create(self, name: str, tenant: str, role: str) -> tuple[KeyRecord, str]:
         """A new key; returns its record and the key itself, which is shown once and never stored."""
@@ -205,31 +258,37 @@ class KeyStore:
         check_role(role)
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         rec = KeyRecord(key_id, name, tenant, role, time.time())
+        if self._run(f"SELECT 1 FROM {self.table} WHERE name = ?", (name,), fetch=True):
+            raise InvalidParameterError(f"name: a key named {name!r} exists already")
         try:
-            with self._lock, self._connect() as db:
-                db.execute("INSERT INTO keys (id, name, tenant, role, hash, created) VALUES (?, ?, ?, ?, ?, ?)",
-                           (key_id, name, tenant, role, _hash(secret), rec.created))
-        except sqlite3.IntegrityError:
-            raise InvalidParameterError(f"name: a key named {name!r} exists already") from None
+            with self._lock:
+                self._run(f"INSERT INTO {self.table} (id, name, tenant, role, hash, created) VALUES (?, ?, ?, ?, ?, ?)",
+                          (key_id, name, tenant, role, _hash(secret), rec.created))
+        except Exception as exc:  # two creators racing for one name: the database's unique constraint
+            if "unique" in str(exc).lower():
+                raise InvalidParameterError(f"name: a key named {name!r} exists already") from None
+            raise
         return rec, f"{KEY_PREFIX}{key_id}_{secret}"
 
     def list(self) -> list[KeyRecord]:
-        with self._connect() as db:
-            rows = db.execute("SELECT id, name, tenant, role, created, last_used, revoked FROM keys "
-                              "ORDER BY created").fetchall()
+        rows = self._run(f"SELECT id, name, tenant, role, created, last_used, revoked FROM {self.table} "
+                         "ORDER BY created", fetch=True)
         return [KeyRecord(*row) for row in rows]
 
     def get(self, id_or_name: str) -> KeyRecord:
-        for rec in self.list():
-            if id_or_name in (rec.id, rec.name):
-                return rec
-        raise UnknownNameError(f"no API key with id or name {id_or_name!r}")
+        rows = self._run(f"SELECT id, name, tenant, role, created, last_used, revoked FROM {self.table} "
+                         "WHERE id = ? OR name = ? ORDER BY id = ? DESC", (id_or_name, id_or_name, id_or_name),
+                         fetch=True)
+        if not rows:
+            raise UnknownNameError(f"no API key with id or name {id_or_name!r}")
+        return KeyRecord(*rows[0])
 
     def revoke(self, id_or_name: str) -> KeyRecord:
         rec = self.get(id_or_name)
         if rec.revoked is None:
-            with self._lock, self._connect() as db:
-                db.execute("UPDATE keys SET revoked = ? WHERE id = ?", (time.time(), rec.id))
+            with self._lock:
+                self._run(f"UPDATE {self.table} SET revoked = ? WHERE id = ? AND revoked IS NULL",
+                          (time.time(), rec.id))
         return self.get(rec.id)
 
     def verify(self, key: str) -> KeyRecord | None:
@@ -237,16 +296,16 @@ class KeyStore:
         m = _KEY.fullmatch(key)
         if m is None:
             return None
-        with self._connect() as db:
-            row = db.execute("SELECT id, name, tenant, role, created, last_used, revoked, hash FROM keys WHERE id = ?",
-                             (m.group(1),)).fetchone()
+        rows = self._run(f"SELECT id, name, tenant, role, created, last_used, revoked, hash FROM {self.table} "
+                         "WHERE id = ?", (m.group(1),), fetch=True)
+        row = rows[0] if rows else None
         if row is None or row[6] is not None or not _verify(m.group(2), row[7]):
             return None
         return KeyRecord(*row[:7])
 
     def touch(self, key_id: str, when: float) -> None:
-        with self._lock, self._connect() as db:
-            db.execute("UPDATE keys SET last_used = ? WHERE id = ?", (when, key_id))
+        with self._lock:
+            self._run(f"UPDATE {self.table} SET last_used = ? WHERE id = ?", (when, key_id))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,28 +320,53 @@ class Authenticator:
     CACHE_SIZE = 10_000
     #: how often a key's ``last_used`` is written (at most once per key per this many seconds)
     TOUCH_S = 60.0
+    #: hash or signature checks running at once (each costs tens of ms of CPU and 16 MiB)
+    SLOW_CHECKS = 2
 
     def __init__(self, settings: AuthSettings, keys: KeyStore | None = None) -> None:
         self.settings = settings
         self.keys = keys
-        self._cache: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
+        # digest -> (until, the identity, or the AuthenticationError that refused it)
+        self._cache: OrderedDict[bytes, tuple[float, Identity | AuthenticationError]] = OrderedDict()
         self._touched: dict[str, float] = {}
         self._jwks: Any = None
+        self._inflight: dict[bytes, asyncio.Future[Identity]] = {}
+        self._slow: asyncio.Semaphore | None = None  # made on the event loop that first needs it
 
     @property
     def enabled(self) -> bool:
         return self.settings.enabled
 
     def cached(self, credential: str) -> Identity | None:
+        """The identity of a recently verified credential (None if not known); raises the
+        :class:`AuthenticationError` of a recently refused one."""
         digest = hashlib.sha256(credential.encode()).digest()
         hit = self._cache.get(digest)
         if hit is None or hit[0] < time.monotonic():
             return None
         self._cache.move_to_end(digest)
+        if isinstance(hit[1], AuthenticationError):
+            raise AuthenticationError(str(hit[1]))
         return hit[1]
 
+    def _remember(self, digest: bytes, outcome: Identity | AuthenticationError) -> None:
+        self._cache[digest] = (time.monotonic() + self.settings.cache_s, outcome)
+        self._cache.move_to_end(digest)
+        while len(self._cache) > self.CACHE_SIZE:
+            self._cache.popitem(last=False)
+
     def verify(self, credential: str) -> Identity:
-        """Check a credential the slow way (a hash or a signature); remember the outcome if good."""
+        """Check a credential the slow way (a hash or a signature); remember the outcome, good or bad."""
+        digest = hashlib.sha256(credential.encode()).digest()
+        try:
+            identity = self._check(credential)
+        except AuthenticationError as exc:
+            self._remember(digest, exc)
+            raise
+        self._remember(digest, identity)
+        return identity
+
+    def _check(self, credential: str) -> Identity:
         if credential.startswith(KEY_PREFIX):
             rec = self.keys.verify(credential) if self.keys is not None else None
             if rec is None:
@@ -291,16 +375,10 @@ class Authenticator:
             if now - self._touched.get(rec.id, 0.0) >= self.TOUCH_S:
                 self._touched[rec.id] = now
                 self.keys.touch(rec.id, now)
-            identity = rec.identity
-        elif self.settings.oidc is not None and credential.count(".") == 2:
-            identity = self._verify_token(credential)
-        else:
-            raise AuthenticationError("credential: expected an EyeNet API key (eyn_...) or an OIDC bearer token")
-        self._cache[hashlib.sha256(credential.encode()).digest()] = (time.monotonic() + self.settings.cache_s,
-                                                                     identity)
-        while len(self._cache) > self.CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return identity
+            return rec.identity
+        if self.settings.oidc is not None and credential.count(".") == 2:
+            return self._verify_token(credential)
+        raise AuthenticationError("credential: expected an EyeNet API key (eyn_...) or an OIDC bearer token")
 
     def _verify_token(self, token: str) -> Identity:
         import jwt
@@ -336,7 +414,27 @@ class Authenticator:
         hit = self.cached(credential)
         if hit is not None:
             return hit
-        return await asyncio.to_thread(self.verify, credential)
+        digest = hashlib.sha256(credential.encode()).digest()
+        pending = self._inflight.get(digest)
+        if pending is not None:  # another request is checking the same credential: share its outcome
+            return await asyncio.shield(pending)
+        pending = self._inflight[digest] = asyncio.get_running_loop().create_future()
+        try:
+            if self._slow is None:
+                self._slow = asyncio.Semaphore(self.SLOW_CHECKS)
+            async with self._slow:
+                identity = await asyncio.to_thread(self.verify, credential)
+        except BaseException as exc:
+            # the requests sharing this check get its error; an interrupted check is theirs to retry
+            pending.set_exception(exc if isinstance(exc, Exception) else
+                                  UnavailableError("credential: the check was interrupted; retry"))
+            pending.exception()  # retrieved: no "never retrieved" warning when nobody shared it
+            raise
+        else:
+            pending.set_result(identity)
+            return identity
+        finally:
+            del self._inflight[digest]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -449,5 +547,12 @@ class AuthMiddleware:
         await response(scope, receive, send)
 
 
-def default_keys_path(home: Path) -> Path:
-    return home / "keys.db"
+#: the environment variable naming the API-key store when ``auth.keys_uri`` is not set
+ENV_KEYS_URI = "EYENET_KEYS_URI"
+
+
+def default_keys_uri(home: Path) -> str:
+    """``EYENET_KEYS_URI``, else ``<home>/keys.db``."""
+    import os
+
+    return os.environ.get(ENV_KEYS_URI, "").strip() or str(home / "keys.db")

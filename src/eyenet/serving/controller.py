@@ -82,14 +82,14 @@ class Controller:
             ControllerActorSettings.model_validate(settings or {})
         self.settings = s
         self.policy = gate.GatePolicy.from_dict(s.gate)
-        self.registry = Registry(mlflow_uri, audit_log=AuditLog(s.audit_path) if s.audit_path else None)
+        self.registry = Registry(mlflow_uri, audit_log=AuditLog(s.audit_uri) if s.audit_uri else None)
         self.started = time.time()
         self.health = Health()
         self.admission = Admission(self.registry, self.policy, rows=s.check_rows, alias=s.alias)
         self.board = Switchboard(s, self.registry, self.admission)
         self.reviews = Reviews(self.registry, self.policy, enabled=s.review_challengers, promoted=self._poke)
         self.retraining = RetrainScheduler(s.retrain, self.registry, self.reviews, served=self.board.served,
-                                           monitor=monitor, launch=launch_retrain, audit_path=s.audit_path)
+                                           monitor=monitor, launch=launch_retrain, audit_uri=s.audit_uri)
         self.operations = Operations(self.registry, self.policy, self.admission, self.sync)
         self._wake: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None

@@ -20,6 +20,14 @@ enforces it (:mod:`eyenet.serving.streams`).
 The table of buckets is bounded too (``max_tenants``, least recently used
 dropped and counted in ``eyenet_evictions_total{structure="rate_buckets"}``);
 a dropped tenant's buckets start full again when it returns.
+
+**Fair share of a replica**: :class:`InFlight` caps the requests of one tenant in
+progress at once in a replica (``max_inflight_per_tenant``); :class:`Admission`,
+an ASGI middleware behind authentication, answers the ones beyond it 429 before
+their body is read. A replica works on its requests concurrently, so without
+the cap a tenant sending many requests at once queues its work in front of
+every other tenant's; with it, another tenant's request waits behind at most
+that many.
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from eyenet.core.errors import QuotaExceededError
 from eyenet.monitoring import metrics as m
@@ -111,3 +120,64 @@ class RateLimits:
 
     def stats(self) -> dict[str, int]:
         return {"tenants": len(self._buckets), "refused": self.refused, "evicted": self.evicted}
+
+
+class InFlight:
+    """Requests in progress per tenant in this replica, at most ``max_inflight`` each (see the module
+    docstring); tenants with none in progress take no memory."""
+
+    def __init__(self, settings: QuotaSettings | None = None) -> None:
+        self.settings = settings or QuotaSettings()
+        self.now: dict[str, int] = {}
+        self.refused = 0
+
+    def enter(self, tenant: str) -> None:
+        """Count a request of ``tenant`` in, or raise :class:`QuotaExceededError` when it has its
+        maximum in progress already."""
+        cap = self.settings.of(tenant).max_inflight
+        n = self.now.get(tenant, 0)
+        if cap is not None and n >= cap:
+            self.refused += 1
+            m.QUOTA_REFUSED.labels("inflight").inc()
+            raise QuotaExceededError(f"tenant {tenant!r}: {n} requests in progress on this replica, its most "
+                                     f"(max_inflight_per_tenant); wait for answers before sending more",
+                                     retry_after_s=1.0)
+        self.now[tenant] = n + 1
+
+    def stats(self) -> dict[str, int]:
+        return {"tenants": len(self.now), "requests": sum(self.now.values()), "refused": self.refused}
+
+    def leave(self, tenant: str) -> None:
+        n = self.now.get(tenant, 0) - 1
+        if n > 0:
+            self.now[tenant] = n
+        else:
+            self.now.pop(tenant, None)
+
+
+class Admission:
+    """Pure ASGI, inside the authentication middleware: each request of a credential counts against
+    its tenant's :class:`InFlight` (found through ``limits``, which a replica sets when it starts;
+    None: no cap); over the cap, 429 with ``Retry-After`` before the body is read."""
+
+    def __init__(self, app: Any, limits: Callable[[], InFlight | None], identity: Callable[[], Any]) -> None:
+        self.app = app
+        self.limits = limits
+        self.identity = identity
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        limits = self.limits() if scope["type"] == "http" else None
+        who = self.identity() if limits is not None else None
+        if who is None or who.name == "public":
+            return await self.app(scope, receive, send)
+        tenant = who.tenant
+        try:
+            limits.enter(tenant)
+        except QuotaExceededError as exc:
+            from eyenet.serving.http import error_response
+
+            return await error_response(exc)(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            limits.leave(tenant)

@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 #: why to retrain (for the audit log) and the numbers behind it
 Reason = tuple[str, dict[str, Any]]
-#: ``launch(num_cpus, mlflow_uri, name, series, values, root, audit_path=...)``: a RetrainResult
+#: ``launch(num_cpus, mlflow_uri, name, series, values, root, audit_uri=...)``: a RetrainResult
 Launch = Callable[..., Awaitable[Any]]
 
 
@@ -101,14 +101,14 @@ class RetrainScheduler:
 
     def __init__(self, settings: RetrainSettings, registry: Registry, reviews: Reviews, *,
                  served: Callable[[], list[tuple[str, int]]], monitor: Callable[[], Any | None] | None = None,
-                 launch: Launch | None = None, audit_path: str | None = None) -> None:
+                 launch: Launch | None = None, audit_uri: str | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.reviews = reviews
         self.served = served
         self.monitor = monitor or (lambda: None)
         self.launch = launch or launch_in_thread
-        self.audit_path = audit_path
+        self.audit_uri = audit_uri
         self.triggers = Triggers(settings)
         self.retraining: dict[str, asyncio.Task] = {}
         self.retrains: deque[dict[str, Any]] = deque(maxlen=50)
@@ -174,7 +174,7 @@ class RetrainScheduler:
             series, values = recent
             root = self.settings.root or str(home() / "retrain")
             result = await self.launch(self.settings.num_cpus, self.registry.uri, name, series,
-                                       values[-self.settings.rows:], root, audit_path=self.audit_path)
+                                       values[-self.settings.rows:], root, audit_uri=self.audit_uri)
             rec.update(version=result.version, series=series, trained=time.time(), train_s=result.seconds)
             if not self.settings.auto_promote:  # an operator reviews it (POST /v1/models/{name}/review)
                 self.reviews.hold(name, result.version)

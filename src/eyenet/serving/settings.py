@@ -24,6 +24,7 @@ class TenantQuota(BaseModel):
     requests_per_s: float | None = Field(None, gt=0)
     points_per_s: float | None = Field(None, gt=0)
     max_series: int | None = Field(None, ge=0)
+    max_inflight: int | None = Field(None, ge=1)
 
 
 class QuotaSettings(BaseModel):
@@ -37,6 +38,9 @@ class QuotaSettings(BaseModel):
     points_per_s: float | None = Field(1_000_000.0, gt=0, description="points a second per tenant, per router replica")
     burst_s: float = Field(2.0, gt=0, description="a bucket holds this many seconds of its rate")
     max_series_per_tenant: int | None = Field(10_000, ge=0, description="live stream series per tenant (app-wide)")
+    max_inflight_per_tenant: int | None = Field(
+        32, ge=1, description="requests of one tenant in progress at once per router replica; more are answered "
+        "429 at once, so one tenant's burst cannot queue in front of the others'")
     max_tenants: int = Field(10_000, ge=1, description="tenants whose rate buckets a replica keeps (LRU, counted)")
     retry_after_s: float = Field(5.0, ge=0, description="Retry-After of a refused new series")
     tenants: dict[str, TenantQuota] = Field(default_factory=dict, description="per-tenant overrides")
@@ -44,7 +48,7 @@ class QuotaSettings(BaseModel):
     def of(self, tenant: str) -> TenantQuota:
         """``tenant``'s quotas: its override's fields where given, the defaults otherwise."""
         base = {"requests_per_s": self.requests_per_s, "points_per_s": self.points_per_s,
-                "max_series": self.max_series_per_tenant}
+                "max_series": self.max_series_per_tenant, "max_inflight": self.max_inflight_per_tenant}
         o = self.tenants.get(tenant)
         if o is not None:
             base.update({f: getattr(o, f) for f in o.model_fields_set})
@@ -91,6 +95,8 @@ class DeploymentSettings(BaseModel):
     autoscaling: Autoscaling = Autoscaling()
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_s: float = Field(0.002, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources a replica needs "
+                                        "(places it on the nodes that offer them, e.g. {\"eyenet_worker\": 0.01})")
 
 
 class ControllerSettings(BaseModel):
@@ -108,8 +114,9 @@ class ControllerSettings(BaseModel):
     replica_ttl_s: float = Field(5.0, gt=0, description="a router replica not heard from for this long is gone")
     check_rows: int = Field(2000, ge=100, description="rows of held-out data a new version is checked on before it serves")
     gate: dict[str, Any] = Field(default_factory=dict, description="gate policy (eyenet.lifecycle.gate.GatePolicy fields)")
-    audit_path: str | None = Field(None, description="the controller's audit log (default: EYENET_AUDIT_PATH, else "
-                                   "beside a SQLite store, else .eyenet/audit.jsonl where the controller runs)")
+    audit_uri: str | None = Field(None, description="the controller's audit log: a JSON-lines file path or a "
+                                  "postgresql:// URI, password in PGPASSWORD/PGPASSFILE (default: EYENET_AUDIT_URI, "
+                                  "else beside a SQLite store, else .eyenet/audit.jsonl where the controller runs)")
     retrain: RetrainSettings = RetrainSettings()
 
 
@@ -146,7 +153,9 @@ class AppConfig(BaseModel):
     route_prefix: str = "/"
     families: list[str] = Field(default_factory=lambda: ["zscore", "mad", "iqr", "iforest", "seasonal", *TORCH_FAMILIES])
     mlflow_uri: str | None = Field(None, description="default: EYENET_MLFLOW_URI, else the embedded store")
-    state_dir: str | None = Field(None, description="where stream state is snapshotted (default .eyenet/state)")
+    state_uri: str | None = Field(None, description="where stream state is snapshotted: a folder (SQLite streams.db "
+                                  "in it) or a postgresql:// URI, password in PGPASSWORD/PGPASSFILE (default: "
+                                  "EYENET_STATE_URI, else .eyenet/state)")
     member_timeout_s: float = Field(2.0, gt=0, description="a member slower than this is left out (degraded)")
     inline_max_points: int = Field(
         4096, ge=0, description="requests of at most this many points are scored in the router by members on CPU "
@@ -174,6 +183,10 @@ class AppConfig(BaseModel):
     streams_cached: int = Field(50_000, ge=1, description="stream states a router replica caches (LRU, counted)")
     streams_cached_bytes: int = Field(256 << 20, ge=1024, description="estimated bytes of those states at most")
     models_cached: int = Field(32, ge=1, description="ensemble versions a router replica keeps loaded (LRU, counted)")
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources the app's detached actors (stream store, model "
+        "controller, monitor) need: pins them to the nodes that offer them, e.g. the head with "
+        "{\"eyenet_head\": 0.001} and `ray start --head --resources '{\"eyenet_head\": 1}'`")
 
     def settings(self, family: str) -> DeploymentSettings:
         return self.overrides.get(family, self.family)
@@ -185,7 +198,8 @@ class AppConfig(BaseModel):
         gpus = (s.num_gpus or self.gpu_fraction) if (use_gpu and family in TORCH_FAMILIES) else 0.0
         return {
             "name": f"family-{family}",
-            "ray_actor_options": {"num_cpus": s.num_cpus, **({"num_gpus": gpus} if gpus else {})},
+            "ray_actor_options": {"num_cpus": s.num_cpus, **({"num_gpus": gpus} if gpus else {}),
+                                  **({"resources": dict(s.resources)} if s.resources else {})},
             "max_ongoing_requests": s.max_ongoing_requests,
             "max_queued_requests": s.max_queued_requests,
             "backpressure_config": {"status_code": 503, "retry_after_s": s.retry_after_s},
@@ -196,7 +210,7 @@ class AppConfig(BaseModel):
         r = self.router
         return {
             "name": "router",
-            "ray_actor_options": {"num_cpus": r.num_cpus},
+            "ray_actor_options": {"num_cpus": r.num_cpus, **({"resources": dict(r.resources)} if r.resources else {})},
             "max_ongoing_requests": r.max_ongoing_requests,
             "max_queued_requests": r.max_queued_requests,
             "backpressure_config": {"status_code": 503, "retry_after_s": r.retry_after_s},

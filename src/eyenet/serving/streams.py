@@ -1,4 +1,4 @@
-"""Per-series stream states with optimistic versions, written through to SQLite.
+"""Per-series stream states with optimistic versions, written through to SQLite or PostgreSQL.
 
 Versions make concurrent writers safe without locks: a writer ``commit``\\ s the
 state it computed from version ``v``. The store accepts it when its own version
@@ -14,6 +14,10 @@ as compact binary rows (:meth:`eyenet.core.model.StreamState.to_bytes`), so a
 snapshot costs in proportion to the traffic since the last one, not to the
 number of series. States idle longer than ``ttl_s`` are forgotten.
 
+Where the rows go is ``state_uri`` (:mod:`eyenet.serving.snapshots`): a folder holds the embedded
+SQLite file ``streams.db`` (one machine), a ``postgresql://`` URI a table in that database (a
+cluster, whose store actor may restart on another node). The logic here is the same on both.
+
 Bounds (:class:`~eyenet.serving.settings.StoreSettings`, :class:`~eyenet.serving.settings.QuotaSettings`):
 
 - **live series per tenant** (``quota.max_series_per_tenant``, app-wide since there is one
@@ -27,18 +31,18 @@ Bounds (:class:`~eyenet.serving.settings.StoreSettings`, :class:`~eyenet.serving
 - **reload after a restart**: at most ``reload_max_series`` rows, newest first, for at most
   ``reload_max_s`` seconds; the older rows are dropped (counted, and deleted at the next write).
 
-Reliability: a snapshot that fails to write (disk full, database locked, read-only) leaves its
-keys dirty for the next attempt; the error is kept and reported by :meth:`StreamStore.health`
-(``/healthz`` says degraded with the reason) and the flusher goes on retrying with backoff.
+Reliability: a snapshot that fails to write (disk full, database locked, read-only, the PostgreSQL
+server unreachable or restarting) leaves its keys dirty for the next attempt; the error is kept and
+reported by :meth:`StreamStore.health` (``/healthz`` says degraded with the reason) and the flusher
+goes on retrying with backoff, on a new connection once the server is back.
 :meth:`StreamStore.close` writes what is left (``eyenet down`` calls it before stopping Ray).
-A database another process holds locked at start-up is retried with backoff; only a file that
-is not a database is moved aside.
+A database another process holds locked, or a server that cannot be reached, at start-up is
+retried with backoff for ``open_timeout_s``; only a SQLite file that is not a database is moved aside.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -46,14 +50,12 @@ from pathlib import Path
 from typing import Any
 
 from eyenet.core.model import StreamState
+from eyenet.lifecycle.database import describe
 from eyenet.monitoring import metrics as m
 from eyenet.serving.settings import QuotaSettings, StoreSettings
+from eyenet.serving.snapshots import open_snapshots
 
 log = logging.getLogger(__name__)
-
-_SCHEMA = "CREATE TABLE IF NOT EXISTS streams (key TEXT PRIMARY KEY, version INTEGER NOT NULL, " \
-          "touched REAL NOT NULL, state BLOB)"
-_INDEX = "CREATE INDEX IF NOT EXISTS streams_touched ON streams (touched)"
 #: what a state costs in memory besides its arrays (objects, dict entry, key), for the byte estimate
 STATE_OVERHEAD = 600
 
@@ -78,21 +80,17 @@ class Refusal:
     retry_after_s: float
 
 
-def _locked(exc: sqlite3.Error) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
 class Streams:
-    """In-memory states keyed by ``tenant/group/series``, persisted incrementally to ``state_dir/streams.db``."""
+    """In-memory states keyed by ``tenant/group/series``, persisted incrementally to ``state_uri``
+    (a folder: ``<folder>/streams.db``; or a ``postgresql://`` URI; see :mod:`eyenet.serving.snapshots`)."""
 
-    def __init__(self, state_dir: str | Path, *, ttl_s: float | None = None, settings: StoreSettings | None = None,
+    def __init__(self, state_uri: str | Path, *, ttl_s: float | None = None, settings: StoreSettings | None = None,
                  quota: QuotaSettings | None = None, clock: Any = time.time) -> None:
         self.settings = settings or StoreSettings()
         self.quota = quota or QuotaSettings()
         self.clock = clock
-        self.path = Path(state_dir) / "streams.db"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.snapshots = open_snapshots(state_uri)
+        self.path = self.snapshots.path  # the SQLite file (None on PostgreSQL)
         self.ttl_s = self.settings.ttl_s if ttl_s is None else ttl_s
         # key -> (version, state or None for a tombstone, touched); least recently used first
         self.states: OrderedDict[str, tuple[int, StreamState | None, float]] = OrderedDict()
@@ -103,7 +101,7 @@ class Streams:
         self.evicted = 0  # series dropped for the memory caps
         self.refused = 0  # new series refused (tenant quota, or the store full of busy series)
         self.reload_dropped = 0  # rows not loaded at start-up (over reload_max_series / reload_max_s)
-        self.moved_aside: str | None = None  # where a damaged file went at start-up
+        self.moved_aside: str | None = None  # where a damaged SQLite file went at start-up
         self._prune_before: float | None = None  # rows older than this are dropped at the next write
         self._load()
 
@@ -134,40 +132,33 @@ class Streams:
         else:
             self.live.pop(t, None)
 
-    def _connect(self, timeout: float = 30.0) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=timeout, check_same_thread=False)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
-            db.execute(_INDEX)
-        except BaseException:
-            db.close()
-            raise
-        return db
-
     def _load(self) -> None:
-        """The newest rows, within ``reload_max_series`` and ``reload_max_s``. A locked database is
-        retried with backoff (``open_timeout_s`` in all, then the error is raised: the actor
-        restarts); a file that is not a database is moved aside and the store starts empty."""
-        s = self.settings
+        """The newest rows, within ``reload_max_series`` and ``reload_max_s``. A locked database or
+        an unreachable server is retried with backoff (``open_timeout_s`` in all, then the error is
+        raised: the actor restarts); a SQLite file that is not a database is moved aside and the
+        store starts empty."""
+        s, snaps = self.settings, self.snapshots
         deadline = time.monotonic() + s.open_timeout_s
         delay = 0.05
         while True:
             try:
                 self._read()
                 return
-            except sqlite3.OperationalError as exc:  # locked, busy, cannot open: never move the file aside
-                if time.monotonic() + delay > deadline:
+            except Exception as exc:
+                if snaps.retryable(exc):  # locked, busy, unreachable: never move anything aside
+                    if time.monotonic() + delay > deadline:
+                        raise snaps.give_up(exc)  # noqa: B904 - the SQLite error itself, or one naming the server
+                    log.warning("stream store: %s at start-up (%s); retrying in %.2f s", snaps.where,
+                                describe(exc), delay)
+                    time.sleep(delay)
+                    delay = min(2 * delay, 2.0)
+                    continue
+                if not snaps.damaged(exc):
                     raise
-                log.warning("stream store: %s at start-up (%s); retrying in %.2f s", self.path, exc, delay)
-                time.sleep(delay)
-                delay = min(2 * delay, 2.0)
-            except sqlite3.DatabaseError as exc:
                 # not a database (a damaged file): keep it aside for inspection and start afresh
-                aside = self.path.with_name(f"streams.db.unreadable-{int(time.time())}")
-                log.error("stream store: %s is not readable (%s); moved to %s", self.path, exc, aside)
-                self.path.replace(aside)
-                self.moved_aside = str(aside)
+                aside = snaps.move_aside()
+                log.error("stream store: %s is not readable (%s); moved to %s", snaps.where, describe(exc), aside)
+                self.moved_aside = aside
                 self.states.clear()
                 self.live.clear()
                 self.bytes = 0
@@ -180,10 +171,7 @@ class Streams:
         self.bytes = 0
         self.unreadable = self.reload_dropped = 0
         t0 = time.monotonic()
-        db = self._connect(timeout=min(1.0, s.open_timeout_s))
-        try:
-            total = db.execute("SELECT COUNT(*) FROM streams").fetchone()[0]
-            rows = db.execute("SELECT key, version, touched, state FROM streams ORDER BY touched DESC")
+        with self.snapshots.read(timeout=min(1.0, s.open_timeout_s)) as (total, rows):
             loaded = []
             last_touched = None
             for key, version, touched, blob in rows:
@@ -191,15 +179,13 @@ class Streams:
                         or self.bytes > s.max_bytes:
                     break
                 try:
-                    state = None if blob is None else StreamState.from_bytes(blob)
+                    state = None if blob is None else StreamState.from_bytes(bytes(blob))
                 except (ValueError, KeyError, TypeError):
                     self.unreadable += 1
                     continue
                 loaded.append((key, int(version), state, float(touched)))
                 self.bytes += state_bytes(key, state)
                 last_touched = float(touched)
-        finally:
-            db.close()
         self.bytes = 0
         for key, version, state, touched in reversed(loaded):  # oldest first: the LRU order
             self._put(key, version, state, touched)
@@ -281,7 +267,7 @@ class Streams:
         return {"series": self.count(), "entries": len(self.states), "max_series": s.max_series,
                 "bytes": self.bytes, "max_bytes": s.max_bytes, "tenants": len(self.live),
                 "evicted": self.evicted, "refused": self.refused, "reload_dropped": self.reload_dropped,
-                "unreadable": self.unreadable, "moved_aside": self.moved_aside}
+                "unreadable": self.unreadable, "moved_aside": self.moved_aside, "backend": self.snapshots.where}
 
     # -- persistence ------------------------------------------------------------------------------
     def take_dirty(self) -> list[tuple[str, int, float, StreamState | None]]:
@@ -311,20 +297,12 @@ class Streams:
         self.dirty.update(k for k, _, _, _ in batch)
 
     def write(self, batch: list[tuple[str, int, float, StreamState | None]]) -> None:
+        """Write a batch of :meth:`take_dirty` in one transaction: changed states and tombstones
+        upserted, expired and evicted keys deleted, and the rows not reloaded after a restart pruned."""
         rows = [(k, v, t, None if s is None else s.to_bytes()) for k, v, t, s in batch if v >= 0]
-        gone = [(k,) for k, v, _, _ in batch if v < 0]
-        db = self._connect()
-        try:
-            with db:
-                db.executemany("INSERT INTO streams (key, version, touched, state) VALUES (?, ?, ?, ?) "
-                               "ON CONFLICT(key) DO UPDATE SET version=excluded.version, "
-                               "touched=excluded.touched, state=excluded.state", rows)
-                db.executemany("DELETE FROM streams WHERE key = ?", gone)
-                if self._prune_before is not None:  # the rows not reloaded after a restart
-                    db.execute("DELETE FROM streams WHERE touched < ?", (self._prune_before,))
-            self._prune_before = None
-        finally:
-            db.close()
+        gone = [k for k, v, _, _ in batch if v < 0]
+        self.snapshots.write(rows, gone, self._prune_before)
+        self._prune_before = None
 
     def flush(self) -> int:
         """Write the changed states now (raising what the write raised, the keys still dirty)."""
@@ -342,19 +320,20 @@ class StreamStore:
     """The actor around :class:`~eyenet.serving.streams.Streams`: snapshots in a thread, off the event
     loop, retried after a failure (see the module docstring)."""
 
-    def __init__(self, state_dir: str, interval_s: float | None = None, ttl_s: float | None = None,
+    def __init__(self, state_uri: str, interval_s: float | None = None, ttl_s: float | None = None,
                  settings: StoreSettings | dict[str, Any] | None = None,
                  quota: QuotaSettings | dict[str, Any] | None = None) -> None:
         # over Ray the settings come as dicts (model_dump()); unknown keys are an error
         s = settings if isinstance(settings, StoreSettings) else StoreSettings.model_validate(settings or {})
         q = quota if isinstance(quota, QuotaSettings) else QuotaSettings.model_validate(quota or {})
-        self.streams = Streams(state_dir, ttl_s=ttl_s, settings=s, quota=q)
+        self.streams = Streams(state_uri, ttl_s=ttl_s, settings=s, quota=q)
         self.interval_s = s.flush_s if interval_s is None else interval_s
         self.max_backoff_s = max(self.interval_s, s.max_backoff_s)
         self.error: str | None = None  # the last write's error, None once a write succeeds again
         self.error_at: float | None = None
         self.failures = 0  # consecutive failed writes
         self.written = 0
+        self._writing: set[str] = set()  # keys of the batch being written now (still waiting, for health)
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self._closed = False
@@ -382,15 +361,18 @@ class StreamStore:
             batch = self.streams.take_dirty()
             if not batch and self.streams._prune_before is None:
                 return 0
+            self._writing = {k for k, _, _, _ in batch}
             try:
                 await asyncio.to_thread(self.streams.write, batch)
             except Exception as exc:
                 self.streams.requeue(batch)
                 self.failures += 1
-                self.error, self.error_at = f"{type(exc).__name__}: {exc}", time.time()
+                self.error, self.error_at = f"{type(exc).__name__}: {describe(exc)}", time.time()
                 m.ERRORS.labels("store_write").inc()
                 log.warning("stream store: writing %d states failed (%s); retrying", len(batch), self.error)
                 raise
+            finally:
+                self._writing = set()
             self.failures, self.error, self.error_at = 0, None, None
             self.written += len(batch)
             return len(batch)
@@ -401,7 +383,9 @@ class StreamStore:
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        return await asyncio.wait_for(self.flush(), timeout=timeout_s)
+        written = await asyncio.wait_for(self.flush(), timeout=timeout_s)
+        self.streams.snapshots.close()  # a later write (the actor lives on) connects again
+        return written
 
     async def get(self, key: str) -> tuple[int, Any]:
         self._start()
@@ -421,7 +405,7 @@ class StreamStore:
     async def health(self) -> dict[str, Any]:
         """``ok`` False with ``error`` while snapshots fail; the bounded structures' sizes and counters."""
         return {"ok": self.error is None, "error": self.error, "error_at": self.error_at,
-                "failures": self.failures, "dirty": len(self.streams.dirty), "written": self.written,
+                "failures": self.failures, "dirty": len(self.streams.dirty | self._writing), "written": self.written,
                 **self.streams.stats()}
 
     async def ping(self) -> float:

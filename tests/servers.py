@@ -1,0 +1,178 @@
+"""Throwaway servers for tests and benchmarks: a real PostgreSQL from the distribution's binaries.
+
+Used by the ``postgres`` fixture (tests/conftest.py) and by ``bench/store_write.py``. Debian's
+``postgresql`` package puts the server binaries in ``/usr/lib/postgresql/<version>/bin`` (not on
+PATH); ``.ci/install-packages`` installs it without starting its own cluster.
+
+PostgreSQL refuses to run as root: when this process is root the server's commands run as the
+``postgres`` system user (``runuser -u postgres --``; ``nobody`` if there is no such user) in a
+temporary folder owned by that user; otherwise as this user.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MISSING = "PostgreSQL server binaries not found: install Debian's postgresql"
+
+
+def find_binaries() -> Path | None:
+    """The folder with ``initdb``, ``pg_ctl`` and ``postgres``: on PATH, else the newest
+    ``/usr/lib/postgresql/*/bin``; None when there is none."""
+    on_path = shutil.which("pg_ctl")
+    if on_path and shutil.which("initdb"):
+        folder = Path(os.path.realpath(on_path)).parent
+        if (folder / "initdb").exists() and (folder / "postgres").exists():
+            return folder
+
+    def version(path: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in re.findall(r"\d+", Path(path).parent.name)) or (0,)
+
+    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True):
+        if all((Path(folder) / b).exists() for b in ("initdb", "pg_ctl", "postgres")):
+            return Path(folder)
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresServer:
+    """A PostgreSQL server in a temporary folder, listening on 127.0.0.1:``port`` (password logins,
+    scram-sha-256) and on a socket in its folder (the superuser ``postgres``, trusted), with a login
+    role ``user`` whose password is ``password``. Stoppable and restartable on the same port and data.
+
+    ``settings`` are extra server settings (``-c name=value``).
+    """
+
+    def __init__(self, *, user: str = "eyenet", password: str = "eyenet-test-password", database: str = "eyenet",
+                 settings: dict[str, Any] | None = None) -> None:
+        binaries = find_binaries()
+        if binaries is None:
+            raise FileNotFoundError(MISSING)
+        self.bin = binaries
+        self.user, self.password, self.database = user, password, database
+        self.settings = dict(settings or {})
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="eyenet-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.run_as: str | None = None
+        if os.geteuid() == 0:
+            self.run_as = _system_user()
+            owner = pwd.getpwnam(self.run_as)
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+        self._initialised = False
+
+    # -- commands ----------------------------------------------------------------------------------
+    def _cmd(self, program: str, *args: str) -> list[str]:
+        cmd = [str(self.bin / program), *args]
+        return ["runuser", "-u", self.run_as, "--", *cmd] if self.run_as else cmd
+
+    def _run(self, program: str, *args: str, timeout: float = 120) -> None:
+        out = subprocess.run(self._cmd(program, *args), cwd=self.root, capture_output=True, text=True, timeout=timeout,
+                             env={**os.environ, "LC_ALL": "C", "LANG": "C"})
+        if out.returncode != 0:
+            log = self.log.read_text()[-3000:] if self.log.exists() else ""
+            raise RuntimeError(f"{program} {' '.join(args)} failed ({out.returncode}): {out.stderr[-3000:]}\n{log}")
+
+    # -- life cycle --------------------------------------------------------------------------------
+    def start(self) -> PostgresServer:
+        """Create the cluster (first time), start the server and wait until it accepts connections."""
+        if not self._initialised:
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
+                      "--auth-host=scram-sha-256", "--no-locale", "-E", "UTF8", "--no-sync")
+        options = [f"-c listen_addresses={self.host}", f"-p {self.port}", f"-k {self.root}",
+                   *(f"-c {k}={v}" for k, v in self.settings.items())]
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", " ".join(options),
+                  "start")
+        if not self._initialised:
+            self._initialised = True
+            self._bootstrap()
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast``: clean; ``immediate``: as a crash would, recovered at the next start)."""
+        if self.running():
+            self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "-m", mode, "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def cleanup(self) -> None:
+        """Stop the server and delete its folder."""
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cleanup()
+
+    # -- databases ---------------------------------------------------------------------------------
+    def admin(self) -> Any:
+        """A superuser connection over the socket (autocommit)."""
+        import psycopg
+
+        return psycopg.connect(host=str(self.root), port=self.port, user="postgres", dbname="postgres",
+                               autocommit=True)
+
+    def _bootstrap(self) -> None:
+        from psycopg import sql
+
+        with self.admin() as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(self.user),
+                                                                            sql.Literal(self.password)))
+        self.create_database(self.database)
+
+    def create_database(self, name: str) -> str:
+        """A new empty database ``name`` owned by the login role (dropped first if it exists); its URI."""
+        from psycopg import sql
+
+        with self.admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(self.user)))
+        return self.uri(db=name)
+
+    def terminate(self, db: str | None = None) -> int:
+        """End every client connection (to ``db``, or all); how many."""
+        with self.admin() as conn:
+            rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = "
+                                "'client backend' AND pid <> pg_backend_pid() AND (%s::text IS NULL OR datname = %s)",
+                                (db, db)).fetchall()
+        return len(rows)
+
+    def uri(self, db: str | None = None) -> str:
+        """``postgresql://user@127.0.0.1:port/db``: no password (give it as ``PGPASSWORD``, :meth:`env`)."""
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{db or self.database}"
+
+    def env(self) -> dict[str, str]:
+        """What a client's environment needs besides the URI: the password."""
+        return {"PGPASSWORD": self.password}
+
+
+def _system_user() -> str:
+    """The unprivileged user a root process runs the server as."""
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise RuntimeError("running as root and neither a 'postgres' nor a 'nobody' user exists to run PostgreSQL as")
