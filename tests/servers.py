@@ -1,4 +1,5 @@
-"""Throwaway servers for tests and benchmarks: a real PostgreSQL from the distribution's binaries.
+"""Throwaway servers for tests and benchmarks: a real PostgreSQL from the distribution's binaries;
+a free loopback port, and waiting until a served system reaches a state (:func:`wait_until`).
 
 Used by the ``postgres`` fixture (tests/conftest.py) and by ``bench/store_write.py``. Debian's
 ``postgresql`` package puts the server binaries in ``/usr/lib/postgresql/<version>/bin`` (not on
@@ -23,6 +24,18 @@ from pathlib import Path
 from typing import Any
 
 MISSING = "PostgreSQL server binaries not found: install Debian's postgresql"
+
+
+def wait_until(what: str, check: Any, timeout: float = 120.0, every: float = 0.5) -> Any:
+    """``check()``'s first truthy answer, polled every ``every`` s; fails the test naming ``what``
+    after ``timeout`` s."""
+    deadline = time.time() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.time() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(every)
 
 
 def find_binaries() -> Path | None:

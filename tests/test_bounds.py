@@ -454,42 +454,104 @@ def test_a_flooding_tenant_gets_429s_beyond_its_quota_and_others_keep_being_serv
 
 
 # -- a tenant's fair share of a replica --------------------------------------------------------------------
-def test_a_tenants_requests_in_progress_are_capped_and_other_tenants_pass() -> None:
+def _admission_app(limits, inner):
+    """Admission in front of ``inner``, the tenant taken from an ``x-tenant`` header (as the auth
+    middleware would set it from the credential)."""
+    from eyenet.serving.auth import Identity
+    from eyenet.serving.quota import Admission
+
+    async def app(scope, receive, send):
+        tenant = dict(scope["headers"])[b"x-tenant"].decode()
+        who = Identity(f"key:{tenant}", tenant, "writer")
+        await Admission(inner, lambda: limits, lambda: who)(scope, receive, send)
+
+    return app
+
+
+def _released(event: asyncio.Event, status: int = 200, headers: list | None = None):
+    async def inner(scope, receive, send):  # a route that answers once released
+        await event.wait()
+        await send({"type": "http.response.start", "status": status, "headers": headers or []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    return inner
+
+
+def test_a_tenants_requests_past_its_cap_wait_their_turn_or_are_refused_and_others_pass() -> None:
     import httpx
 
-    from eyenet.serving.auth import Identity
-    from eyenet.serving.quota import Admission, InFlight
+    from eyenet.serving.quota import InFlight
     from eyenet.serving.settings import QuotaSettings
 
-    release = asyncio.Event()
-    who: dict[str, Identity] = {}
+    limits = InFlight(QuotaSettings(max_inflight_per_tenant=3, hold_s=0.3, tenants={"vip": {"max_inflight": 8}}))
 
-    async def inner(scope, receive, send):  # a route that answers once released
-        await release.wait()
+    async def go():
+        release = asyncio.Event()
+        app = _admission_app(limits, _released(release))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            flood = [asyncio.create_task(c.post("/v1/stream", headers={"x-tenant": "flood"})) for _ in range(8)]
+            await asyncio.sleep(0.1)
+            during = limits.stats()
+            vip = [asyncio.create_task(c.post("/v1/stream", headers={"x-tenant": "vip"})) for _ in range(8)]
+            await asyncio.sleep(0.5)  # past hold_s: the waiting ones give up
+            release.set()
+            return during, await asyncio.gather(*flood), [r.status_code for r in await asyncio.gather(*vip)]
+
+    during, flood, vip = asyncio.run(go())
+    assert during == {"tenants": 1, "requests": 3, "waiting": 3, "refused": 2}  # 3 run, 3 wait, 2 refused at once
+    assert sorted(r.status_code for r in flood) == [200] * 3 + [429] * 5 and vip == [200] * 8
+    refused = next(r for r in flood if r.status_code == 429)
+    assert refused.headers["retry-after"] == "1" and "requests in progress" in refused.json()["error"]
+    assert limits.now == {} and limits.waiting == {} and limits.stats()["refused"] == 5
+
+
+def test_waiting_requests_take_turns_in_order_when_answers_come_in_time() -> None:
+    import httpx
+
+    from eyenet.serving.quota import InFlight
+    from eyenet.serving.settings import QuotaSettings
+
+    limits = InFlight(QuotaSettings(max_inflight_per_tenant=2, hold_s=5))
+    started: list[int] = []
+
+    async def inner(scope, receive, send):
+        started.append(int(dict(scope["headers"])[b"x-n"]))
+        await asyncio.sleep(0.05)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    limits = InFlight(QuotaSettings(max_inflight_per_tenant=3, tenants={"vip": {"max_inflight": 5}}))
-
-    async def caller_app(scope, receive, send):  # stands in for the auth middleware
-        tenant = dict(scope["headers"])[b"x-tenant"].decode()
-        who["now"] = Identity(f"key:{tenant}", tenant, "writer")
-        await Admission(inner, lambda: limits, lambda: who["now"])(scope, receive, send)
-
     async def go():
-        transport = httpx.ASGITransport(app=caller_app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-            flood = [asyncio.create_task(c.post("/v1/stream", headers={"x-tenant": "flood"})) for _ in range(5)]
-            await asyncio.sleep(0.05)
-            assert limits.now == {"flood": 3}
-            vip = [asyncio.create_task(c.post("/v1/stream", headers={"x-tenant": "vip"})) for _ in range(5)]
-            await asyncio.sleep(0.05)
-            release.set()
-            return [r.status_code for r in await asyncio.gather(*flood)], \
-                [r.status_code for r in await asyncio.gather(*vip)], await asyncio.gather(*flood)
+        app = _admission_app(limits, inner)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            tasks = []
+            for n in range(4):
+                tasks.append(asyncio.create_task(c.post("/v1/stream", headers={"x-tenant": "t", "x-n": str(n)})))
+                await asyncio.sleep(0.005)
+            return [r.status_code for r in await asyncio.gather(*tasks)]
 
-    flood, vip, answers = asyncio.run(go())
-    assert sorted(flood) == [200, 200, 200, 429, 429] and vip == [200] * 5  # its override: 5
-    refused = next(r for r in answers if r.status_code == 429)
-    assert refused.headers["retry-after"] == "1" and "requests in progress" in refused.json()["error"]
-    assert limits.now == {} and limits.stats()["refused"] == 2
+    assert asyncio.run(go()) == [200] * 4 and started == [0, 1, 2, 3] and limits.now == {}
+
+
+def test_a_quota_refusal_is_sent_late_holding_the_turn_but_never_past_its_retry_after() -> None:
+    import httpx
+
+    from eyenet.serving.quota import InFlight
+    from eyenet.serving.settings import QuotaSettings
+
+    async def timed(hold_s: float, retry_after: str) -> tuple[float, int, dict]:
+        limits = InFlight(QuotaSettings(max_inflight_per_tenant=1, hold_s=hold_s))
+        release = asyncio.Event()
+        release.set()
+        app = _admission_app(limits, _released(release, 429, [(b"retry-after", retry_after.encode())]))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            t0 = time.monotonic()
+            first = asyncio.create_task(c.post("/v1/stream", headers={"x-tenant": "t"}))
+            await asyncio.sleep(0.05)
+            held = limits.stats()  # the refusal still holds the tenant's one turn
+            r = await first
+            return time.monotonic() - t0, r.status_code, held
+
+    took, status, held = asyncio.run(timed(0.4, "5"))
+    assert status == 429 and 0.35 <= took < 2 and held["requests"] == 1
+    took, status, _ = asyncio.run(timed(3.0, "0"))  # Retry-After 0: nothing to wait for
+    assert status == 429 and took < 1

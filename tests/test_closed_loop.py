@@ -22,6 +22,7 @@ from eyenet.lifecycle import holdout, promotion, training
 from eyenet.core import presets
 from eyenet.cli.training import DEFAULT_TRAIN_METRIC, default_series
 from eyenet.lifecycle.registry import CHAMPION
+from servers import wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -37,15 +38,6 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
-
-def _wait(what: str, check, timeout: float = 120.0, every: float = 0.5):
-    deadline = time.time() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.time() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(every)
 
 
 def before_shift() -> np.ndarray:
@@ -130,7 +122,7 @@ def test_feedback_and_app_wide_metrics(app):
               and f'eyenet_drift_score{{feature="value",model="{NAME}",test="psi"}}' in text)
         return text if ok else None
 
-    text = _wait("app-wide metrics", merged, 30)
+    text = wait_until("app-wide metrics", merged, 30)
     scored = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
               if line.startswith("eyenet_points_scored_total{") and f'model="{NAME}"' in line]
     assert sum(scored) >= 200  # every replica's count, each labelled with its replica
@@ -172,7 +164,7 @@ def prometheus(app, tmp_path):
                 assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
                 return False
 
-        _wait("Prometheus to scrape EyeNet", up, 60)
+        wait_until("Prometheus to scrape EyeNet", up, 60)
         yield base
     finally:
         proc.terminate()

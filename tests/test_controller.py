@@ -19,6 +19,7 @@ from eyenet.lifecycle import audit, holdout, promotion, training
 from eyenet.core import presets
 from eyenet.cli.training import DEFAULT_TRAIN_METRIC, default_series
 from eyenet.lifecycle.registry import CHAMPION, Registry
+from servers import wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -50,15 +51,6 @@ def _champion(store: Registry) -> int:
     return store.version(NAME, alias=CHAMPION).version
 
 
-def _wait(what: str, check, timeout: float = 120.0, every: float = 0.25):
-    deadline = time.time() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.time() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(every)
-
 
 class Load:
     """Clients sending ``/v1/detect`` back to back, each recording (status, version) per request."""
@@ -84,7 +76,7 @@ class Load:
     def __enter__(self) -> Load:
         for t in self._threads:
             t.start()
-        _wait("first responses", lambda: all(self.seen[i] for i in range(len(self._threads))), 60)
+        wait_until("first responses", lambda: all(self.seen[i] for i in range(len(self._threads))), 60)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -97,9 +89,9 @@ class Load:
         return all(self.seen[i] and self.seen[i][-1][1] == version for i in range(len(self._threads)))
 
     def wait_for(self, version: int, timeout: float = 120.0) -> None:
-        _wait(f"every client to get version {version}", lambda: self.serving(version), timeout)
+        wait_until(f"every client to get version {version}", lambda: self.serving(version), timeout, every=0.25)
         n = {i: len(v) for i, v in self.seen.items()}  # a few more answers each after the switch
-        _wait("answers after the switch", lambda: all(len(self.seen[i]) >= n[i] + 3 for i in n), 30)
+        wait_until("answers after the switch", lambda: all(len(self.seen[i]) >= n[i] + 3 for i in n), 30)
 
     def failures(self) -> list[tuple[int, str]]:
         return [(code, text) for v in self.seen.values() for code, _, text in v if code != 200]
@@ -167,10 +159,10 @@ def _status(url: str) -> dict:
 
 def _swap(url: str, to: int, since: float) -> dict:
     """The controller's switch to version ``to`` seen after ``since``, once complete."""
-    return _wait(f"the switch to version {to} to be recorded",
-                 lambda: next((s for s in reversed(_status(url)["swaps"])
-                               if s["to"] == to and s["detected"] >= since and ("completed" in s or "error" in s)),
-                              None), 60)
+    return wait_until(f"the switch to version {to} to be recorded",
+                      lambda: next((s for s in reversed(_status(url)["swaps"])
+                                    if s["to"] == to and s["detected"] >= since and ("completed" in s or "error" in s)),
+                                   None), 60)
 
 
 def test_a_better_challenger_is_swapped_in_under_load_without_a_failed_request(app):
@@ -200,11 +192,11 @@ def test_a_worse_and_a_nan_challenger_are_rejected_and_never_served(app):
     champ = _champion(store)
     with Load(url) as load:
         worse = _register(store, POOR)
-        _wait("the worse challenger to be archived",
-              lambda: store.version(NAME, worse).tags.get("eyenet.status") == audit.ARCHIVED)
+        wait_until("the worse challenger to be archived",
+                   lambda: store.version(NAME, worse).tags.get("eyenet.status") == audit.ARCHIVED)
         broken = _register(store, GOOD, nan=True)
-        _wait("the NaN challenger to be archived",
-              lambda: store.version(NAME, broken).tags.get("eyenet.status") == audit.ARCHIVED)
+        wait_until("the NaN challenger to be archived",
+                   lambda: store.version(NAME, broken).tags.get("eyenet.status") == audit.ARCHIVED)
         time.sleep(1.0)
     assert load.failures() == []
     assert load.versions() == {champ}
@@ -273,9 +265,9 @@ def test_a_killed_controller_leaves_serving_alone_and_comes_back_to_finish_a_pro
             except Exception:  # noqa: BLE001 - restarting
                 return False
 
-        _wait("the controller to come back", back, 60)
-        status = _wait("the restarted controller to learn what serves",
-                       lambda: (s := _status(url))["table"].get(NAME, {}).get("version") == champ and s)
+        wait_until("the controller to come back", back, 60)
+        status = wait_until("the restarted controller to learn what serves",
+                            lambda: (s := _status(url))["table"].get(NAME, {}).get("version") == champ and s)
         assert status["incarnation"] != first
         new = _register(store, GOOD)
         load.wait_for(new)
@@ -290,9 +282,9 @@ def test_mlflow_down_for_a_while_no_failed_request_and_the_controller_catches_up
     with Load(url) as load:
         server.stop()
         try:
-            health = _wait("/healthz to report the registry down",
-                           lambda: (h := requests.get(f"{url}/healthz", timeout=30).json())["status"] == "degraded"
-                           and h, 30)
+            health = wait_until("/healthz to report the registry down",
+                                lambda: (h := requests.get(f"{url}/healthz", timeout=30).json())["status"] == "degraded"
+                                     and h, 30)
             assert any("model registry unreachable" in p for p in health["problems"]), health
             down = _status(url)["health"]
             assert down["ok"] is False and down["failures"] >= 1 and down["error"]
@@ -303,7 +295,7 @@ def test_mlflow_down_for_a_while_no_failed_request_and_the_controller_catches_up
         load.wait_for(out.champion, timeout=60)
     assert load.failures() == []
     load.assert_moved(champ, out.champion)
-    _wait("/healthz to recover", lambda: requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok", 30)
+    wait_until("/healthz to recover", lambda: requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok", 30)
     assert _status(url)["health"]["ok"] is True
 
 
@@ -330,9 +322,9 @@ def test_a_router_replica_killed_during_a_switch_does_not_stop_it(app):
             return False
         return len(served) >= 1
 
-    _wait("a detect after the switch", answered, 60)
-    status = _wait("every live replica to serve the new version",
-                   lambda: (s := _status(url))["replicas"] and all(
-                       r["serving"].get(NAME) == target for r in s["replicas"].values()) and s, 60)
+    wait_until("a detect after the switch", answered, 60)
+    status = wait_until("every live replica to serve the new version",
+                        lambda: (s := _status(url))["replicas"] and all(
+                            r["serving"].get(NAME) == target for r in s["replicas"].values()) and s, 60)
     assert status["table"][NAME]["version"] == target
     assert served == {target}

@@ -22,18 +22,22 @@ dropped and counted in ``eyenet_evictions_total{structure="rate_buckets"}``);
 a dropped tenant's buckets start full again when it returns.
 
 **Fair share of a replica**: :class:`InFlight` caps the requests of one tenant in
-progress at once in a replica (``max_inflight_per_tenant``); :class:`Admission`,
-an ASGI middleware behind authentication, answers the ones beyond it 429 before
-their body is read. A replica works on its requests concurrently, so without
-the cap a tenant sending many requests at once queues its work in front of
-every other tenant's; with it, another tenant's request waits behind at most
-that many.
+progress at once in a replica (``max_inflight_per_tenant``); as many more wait
+for a turn, in order, for up to ``hold_s``; the rest get 429 at once.
+:class:`Admission`, an ASGI middleware behind authentication, applies it before
+a body is read, and sends the app's own 429s (a quota) ``hold_s`` late, still
+holding the turn. A replica works on its requests concurrently, so without the
+cap a tenant sending many requests at once queues its work in front of every
+other tenant's; with it, another tenant's request waits behind at most that
+many, and a client that retries a refusal at once instead of after its
+Retry-After spends its own turns waiting, not the replica's CPU.
 """
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -123,42 +127,81 @@ class RateLimits:
 
 
 class InFlight:
-    """Requests in progress per tenant in this replica, at most ``max_inflight`` each (see the module
-    docstring); tenants with none in progress take no memory."""
+    """Requests in progress per tenant in this replica: at most ``max_inflight`` each, as many more
+    waiting (up to ``hold_s``) for one of them to finish, beyond that refused at once (see the
+    module docstring). Tenants with nothing in progress take no memory. Used from one event loop."""
 
     def __init__(self, settings: QuotaSettings | None = None) -> None:
         self.settings = settings or QuotaSettings()
         self.now: dict[str, int] = {}
+        self.waiting: dict[str, deque[asyncio.Future[None]]] = {}
         self.refused = 0
 
-    def enter(self, tenant: str) -> None:
-        """Count a request of ``tenant`` in, or raise :class:`QuotaExceededError` when it has its
-        maximum in progress already."""
+    def _refuse(self, tenant: str, n: int) -> QuotaExceededError:
+        self.refused += 1
+        m.QUOTA_REFUSED.labels("inflight").inc()
+        return QuotaExceededError(f"tenant {tenant!r}: {n} requests in progress on this replica, its most "
+                                  f"(max_inflight_per_tenant); wait for answers before sending more",
+                                  retry_after_s=1.0)
+
+    async def enter(self, tenant: str) -> None:
+        """Count a request of ``tenant`` in: at once while it has fewer than its maximum in progress,
+        else after waiting up to ``hold_s`` for a turn (first come, first served); raises
+        :class:`QuotaExceededError` when no turn comes or too many wait already."""
         cap = self.settings.of(tenant).max_inflight
         n = self.now.get(tenant, 0)
-        if cap is not None and n >= cap:
-            self.refused += 1
-            m.QUOTA_REFUSED.labels("inflight").inc()
-            raise QuotaExceededError(f"tenant {tenant!r}: {n} requests in progress on this replica, its most "
-                                     f"(max_inflight_per_tenant); wait for answers before sending more",
-                                     retry_after_s=1.0)
-        self.now[tenant] = n + 1
-
-    def stats(self) -> dict[str, int]:
-        return {"tenants": len(self.now), "requests": sum(self.now.values()), "refused": self.refused}
+        if cap is None or n < cap:
+            self.now[tenant] = n + 1
+            return
+        queue = self.waiting.setdefault(tenant, deque())
+        if len(queue) >= cap or self.settings.hold_s <= 0:
+            if not queue:
+                del self.waiting[tenant]
+            raise self._refuse(tenant, n)
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(turn)
+        try:
+            await asyncio.wait_for(asyncio.shield(turn), timeout=self.settings.hold_s)
+        except BaseException as exc:  # no turn in time, or the request went away while waiting
+            if turn.done() and not turn.cancelled():  # handed a turn just as the wait ended: pass it on
+                self.leave(tenant)
+            else:
+                turn.cancel()
+            if isinstance(exc, asyncio.TimeoutError):
+                raise self._refuse(tenant, self.now.get(tenant, 0)) from None
+            raise
+        finally:
+            if turn in queue:
+                queue.remove(turn)
+            if not queue:
+                self.waiting.pop(tenant, None)
 
     def leave(self, tenant: str) -> None:
+        """A request of ``tenant`` is done: its turn goes to the first one waiting, if any."""
+        queue = self.waiting.get(tenant)
+        while queue:
+            turn = queue.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the count stays: the turn moves to the waiting request
+                return
         n = self.now.get(tenant, 0) - 1
         if n > 0:
             self.now[tenant] = n
         else:
             self.now.pop(tenant, None)
 
+    def stats(self) -> dict[str, int]:
+        return {"tenants": len(self.now), "requests": sum(self.now.values()),
+                "waiting": sum(len(q) for q in self.waiting.values()), "refused": self.refused}
+
 
 class Admission:
-    """Pure ASGI, inside the authentication middleware: each request of a credential counts against
+    """Pure ASGI, inside the authentication middleware: each request of a credential takes a turn of
     its tenant's :class:`InFlight` (found through ``limits``, which a replica sets when it starts;
-    None: no cap); over the cap, 429 with ``Retry-After`` before the body is read."""
+    None: no cap) before its body is read; without one, 429 with ``Retry-After``. A 429 the app
+    answers while the request holds its turn (a quota) is sent ``hold_s`` late at most (never
+    later than its Retry-After), still holding the turn: a client that retries at once instead of
+    after Retry-After is slowed to its in-flight cap per ``hold_s``, at no CPU cost."""
 
     def __init__(self, app: Any, limits: Callable[[], InFlight | None], identity: Callable[[], Any]) -> None:
         self.app = app
@@ -172,12 +215,24 @@ class Admission:
             return await self.app(scope, receive, send)
         tenant = who.tenant
         try:
-            limits.enter(tenant)
+            await limits.enter(tenant)
         except QuotaExceededError as exc:
             from eyenet.serving.http import error_response
 
             return await error_response(exc)(scope, receive, send)
+        hold_s = limits.settings.hold_s
+
+        async def held(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 429 and hold_s > 0:
+                retry = next((v for k, v in message.get("headers", []) if k.lower() == b"retry-after"), b"1")
+                try:
+                    wait = min(hold_s, float(retry))
+                except ValueError:
+                    wait = hold_s
+                await asyncio.sleep(wait)
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, held)
         finally:
             limits.leave(tenant)

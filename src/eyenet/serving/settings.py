@@ -39,8 +39,12 @@ class QuotaSettings(BaseModel):
     burst_s: float = Field(2.0, gt=0, description="a bucket holds this many seconds of its rate")
     max_series_per_tenant: int | None = Field(10_000, ge=0, description="live stream series per tenant (app-wide)")
     max_inflight_per_tenant: int | None = Field(
-        32, ge=1, description="requests of one tenant in progress at once per router replica; more are answered "
-        "429 at once, so one tenant's burst cannot queue in front of the others'")
+        16, ge=1, description="requests of one tenant in progress at once per router replica (as many more may "
+        "wait, hold_s; keep both under the router's max_ongoing_requests); the rest are answered 429, so one "
+        "tenant's burst cannot queue in front of the others'")
+    hold_s: float = Field(1.0, ge=0, description="a request over max_inflight waits this long at most for a turn "
+                          "(as many may wait as may run); a 429 of a quota is sent this late at most (never past "
+                          "its Retry-After), so a client ignoring Retry-After is slowed at no CPU cost; 0: neither")
     max_tenants: int = Field(10_000, ge=1, description="tenants whose rate buckets a replica keeps (LRU, counted)")
     retry_after_s: float = Field(5.0, ge=0, description="Retry-After of a refused new series")
     tenants: dict[str, TenantQuota] = Field(default_factory=dict, description="per-tenant overrides")
