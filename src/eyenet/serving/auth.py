@@ -258,13 +258,11 @@ class KeyStore:
         check_role(role)
         key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         rec = KeyRecord(key_id, name, tenant, role, time.time())
-        if self._run(f"SELECT 1 FROM {self.table} WHERE name = ?", (name,), fetch=True):
-            raise InvalidParameterError(f"name: a key named {name!r} exists already")
         try:
             with self._lock:
                 self._run(f"INSERT INTO {self.table} (id, name, tenant, role, hash, created) VALUES (?, ?, ?, ?, ?, ?)",
                           (key_id, name, tenant, role, _hash(secret), rec.created))
-        except Exception as exc:  # two creators racing for one name: the database's unique constraint
+        except Exception as exc:  # a name taken already: the database's unique constraint says so
             if "unique" in str(exc).lower():
                 raise InvalidParameterError(f"name: a key named {name!r} exists already") from None
             raise
