@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 
 from eyenet.core.errors import (
     AuthenticationError,
     EyenetError,
     InvalidInputError,
+    PayloadTooLargeError,
     PermissionDeniedError,
     UnavailableError,
     UnknownNameError,
@@ -48,7 +49,9 @@ from eyenet.serving import auth, views
 from eyenet.serving.auth import AUTH_OFF, Authenticator, AuthMiddleware, AuthSettings, Identity, KeyStore
 from eyenet.serving.quota import Admission, InFlight
 from eyenet.serving.settings import AppConfig
+from eyenet.serving.ingest import RemoteWriteIngest
 from eyenet.serving.snapshots import default_uri as default_state_uri
+from eyenet.serving.writeback import ScoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +173,12 @@ class _StoreActor:
     async def commit(self, key: str, version: int, state: Any) -> tuple[bool, int, Any]:
         return await self._do(self.actor.commit.remote(key, version, state))
 
+    async def get_many(self, keys: list[str]) -> list[tuple[int, Any]]:
+        return await self._do(self.actor.get_many.remote(keys))
+
+    async def commit_many(self, items: list[tuple[str, int, Any]]) -> list[tuple[bool, int, Any]]:
+        return await self._do(self.actor.commit_many.remote(items))
+
     async def delete(self, key: str) -> int:
         return await self._do(self.actor.delete.remote(key))
 
@@ -232,6 +241,8 @@ class Router:
                             self.config.timeouts.store_s, self.config.timeouts.retry_after_s)
         self.pipeline = Pipeline(self._resolve, self.models, store, members=members,
                                  outbox=self.outbox if self.config.monitor.enabled else None, config=self.config)
+        self.writer = ScoreWriter(self.config.writeback) if self.config.writeback.url else None
+        self.ingest = RemoteWriteIngest(self.config.remote_write, self.pipeline, self.writer)
         self._controller_handle: Any = None
         self.follower = Follower(self._controller, self.replica_id, self.models.get)
         self._controller()  # created with the app (and its settings) by the first replica
@@ -266,6 +277,8 @@ class Router:
     def _background(self) -> None:
         """Keep the controller follower and the monitor push running (started lazily: on a loop)."""
         self.follower.start()
+        if self.writer is not None:
+            self.writer.start()
         if self.config.monitor.enabled and (self._pusher is None or self._pusher.done()):
             self._pusher = asyncio.get_running_loop().create_task(self._push_loop())
 
@@ -322,12 +335,37 @@ class Router:
         body, timing = await self.pipeline.stream(self._scoped(req, auth.current()))
         return JSONResponse(body, headers={"Server-Timing": timing})
 
+    @app.post("/v1/stream/batch", responses=http.responses(401, 403, 404, 413, 422, 429, 503))
+    async def http_stream_batch(self, req: schemas.StreamBatchRequest) -> JSONResponse:
+        """New points of many series of one group at once (e.g. one point for each of 1,000 series),
+        scored in one vectorised pass per member. Each result is that series' ``/v1/stream`` answer,
+        or its ``error`` and ``status`` (429: the tenant is at its series quota) while the others go on."""
+        return JSONResponse(await self.pipeline.stream_many(self._scoped(req, auth.current())))
+
+    @app.post("/api/v1/write", status_code=204, response_class=Response,
+              responses={**http.responses(400, 401, 403, 404, 413, 429, 503), 204: {"description": "taken"}})
+    async def remote_write(self, body: schemas.RemoteWriteBody) -> Response:
+        """Prometheus remote_write 1.0 in (snappy-compressed protobuf ``WriteRequest``): the series that
+        ``remote_write.rules`` select are scored as stream points of the credential's tenant. 204 once
+        taken; 400 for a malformed body (never worth a retry); 429 and 503 where a retry helps."""
+        who = auth.current()
+        try:
+            await self.ingest.write(who.tenant, body)
+        except PayloadTooLargeError:
+            raise
+        except InvalidInputError as exc:  # malformed: 400, which Prometheus does not retry
+            return http.error_response(exc, status=400, kind="bad_input")
+        return Response(status_code=204)
+
     # The Serve handle API (Ray jobs): the same checks as HTTP, with the caller's identity passed in.
     async def detect(self, req: schemas.DetectRequest, identity: Identity | None = None) -> dict[str, Any]:
         return await self.pipeline.detect(self._scoped(req, self._caller(identity, "writer")))
 
     async def stream(self, req: schemas.StreamRequest, identity: Identity | None = None) -> dict[str, Any]:
         return (await self.pipeline.stream(self._scoped(req, self._caller(identity, "writer"))))[0]
+
+    async def stream_many(self, req: schemas.StreamBatchRequest, identity: Identity | None = None) -> dict[str, Any]:
+        return await self.pipeline.stream_many(self._scoped(req, self._caller(identity, "writer")))
 
     def _caller(self, identity: Identity | None, role: str) -> Identity:
         """A handle caller's identity, checked like a credential's role (auth off: anyone is admin)."""
@@ -348,7 +386,7 @@ class Router:
     @app.post("/v1/forecast", responses=http.responses(401, 403, 404, 413, 422, 429, 503))
     async def forecast(self, req: schemas.ForecastRequest) -> dict[str, Any]:
         req = self._scoped(req, auth.current())
-        data = schemas.check_series(req.series)
+        data = schemas.check_series(req.series, missing=False)
         if req.detector not in self.scorers:
             raise UnknownNameError(f"detector {req.detector!r} is not deployed (deployed: {sorted(self.scorers)})")
         name = reg.model_name(req.detector, group=req.group, tenant=req.tenant)
@@ -452,6 +490,7 @@ class Router:
                 "families": sorted(self.scorers),
                 "streams": streams, "replica": self.replica_id, "serving": self.follower.serving(),
                 "controller": ctl, "store": store, "monitor": monitor,
+                "writeback": None if self.writer is None else self.writer.stats(),
                 "bounds": {**self.pipeline.stats(), "inflight": _ReplicaAuth.inflight.stats()}}
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=http.responses(401, 403))

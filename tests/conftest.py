@@ -217,3 +217,19 @@ def pg_env(postgres, monkeypatch):
     for k, v in postgres.env().items():
         monkeypatch.setenv(k, v)
     return postgres
+
+
+# -- a real Prometheus server ------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def prometheus():
+    """A Prometheus server for the session that accepts remote_write (Debian's binary, see
+    tests/servers.py): ``.url``, ``.query(promql)``. Skips when the binary is not installed."""
+    import shutil
+
+    from servers import PROMETHEUS_MISSING, PrometheusServer
+
+    if shutil.which("prometheus") is None:
+        pytest.skip(PROMETHEUS_MISSING)
+    server = PrometheusServer(remote_write=True).start()
+    yield server
+    server.cleanup()

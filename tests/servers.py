@@ -1,9 +1,14 @@
-"""Throwaway servers for tests and benchmarks: a real PostgreSQL from the distribution's binaries;
-a free loopback port, and waiting until a served system reaches a state (:func:`wait_until`).
+"""Throwaway servers for tests and benchmarks: a real PostgreSQL and a real Prometheus from the
+distribution's binaries; a free loopback port, and waiting until a served system reaches a state
+(:func:`wait_until`).
 
 Used by the ``postgres`` fixture (tests/conftest.py) and by ``bench/store_write.py``. Debian's
 ``postgresql`` package puts the server binaries in ``/usr/lib/postgresql/<version>/bin`` (not on
 PATH); ``.ci/install-packages`` installs it without starting its own cluster.
+
+Debian's ``prometheus`` package puts ``prometheus`` on PATH (``.ci/install-packages`` installs it;
+its own service is not used): :class:`PrometheusServer` runs one with a configuration and a TSDB in
+a temporary folder.
 
 PostgreSQL refuses to run as root: when this process is root the server's commands run as the
 ``postgres`` system user (``runuser -u postgres --``; ``nobody`` if there is no such user) in a
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 MISSING = "PostgreSQL server binaries not found: install Debian's postgresql"
+PROMETHEUS_MISSING = "Debian's prometheus package is not installed (no prometheus on PATH; see .ci/install-packages)"
 
 
 def wait_until(what: str, check: Any, timeout: float = 120.0, every: float = 0.5) -> Any:
@@ -189,3 +195,108 @@ def _system_user() -> str:
         except KeyError:
             continue
     raise RuntimeError("running as root and neither a 'postgres' nor a 'nobody' user exists to run PostgreSQL as")
+
+
+class PrometheusServer:
+    """A Prometheus server on 127.0.0.1:``port`` with ``config`` (a dict, written as YAML) and its
+    TSDB in a temporary folder. ``remote_write=True`` accepts remote_write at ``/api/v1/write``;
+    ``flags`` are more command-line flags (``--query.lookback-delta=1m``)."""
+
+    def __init__(self, config: dict[str, Any] | None = None, *, remote_write: bool = False,
+                 flags: tuple[str, ...] = ()) -> None:
+        import yaml
+
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise FileNotFoundError(PROMETHEUS_MISSING)
+        self.root = Path(tempfile.mkdtemp(prefix="eyenet-prometheus-"))
+        (self.root / "prometheus.yml").write_text(yaml.safe_dump(config or {"global": {"scrape_interval": "15s"}}))
+        self.port = free_port()
+        self.log = self.root / "server.log"
+        self.command = [binary, f"--config.file={self.root / 'prometheus.yml'}",
+                        f"--storage.tsdb.path={self.root / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                        *(["--web.enable-remote-write-receiver"] if remote_write else []), *flags]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> PrometheusServer:
+        """Start the server and wait until ``/-/ready`` answers 200."""
+        import requests
+
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(self.command, cwd=self.root, stdout=log, stderr=log)
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited ({self.proc.returncode}): {self.log.read_text()[-3000:]}")
+            try:
+                return requests.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        try:
+            wait_until("prometheus to be ready", ready, timeout=timeout, every=0.2)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Terminate the server and wait for it to exit."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def cleanup(self) -> None:
+        """Stop the server and delete its folder."""
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PrometheusServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cleanup()
+
+    def reconfigure(self, config: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """Load ``config`` into the running server (SIGHUP) and wait until it serves it; returns the
+        config it had, to restore later (one server serves the session's tests)."""
+        import requests
+        import signal
+
+        import yaml
+
+        path = self.root / "prometheus.yml"
+        before = yaml.safe_load(path.read_text())
+        path.write_text(yaml.safe_dump(config))
+        self.proc.send_signal(signal.SIGHUP)
+        want = yaml.safe_load(yaml.safe_dump(config))
+
+        def loaded() -> bool:
+            got = requests.get(f"{self.url}/api/v1/status/config", timeout=5).json()["data"]["yaml"]
+            jobs = {j["job_name"] for j in yaml.safe_load(got).get("scrape_configs") or []}
+            return jobs == {j["job_name"] for j in want.get("scrape_configs") or []} and \
+                len(yaml.safe_load(got).get("remote_write") or []) == len(want.get("remote_write") or [])
+
+        wait_until("prometheus to load its new config", loaded, timeout=timeout, every=0.2)
+        return before
+
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """The ``data.result`` of an instant query (at ``at`` Unix seconds, default now)."""
+        import requests
+
+        params = {"query": promql, **({"time": str(at)} if at is not None else {})}
+        answer = requests.get(f"{self.url}/api/v1/query", params=params, timeout=30)
+        answer.raise_for_status()
+        return answer.json()["data"]["result"]

@@ -261,7 +261,7 @@ def test_a_database_locked_for_too_long_raises_and_keeps_the_file(tmp_path):
 
 
 # -- ids are fully matched ------------------------------------------------------------------------------
-@pytest.mark.parametrize("bad", ["web-1\n", "x" * 201, "", "-lead", "a b", "web\n1"])
+@pytest.mark.parametrize("bad", ["web-1\n", "x" * 401, "", "-lead", "{a=\"b\"}", "web\n1", "tab\tin"])
 def test_series_ids_are_fully_matched_and_length_limited(bad):
     with pytest.raises(ValueError):
         schemas.SeriesIn(id=bad, values=[1.0])
@@ -271,8 +271,13 @@ def test_series_ids_are_fully_matched_and_length_limited(bad):
         schemas.FeedbackRequest(id=bad, label="false_alarm", indices=[1])
 
 
-def test_a_200_character_id_is_fine():
-    assert schemas.StreamRequest(id="x" * 200, values=[1.0]).id == "x" * 200
+def test_a_400_character_id_is_fine():
+    assert schemas.StreamRequest(id="x" * 400, values=[1.0]).id == "x" * 400
+
+
+def test_a_prometheus_series_is_an_id():
+    sid = 'node_load1{instance="web-1:9100",job="node"}'
+    assert schemas.StreamRequest(id=sid, values=[1.0]).id == sid
 
 
 @pytest.mark.parametrize("bad", ["acme\n", "a" * 64, "", "Acme", "_x", "a.b"])

@@ -127,7 +127,7 @@ def test_detectors_selects_the_members_reported_not_the_score(model, values, tmp
 def test_bad_input_is_a_4xx_naming_the_field(model, tmp_path):
     p = make(model, StreamStore(str(tmp_path)))
     with pytest.raises(InvalidInputError, match=r"series\[0\].values\[1\]: not a finite number") as nan:
-        run(p.detect(detect_req(np.array([1.0, np.nan]))))
+        run(p.detect(detect_req(np.array([1.0, np.inf]))))  # NaN is a missing value: imputed
     with pytest.raises(UnknownNameError, match="default.nobody.ensemble") as unknown:
         run(p.detect(detect_req(np.array([1.0, 2.0]), group="nobody")))
     with pytest.raises(InvalidInputError, match="unsorted") as unsorted:

@@ -17,11 +17,14 @@ from eyenet.cli.arguments import positive_int
 from eyenet.cli.output import info
 from eyenet.core import presets
 from eyenet.core.detectors import TORCH_FAMILIES
-from eyenet.core.errors import InvalidParameterError
+from eyenet.core.errors import InvalidParameterError, NotEnoughDataError
 from eyenet.core.redact import redact
 
 #: `eyenet train` without --input: the anomaly-free head of this synthetic metric
 DEFAULT_TRAIN_METRIC = "cpu_pct"
+#: `eyenet train --prometheus`: the default range, one week at one minute (10,081 points, under
+#: Prometheus' 11,000 per series)
+PROMETHEUS_RANGE = {"start": "now-7d", "end": "now", "step": "1m"}
 
 
 def add_parsers(sub: Any) -> None:
@@ -33,7 +36,9 @@ def add_parsers(sub: Any) -> None:
             "registry (embedded SQLite store under .eyenet/, or EYENET_MLFLOW_URI). Torch families train "
             "on Ray Train (--workers data-parallel workers, --gpu to use GPUs); the others, and every family "
             "when the input holds several series, train as parallel Ray tasks, one model per series. "
-            "Without --input or --corpus, trains on the anomaly-free start of the synthetic telemetry. "
+            "With --prometheus, trains on the series --query returns over --start..--end at --step "
+            "(query_range; a bearer token from EYENET_PROMETHEUS_TOKEN when set). "
+            "Without --input, --corpus or --prometheus, trains on the anomaly-free start of the synthetic telemetry. "
             "An interrupted Ray Train run resumes from its last checkpoint when the same command runs again."
         ),
     )
@@ -44,6 +49,12 @@ def add_parsers(sub: Any) -> None:
     data.add_argument("--input", metavar="FILE",
                       help=".csv or .parquet file or URI (s3://...) with timestamp,value (and optionally series) columns")
     data.add_argument("--corpus", type=Path, metavar="DIR", help="NAB-format corpus: one model per file, on its probation rows")
+    data.add_argument("--prometheus", metavar="URL", help="Prometheus server to read --query from: one model per series")
+    train.add_argument("--query", metavar="PROMQL", help="--prometheus: the PromQL expression")
+    train.add_argument("--start", metavar="TIME", help="--prometheus: RFC 3339, Unix seconds or now-<duration> "
+                       f"(default: {PROMETHEUS_RANGE['start']})")
+    train.add_argument("--end", metavar="TIME", help=f"--prometheus: as --start (default: {PROMETHEUS_RANGE['end']})")
+    train.add_argument("--step", metavar="DURATION", help=f"--prometheus: 15s, 1m, ... (default: {PROMETHEUS_RANGE['step']})")
     train.add_argument("--group", default=None, metavar="NAME", help="series group in the model name (default: the series name)")
     train.add_argument("--tenant", default="default", metavar="NAME")
     train.add_argument("--workers", type=positive_int, default=1, metavar="N", help="Ray Train workers per torch model")
@@ -118,6 +129,43 @@ def _read_input(path: Path) -> list[Any]:
     return data.read_many(path)
 
 
+def _read_prometheus(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any]]:
+    """The series of ``--query`` from ``--prometheus`` (read before Ray starts) and their source
+    record, with the range resolved to Unix seconds."""
+    from eyenet.core import prometheus
+    from eyenet.lifecycle import holdout
+
+    if not args.query:
+        raise InvalidParameterError("--prometheus needs --query PROMQL")
+    given = {k: getattr(args, k) or v for k, v in PROMETHEUS_RANGE.items()}
+    now = time.time()
+    start = prometheus.parse_time(given["start"], now=now, what="--start")
+    end = prometheus.parse_time(given["end"], now=now, what="--end")
+    step = prometheus.parse_duration(given["step"], what="--step")
+    result = prometheus.query_range(args.prometheus, args.query, start=start, end=end, step=step,
+                                    headers=prometheus.token_headers())
+    if not result:
+        raise NotEnoughDataError(f"{args.query!r} returned no series from {given['start']} to {given['end']} "
+                                 f"at Prometheus {redact(args.prometheus)}")
+    series = prometheus.to_series(result)
+    _check_distinct_groups(series)
+    return series, holdout.prometheus_source(args.prometheus, args.query, start, end, step)
+
+
+def _check_distinct_groups(series: list[Any]) -> None:
+    """Every series must get a model group of its own (the group is the series name, slugged)."""
+    from eyenet.lifecycle import registry
+
+    seen: dict[str, str] = {}
+    for s in series:
+        group = registry.slug(s.name)
+        if group in seen:
+            raise InvalidParameterError(
+                f"series {seen[group]} and {s.name} would both be model group {group!r} (a group is 63 "
+                "characters of a-z, 0-9, '_' or '-'); narrow --query or aggregate it with sum by (...)")
+        seen[group] = s.name
+
+
 def _registry() -> Any:
     from eyenet.lifecycle import registry
 
@@ -145,7 +193,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if params and len(families) != 1:
         raise InvalidParameterError("--params applies to a single --detector")
     configs = {f: presets.model_config(f, params if params else None) for f in families}
-    if args.corpus is not None:
+    if args.prometheus is None and any(getattr(args, k) for k in ("query", *PROMETHEUS_RANGE)):
+        raise InvalidParameterError("--query, --start, --end and --step read from --prometheus URL")
+    if args.prometheus is not None:
+        series, source = _read_prometheus(args)
+    elif args.corpus is not None:
         from eyenet.train import data as train_data
 
         series = train_data.read_corpus(args.corpus)

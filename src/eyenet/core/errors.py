@@ -19,6 +19,11 @@ class NotEnoughDataError(InvalidInputError):
     """A series is empty or shorter than what the operation needs."""
 
 
+class PayloadTooLargeError(InvalidInputError):
+    """A request body, or an answer read from another system, is over a size bound (bytes, series or
+    samples); the message names the bound."""
+
+
 class InvalidParameterError(EyenetError, ValueError):
     """A detector or command parameter has a value outside its declared constraints."""
 

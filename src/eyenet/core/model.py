@@ -7,6 +7,7 @@ the same numbers.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ class Scores:
         return len(self.score)
 
 
+_GAP_FIELDS = ("last_ts", "step", "last_value")  # StreamState's fields for eyenet.core.gaps
+
+
 @dataclass
 class StreamState:
     """What a stream must remember between calls: recent values, its own raw scores and ranks.
@@ -46,6 +50,9 @@ class StreamState:
     fill the rest of each rank history, so a new stream costs nothing to store.
     ``model`` names the model version whose raw scores these are: raw scores of
     another version are not comparable, and :meth:`AnomalyModel.adopt` drops them.
+    ``last_ts``, ``step`` and ``last_value`` are what :func:`eyenet.core.gaps.fill`
+    needs to drop repeated points and impute missing ones (NaN: not known yet);
+    scoring carries them over unchanged, the caller sets them from ``fill``'s result.
     """
 
     values: np.ndarray = field(default_factory=lambda: np.empty(0))
@@ -54,6 +61,22 @@ class StreamState:
     alarm: AlarmState = field(default_factory=AlarmState)
     seen: int = 0
     model: str = ""
+    last_ts: float = math.nan  # unix seconds of the last point applied (NaN: it had no timestamp)
+    step: float = math.nan  # the series' sampling interval in seconds, learned from its timestamps
+    last_value: float = math.nan  # the last value applied, real or imputed (carried into a missing one)
+
+    def _scalars(self) -> dict[str, Any]:
+        """The scalar fields, JSON-ready (NaN as null)."""
+        out: dict[str, Any] = {"seen": self.seen, "model": self.model}
+        for k in _GAP_FIELDS:
+            v = float(getattr(self, k))
+            out[k] = v if math.isfinite(v) else None
+        return out
+
+    @staticmethod
+    def _gap_fields(d: dict[str, Any]) -> dict[str, float]:
+        """The gap fields of a dict from :meth:`_scalars` (absent or null: NaN, as in states written before them)."""
+        return {k: math.nan if d.get(k) is None else float(d[k]) for k in _GAP_FIELDS}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,8 +84,7 @@ class StreamState:
             "scores": [h.tolist() for h in self.scores],
             "ranks": self.ranks.tolist(),
             "alarm": self.alarm.to_dict(),
-            "seen": self.seen,
-            "model": self.model,
+            **self._scalars(),
         }
 
     @classmethod
@@ -74,13 +96,14 @@ class StreamState:
             alarm=AlarmState.from_dict(d["alarm"]),
             seen=int(d["seen"]),
             model=str(d.get("model", "")),
+            **cls._gap_fields(d),
         )
 
     def to_bytes(self) -> bytes:
         """Compact binary form (a JSON header, then the float64 arrays back to back; no pickle)."""
         arrays = [self.values, *self.scores, self.ranks]
         head = json.dumps({"lengths": [len(a) for a in arrays], "alarm": self.alarm.to_dict(),
-                           "seen": self.seen, "model": self.model}).encode()
+                           **self._scalars()}).encode()
         body = np.concatenate([np.asarray(a, dtype="<f8") for a in arrays]) if arrays else np.empty(0)
         return len(head).to_bytes(4, "little") + head + body.astype("<f8").tobytes()
 
@@ -94,7 +117,7 @@ class StreamState:
             raise ValueError(f"stream state: {len(flat)} values for lengths {lengths}")
         parts = np.split(flat.copy(), np.cumsum(lengths)[:-1])
         return cls(values=parts[0], scores=parts[1:-1], ranks=parts[-1], alarm=AlarmState.from_dict(head["alarm"]),
-                   seen=int(head["seen"]), model=str(head.get("model", "")))
+                   seen=int(head["seen"]), model=str(head.get("model", "")), **cls._gap_fields(head))
 
 
 class AnomalyModel:
@@ -218,7 +241,8 @@ class AnomalyModel:
         if state.model == model or not state.model:
             return state if state.model == model else replace(state, model=model)
         return StreamState(values=state.values, scores=[np.empty(0) for _ in self.reference_],
-                           alarm=state.alarm, seen=state.seen, model=model)
+                           alarm=state.alarm, seen=state.seen, model=model, last_ts=state.last_ts,
+                           step=state.step, last_value=state.last_value)
 
     def _rank_history(self, j: int, own: np.ndarray) -> np.ndarray:
         """Member ``j``'s rank history: the newest reference scores, then the stream's own."""
@@ -313,6 +337,9 @@ class AnomalyModel:
             alarm=alarm_state,
             seen=st.seen + len(x),
             model=st.model,
+            last_ts=st.last_ts,
+            step=st.step,
+            last_value=st.last_value,
         )
         return Scores(raw=raw, calibrated=cal, score=score, alarm=alarm), new_state
 

@@ -12,7 +12,9 @@ here). The held-out part is data the model did not learn from, with labels:
 * any other file: the rows after the training rows, when the file has grown
   since, with anomalies planted in them; otherwise the second half of the file
   with anomalies planted (the model saw those rows clean: the same proxy the
-  tuner uses for unlabelled input).
+  tuner uses for unlabelled input);
+* a Prometheus query: the same query read again from the training range's start
+  to now (at most Prometheus' 11,000 steps), treated like a file that grew.
 
 Regenerated or re-read training rows are checked against the recorded mean and
 spread, so a changed file or generator is an error rather than a silently
@@ -34,6 +36,7 @@ from eyenet.core.evaluation import ValidationSeries
 SYNTHETIC = "synthetic"
 CORPUS = "nab"
 INPUT = "input"
+PROMETHEUS = "prometheus"
 #: anomalies planted in an unlabelled tail (each needs 40 rows of it)
 PLANTED = 4
 
@@ -58,6 +61,13 @@ def input_source(path: str | Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def prometheus_source(url: str, query: str, start: float, end: float, step: float) -> dict[str, Any]:
+    """Training data read from a Prometheus ``query_range`` (``url`` is recorded redacted)."""
+    from eyenet.core.redact import redact
+
+    return {"kind": PROMETHEUS, "url": redact(url), "query": query, "start": start, "end": end, "step": step}
 
 
 def validation_for(registry: Any, name: str, version: int) -> list[ValidationSeries]:
@@ -86,7 +96,9 @@ def from_record(record: dict[str, Any]) -> list[ValidationSeries]:
         return [_corpus(record, source)]
     if kind == INPUT:
         return [_input(record, source)]
-    raise LifecycleError(f"unknown training-data source {kind!r} (known: {SYNTHETIC}, {CORPUS}, {INPUT})")
+    if kind == PROMETHEUS:
+        return [_prometheus(record, source)]
+    raise LifecycleError(f"unknown training-data source {kind!r} (known: {SYNTHETIC}, {CORPUS}, {INPUT}, {PROMETHEUS})")
 
 
 def _check_same(record: dict[str, Any], head: np.ndarray, where: str) -> None:
@@ -143,10 +155,31 @@ def _input(record: dict[str, Any], source: dict[str, Any]) -> ValidationSeries:
     chosen = [s for s in series if s.name == name] or (series if len(series) == 1 else [])
     if not chosen:
         raise LifecycleError(f"{path} has no series {name!r} any more")
-    s = chosen[0]
+    return _grown(chosen[0], record, path)
+
+
+def _grown(s: Any, record: dict[str, Any], where: str) -> ValidationSeries:
+    """A series the model was trained on the first rows of: the rows after them, with anomalies planted,
+    when there are enough; else its second half, planted."""
     x = np.asarray(s.values, dtype=float)
     trained = int(record.get("rows") or len(x))
-    _check_same(record, x[: min(trained, len(x))], path)
+    _check_same(record, x[: min(trained, len(x))], where)
     if len(x) - trained >= 40 * PLANTED:  # rows arrived after training: a real hold-out
         return tuning.with_injected(s.name, x, train_rows=trained, count=PLANTED)
     return tuning.with_injected(s.name, x, train_fraction=0.5, count=PLANTED)
+
+
+def _prometheus(record: dict[str, Any], source: dict[str, Any]) -> ValidationSeries:
+    import time
+
+    from eyenet.core import prometheus
+
+    start, step = float(source["start"]), float(source["step"])
+    end = max(float(source["end"]), min(time.time(), start + (prometheus.MAX_POINTS - 1) * step))
+    result = prometheus.query_range(source["url"], source["query"], start=start, end=end, step=step,
+                                    headers=prometheus.token_headers())
+    name = record.get("series")
+    chosen = [s for s in prometheus.to_series(result) if s.name == name]
+    if not chosen:
+        raise LifecycleError(f"{source['query']!r} at Prometheus {source['url']} returns no series {name!r} any more")
+    return _grown(chosen[0], record, f"{source['query']!r} at Prometheus {source['url']}")

@@ -459,6 +459,8 @@ def policy(settings: AuthSettings) -> list[Rule]:
         _rule("GET", "/docs", None), _rule("GET", "/docs/oauth2-redirect", None), _rule("GET", "/openapi.json", None),
         _rule("POST", "/v1/detect", "writer"),
         _rule("POST", "/v1/stream", "writer"),
+        _rule("POST", "/v1/stream/batch", "writer"),
+        _rule("POST", "/api/v1/write", "writer"),
         _rule("POST", "/v1/forecast", "writer"),
         _rule("POST", "/v1/feedback", "writer"),
         _rule("POST", "/v1/models/{name}/promote", "operator"),

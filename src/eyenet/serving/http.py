@@ -37,6 +37,7 @@ from eyenet.core.errors import (
     LifecycleError,
     NotFittedError,
     NotServableError,
+    PayloadTooLargeError,
     PermissionDeniedError,
     QuotaExceededError,
     UnavailableError,
@@ -51,6 +52,7 @@ from eyenet.serving.schemas import LIMITS, validation_message
 STATUS: dict[type[BaseException], tuple[int, str]] = {
     AuthenticationError: (401, "unauthenticated"),
     PermissionDeniedError: (403, "forbidden"),
+    PayloadTooLargeError: (413, "bad_input"),  # e.g. a remote_write body that decompresses past its bound
     InvalidInputError: (422, "bad_input"),  # also NotEnoughDataError
     InvalidParameterError: (422, "bad_input"),
     ValidationError: (422, "bad_input"),  # a pydantic model built from request data inside a route
@@ -149,12 +151,15 @@ _WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "the scheme to authenti
 
 #: what each error status means, as documented on the routes
 DESCRIPTIONS: dict[int, str] = {
+    400: "A malformed remote_write body (not snappy-compressed, not a WriteRequest, invalid labels); a retry "
+         "would fail the same way.",
     401: "No credential, or an unknown, revoked, expired or malformed one (send `Authorization: Bearer <key>`).",
     403: "The credential's role or tenant does not allow this request.",
     404: "An unknown model, series, detector family or version.",
     409: "Not possible in the model's current state (no challenger, no earlier champion, a version the gate "
          "rejected).",
-    413: f"The body is over {LIMITS.max_body_bytes} bytes.",
+    413: f"The body is over {LIMITS.max_body_bytes} bytes (or a remote_write body decompresses past its limit, "
+         f"or carries too many series or samples).",
     422: "The request is malformed or outside its limits; the message names the field.",
     429: "The caller's quota is used up; retry after `Retry-After` seconds.",
     503: "A dependency (model controller, monitor, stream store, registry) is away or too slow, or the model "

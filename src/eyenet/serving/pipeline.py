@@ -25,16 +25,21 @@ no remote members, a :class:`~eyenet.serving.streams.StreamStore`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Protocol
 
 import numpy as np
 
+from eyenet.core import gaps
 from eyenet.core.errors import EyenetError, InvalidInputError, NotServableError, QuotaExceededError
+from eyenet.core.model import Scores
 from eyenet.lifecycle import registry as reg
 from eyenet.monitoring import metrics as m
 from eyenet.monitoring.monitor import Outbox
@@ -70,7 +75,9 @@ class StreamStoreLike(Protocol):
     """The stream states' authority (see :class:`eyenet.serving.streams.StreamStore`)."""
 
     async def get(self, key: str) -> tuple[int, Any]: ...
+    async def get_many(self, keys: list[str]) -> list[tuple[int, Any]]: ...
     async def commit(self, key: str, version: int, state: Any) -> tuple[bool, int, Any]: ...
+    async def commit_many(self, items: list[tuple[str, int, Any]]) -> list[tuple[bool, int, Any]]: ...
     async def delete(self, key: str) -> int: ...
     async def count(self) -> int: ...
 
@@ -218,6 +225,7 @@ class Pipeline:
         self._streams_bytes = 0
         self._full: dict[str, tuple[float, Refusal]] = {}  # tenant -> (refuse new series until, why)
         self._pool = ThreadPoolExecutor(self.config.score_threads, thread_name_prefix="eyenet-score")
+        self.gap_policy = self.config.gaps.policy()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
@@ -231,10 +239,17 @@ class Pipeline:
         self.rates.check(tenant, total)
         name, version, model = await self.model(tenant, req.group)
         report = schemas.check_detectors(req.detectors, model.member_families, f"{name} v{version}")
-        results = await asyncio.gather(*(self.score(name, version, model, s.values, None, total, report=report,
-                                                    scored=s.id, timestamps=s.timestamps)
-                                         for s in data))
-        return {"results": [{"id": s.id, **body} for s, (body, _) in zip(data, results)]}
+        plans = [self._plan(model, s, None, i) for i, s in enumerate(data)]
+        scored = await self._score_units(name, version, model, [u for p in plans for u in p.units], total,
+                                         report=report)
+        out = []
+        for s, plan in zip(data, plans):
+            body, _, entries = self._assemble(name, version, plan, scored)
+            for args, kwargs in entries:
+                kwargs.update(scored=s.id)
+                self._to_outbox((args, kwargs), series=False)
+            out.append({"id": s.id, **body})
+        return {"results": out}
 
     async def stream(self, req: schemas.StreamRequest) -> tuple[dict[str, Any], str]:
         """Append points to a series; returns the body and a ``Server-Timing`` value (``score``: the
@@ -243,64 +258,181 @@ class Pipeline:
         series on meanwhile, the store answers with its newer state and the points are scored again."""
         (s,) = schemas.check_series([schemas.SeriesIn(id=req.id, values=req.values, timestamps=req.timestamps)],
                                     field="body")
-        self.rates.check(req.tenant or schemas.DEFAULT_TENANT, len(s.values))
-        key = f"{req.tenant or schemas.DEFAULT_TENANT}/{req.group}/{req.id}"
-        # one request of a series at a time in this process: points of a series are applied in order
-        entry = self._locks.setdefault(key, [asyncio.Lock(), 0])
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                return await self._stream(req, s.values, key, s.timestamps)
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                self._locks.pop(key, None)
-
-    async def _stream(self, req: schemas.StreamRequest, values: np.ndarray, key: str,
-                      timestamps: np.ndarray | None = None) -> tuple[dict[str, Any], str]:
         tenant = req.tenant or schemas.DEFAULT_TENANT
-        if req.reset:
+        self.rates.check(tenant, len(s.values))
+        key = f"{tenant}/{req.group}/{req.id}"
+        async with self._holding([key]):  # one request of a series at a time here: points apply in order
+            return await self._stream(tenant, req.group, s, key, req.reset)
+
+    async def stream_many(self, req: schemas.StreamBatchRequest) -> dict[str, Any]:
+        """New points of many series of one group (``POST /v1/stream/batch``): one vectorised pass per
+        member, one store call for the states and one for the commits. A series the store refuses
+        (its tenant at its series quota) or that keeps moving on elsewhere gets an ``error`` and a
+        ``status`` in its result; the others are scored."""
+        limits = schemas.LIMITS
+        data = schemas.check_series(req.series, max_series=limits.max_batch_series, max_total=limits.max_batch_points)
+        tenant = req.tenant or schemas.DEFAULT_TENANT
+        self.rates.check(tenant, sum(len(s.values) for s in data))
+        results = await self.stream_series(tenant, req.group, data)
+        return {"results": [r.body for r in results]}
+
+    async def stream_series(self, tenant: str, group: str, data: list[schemas.SeriesData]) -> list[SeriesResult]:
+        """:meth:`stream_many` of validated series (also the remote_write path): per series its body
+        and the timestamps (epoch seconds) of its points, imputed ones included."""
+        keys = [f"{tenant}/{group}/{s.id}" for s in data]
+        async with self._holding(keys):
+            return await self._stream_many(tenant, group, data, keys)
+
+    async def end_series(self, tenant: str, group: str, ids: Iterable[str]) -> None:
+        """Forget series (a Prometheus stale marker: the target is gone); their next point starts afresh."""
+        keys = [f"{tenant}/{group}/{i}" for i in ids]
+        async with self._holding(keys):
+            for key in keys:
+                await self.store.delete(key)
+                self._uncache(key)
+
+    async def _stream(self, tenant: str, group: str, s: schemas.SeriesData, key: str,
+                      reset: bool) -> tuple[dict[str, Any], str]:
+        if reset:
             version, state = await self.store.delete(key), None
+            self._uncache(key)
         else:
             version, state = self._streams.get(key, (0, None))
             if state is None:
                 await self._refuse_if_full(tenant, key)
         for _ in range(COMMIT_ATTEMPTS):
             t0 = time.perf_counter()
-            name, version_m, model = await self.model(tenant, req.group)
-            scored: list[tuple[Any, ...]] = []  # for the outbox once committed (refused points were not served)
-            body, new_state = await self.score(name, version_m, model, values, state, len(values), series=req.id,
-                                               timestamps=timestamps, later=scored)
+            name, version_m, model = await self.model(tenant, group)
+            plan = self._plan(model, s, state, 0)
+            scored = await self._score_units(name, version_m, model, plan.units, len(s.values))
+            body, new_state, entries = self._assemble(name, version_m, plan, scored)
             t1 = time.perf_counter()
+            if new_state is None:  # every point was dropped (at or before the last one applied)
+                return {"id": s.id, "seen": state.seen if state is not None else 0, **body}, \
+                    f"score;dur={1000 * (t1 - t0):.2f}"
             ok, now, stored = await self.store.commit(key, version, new_state)
             if isinstance(stored, Refusal):  # a new series over the tenant's quota, or the store full: 429
-                self._full[tenant] = (time.monotonic() + stored.retry_after_s, stored)
-                if len(self._full) > self.config.quota.max_tenants:
-                    self._full = {t: v for t, v in self._full.items() if v[0] > time.monotonic()}
+                self._note_full(tenant, stored)
                 raise QuotaExceededError(stored.reason, retry_after_s=stored.retry_after_s)
             if ok:
                 self._cache(key, now, new_state)
-                if self.outbox is not None:
-                    for args, kwargs in scored:
-                        self.outbox.add(*args, **kwargs)
+                for entry in entries:
+                    self._to_outbox(entry)
                 # where the time went, for clients and load tests (the HTTP Server-Timing header)
                 timing = f"score;dur={1000 * (t1 - t0):.2f}, state;dur={1000 * (time.perf_counter() - t1):.2f}"
-                return {"id": req.id, "seen": new_state.seen, **body}, timing
+                return {"id": s.id, "seen": new_state.seen, **body}, timing
             version, state = now, stored
-        raise InvalidInputError(f"series {req.id!r} is being updated concurrently; send its points in order")
+        raise InvalidInputError(f"series {s.id!r} is being updated concurrently; send its points in order")
+
+    async def _stream_many(self, tenant: str, group: str, data: list[schemas.SeriesData],
+                           keys: list[str]) -> list[SeriesResult]:
+        states: dict[int, tuple[int, Any]] = {}
+        unknown = []
+        for i, key in enumerate(keys):
+            hit = self._streams.get(key)
+            if hit is None:
+                unknown.append(i)
+            else:
+                states[i] = hit
+        if unknown:  # one store call for the series this process has not seen (or forgot)
+            for i, got in zip(unknown, await self.store.get_many([keys[i] for i in unknown])):
+                states[i] = got
+        results: list[SeriesResult | None] = [None] * len(data)
+        refusal = self._refusing(tenant)
+        todo = []
+        for i in range(len(data)):
+            if refusal is not None and states[i][1] is None:
+                results[i] = _failed(data[i].id, 429, refusal.reason)
+            else:
+                todo.append(i)
+        n_points = sum(len(data[i].values) for i in todo)
+        for _ in range(COMMIT_ATTEMPTS):
+            if not todo:
+                break
+            name, version_m, model = await self.model(tenant, group)
+            plans = [self._plan(model, data[i], states[i][1], i) for i in todo]
+            scored = await self._score_units(name, version_m, model, [u for p in plans for u in p.units], n_points,
+                                             batch=True)
+            done, commits = {}, []
+            for i, plan in zip(todo, plans):
+                body, new_state, entries = self._assemble(name, version_m, plan, scored)
+                state = states[i][1]
+                seen = new_state.seen if new_state is not None else (state.seen if state is not None else 0)
+                done[i] = (SeriesResult({"id": data[i].id, "seen": seen, **body}, plan.timestamps), new_state, entries)
+                if new_state is None:
+                    results[i] = done[i][0]
+                else:
+                    commits.append(i)
+            answers = await self.store.commit_many([(keys[i], states[i][0], done[i][1]) for i in commits]) \
+                if commits else []
+            todo = []
+            for i, (ok, now, stored) in zip(commits, answers):
+                if isinstance(stored, Refusal):
+                    self._note_full(tenant, stored)
+                    results[i] = _failed(data[i].id, 429, stored.reason)
+                elif ok:
+                    result, new_state, entries = done[i]
+                    self._cache(keys[i], now, new_state)
+                    for entry in entries:
+                        self._to_outbox(entry)
+                    results[i] = result
+                else:
+                    states[i] = (now, stored)
+                    todo.append(i)
+        for i in todo:
+            results[i] = _failed(data[i].id, 409, f"series {data[i].id!r} is being updated concurrently; "
+                                                  f"send its points in order")
+        return results  # type: ignore[return-value]
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, keys: list[str]) -> Any:
+        """The locks of these series (in sorted order, so two requests never wait on each other)."""
+        entries, held = [], 0
+        try:
+            for key in sorted(set(keys)):
+                entry = self._locks.setdefault(key, [asyncio.Lock(), 0])  # [lock, requests holding or awaiting it]
+                entry[1] += 1
+                entries.append((key, entry))
+                await entry[0].acquire()
+                held += 1
+            yield
+        finally:
+            for n, (key, entry) in enumerate(entries):
+                if n < held:
+                    entry[0].release()
+                entry[1] -= 1
+                if entry[1] == 0:
+                    self._locks.pop(key, None)
+
+    def _refusing(self, tenant: str) -> Refusal | None:
+        """Why ``tenant`` may not start new series now (the store refused it one lately), or None."""
+        hit = self._full.get(tenant)
+        if hit is None:
+            return None
+        if time.monotonic() >= hit[0]:
+            del self._full[tenant]
+            return None
+        return hit[1]
+
+    def _note_full(self, tenant: str, refusal: Refusal) -> None:
+        self._full[tenant] = (time.monotonic() + refusal.retry_after_s, refusal)
+        if len(self._full) > self.config.quota.max_tenants:
+            self._full = {t: v for t, v in self._full.items() if v[0] > time.monotonic()}
 
     async def _refuse_if_full(self, tenant: str, key: str) -> None:
         """Refuse a series new to this process without scoring it while the store refuses ``tenant``
         new series (until the refusal's Retry-After), unless the store holds the series already."""
-        hit = self._full.get(tenant)
-        if hit is None:
-            return
-        until, refusal = hit
-        if time.monotonic() >= until:
-            del self._full[tenant]
+        refusal = self._refusing(tenant)
+        if refusal is None:
             return
         if (await self.store.get(key))[1] is None:
+            until = self._full[tenant][0]
             raise QuotaExceededError(refusal.reason, retry_after_s=max(1.0, until - time.monotonic()))
+
+    def _to_outbox(self, entry: tuple[tuple[Any, ...], dict[str, Any]], series: bool = True) -> None:
+        if self.outbox is not None:
+            args, kwargs = entry
+            self.outbox.add(*(args if series else (*args[:4], None)), **kwargs)
 
     def _cache(self, key: str, version: int, state: Any) -> None:
         """Keep a series' state for its next request; least recently used dropped (and counted) beyond
@@ -316,6 +448,11 @@ class Pipeline:
             self._streams_bytes -= state_bytes(k, s)
             m.EVICTIONS.labels("router_streams").inc()
 
+    def _uncache(self, key: str) -> None:
+        old = self._streams.pop(key, None)
+        if old is not None:
+            self._streams_bytes -= state_bytes(key, old[1])
+
     def stats(self) -> dict[str, Any]:
         """Sizes of this replica's bounded structures (``/healthz``)."""
         return {"streams_cached": len(self._streams), "max_streams_cached": self.streams_cached,
@@ -330,44 +467,116 @@ class Pipeline:
         version = await self.resolve(name)
         return name, version, await self.models.get(name, version)
 
-    async def score(self, name: str, version: int, model: Any, x: np.ndarray, state: Any | None, n_points: int,
-                    series: str | None = None, report: set[str] | None = None, *, scored: str | None = None,
-                    timestamps: np.ndarray | None = None,
-                    later: list[tuple[Any, ...]] | None = None) -> tuple[dict[str, Any], Any]:
-        """The response body of new points ``x`` of a series in ``state`` (None: a fresh one) and its
-        new state. ``n_points``: the points of the whole request (where the members run). What was
-        scored goes to the outbox (``series``: a live series' values; ``scored``: the series named
-        for feedback otherwise; ``timestamps``: the points'), or into ``later`` to add once the
-        state is committed."""
+    # -- scoring ---------------------------------------------------------------------------------
+    def _plan(self, model: Any, s: schemas.SeriesData, state: Any | None, index: int) -> Plan:
+        """The units a series' new points are scored as: its gaps filled (:mod:`eyenet.core.gaps`),
+        points at or before its last one dropped, and a new start after a gap too long to fill."""
+        ts = None if s.timestamps is None else s.timestamps.astype("int64") / 1e9
+        nan = float("nan")
+        filled = gaps.fill(s.values, ts, last_ts=getattr(state, "last_ts", nan), step=getattr(state, "step", nan),
+                           last_value=getattr(state, "last_value", nan), policy=self.gap_policy)
+        units, seen = [], state.seen if state is not None else 0
+        for k, seg in enumerate(filled.segments):
+            start = state if k == 0 and not seg.restart else (None if seen == 0 else _Fresh(seen))
+            units.append(Unit(index, seg.values, seg.imputed if seg.imputed.any() else None,
+                              None if seg.timestamps is None else (seg.timestamps * 1e9).astype("datetime64[ns]"),
+                              start))
+            seen += len(seg.values)
+        stamps = None if ts is None else np.concatenate([seg.timestamps for seg in filled.segments]) \
+            if filled.segments else np.empty(0)
+        return Plan(units, filled, stamps, s.id)
+
+    async def _score_units(self, name: str, version: int, model: Any, units: list[Unit], n_points: int, *,
+                           batch: bool = False, report: set[str] | None = None) -> list[tuple[Any, ...]]:
+        """Score every unit (each from its own state): every member's raw scores, in one pass over all
+        the units for the members scored here, then the combination. Per unit ``(body, new state,
+        scores, imputed)``. ``n_points``: the request's points (where the members run)."""
         key = model_id(name, version)
-        st = model.adopt(state if state is not None else model.new_state(), key)
-        first = st.seen
-        ctx = model.context(x, st)
-        member_raw, missing = await self._members_raw(key, model, ctx, len(x), n_points)
         families = model.member_families
-        if len(missing) == len(families):
-            raise NotServableError(f"{name} v{version}: no member answered (members: {families})")
-        body, new_state, alarms, scores = await self._off_loop(n_points, self._finish, name, version, model,
-                                                               member_raw, x, st, missing, report)
-        if self.outbox is not None:  # drift, alarm rate, retraining data, feedback (see eyenet.monitoring.monitor)
-            entry = ((name, version, x, scores, series), {"first": first, "timestamps": timestamps, "scored": scored})
-            if later is not None:
-                later.append(entry)
+        inputs = []
+        for u in units:
+            start = u.state.state(model) if isinstance(u.state, _Fresh) else u.state
+            u.state = model.adopt(start if start is not None else model.new_state(), key)
+            inputs.append(model.member_inputs(model.context(u.values, u.state), len(u.values)))
+        raw = [np.full((len(u.values), len(families)), np.nan) for u in units]
+        missing: list[set[str]] = [set() for _ in units]
+        here, there = [], []
+        for j, fam in enumerate(families):
+            if self.members is not None and not self.members.deployed(fam):
+                for gone in missing:
+                    gone.add(fam)
+            elif self._inline(fam, n_points, batch):
+                here.append(j)
             else:
-                self.outbox.add(*entry[0], **entry[1])
-        m.POINTS.labels(name).inc(len(x))
+                there.append(j)
+
+        async def inline() -> None:
+            done = await self._off_loop(n_points, self._score_inline, model.members, here, inputs,
+                                        [len(u.values) for u in units], raw)
+            for j, ms in done:
+                if ms is None:
+                    for gone in missing:
+                        gone.add(families[j])
+                    m.ERRORS.labels("member_failed").inc()
+                else:
+                    m.DETECTOR_LATENCY.labels(families[j]).observe(ms)
+
+        async def remote(k: int, j: int) -> None:
+            t0 = time.perf_counter()
+            try:
+                call = self.members.raw(families[j], key, j, inputs[k][j], len(units[k].values))
+                got, size = await asyncio.wait_for(call, timeout=self.config.member_timeout_s)
+                raw[k][:, j] = got
+                m.DETECTOR_LATENCY.labels(families[j]).observe(1000 * (time.perf_counter() - t0))
+                m.BATCH_SIZE.labels(families[j]).observe(size)
+            except Exception as exc:  # noqa: BLE001 - a member's fault or timeout degrades, never fails, the answer
+                log.debug("member %s (%s) failed: %r", j, families[j], exc)
+                missing[k].add(families[j])
+                m.ERRORS.labels("member_failed").inc()
+
+        await asyncio.gather(*([inline()] if here else []), *(remote(k, j) for j in there for k in range(len(units))))
+        if any(len(gone) == len(families) for gone in missing):
+            raise NotServableError(f"{name} v{version}: no member answered (members: {families})")
+        out = await self._off_loop(n_points, self._finish_units, name, version, model, raw, units, missing, report)
+        alarms = sum(a for _, _, _, a in out)
+        m.POINTS.labels(name).inc(sum(len(u.values) for u in units))
         m.ANOMALIES.labels(name).inc(alarms)
-        if missing:
+        if any(missing):
             m.DEGRADED.labels(name).inc()
         for f in families:
             m.MODEL_VERSION.labels(name, f).set(version)
-        return body, new_state
+        return [(body, new_state, scores) for body, new_state, scores, _ in out]
+
+    def _assemble(self, name: str, version: int, plan: Plan,
+                  scored: list[tuple[Any, ...]]) -> tuple[dict[str, Any], Any, list[tuple[Any, ...]]]:
+        """One series' body (its units' points in order), its new state (None: nothing was scored) and
+        its outbox entries, from the results of :meth:`_score_units` (looked up by unit)."""
+        body: dict[str, Any] = {"model": name, "version": version, "degraded": False, "missing": [], "points": []}
+        new_state, entries, missing = None, [], set()
+        for u in plan.units:
+            b, new_state, scores = scored[u.slot]
+            body["points"].extend(b["points"])
+            missing.update(b["missing"])
+            real = slice(None) if u.imputed is None else ~u.imputed
+            first = u.state.seen
+            x, ts = u.values[real], None if u.timestamps is None else u.timestamps[real]
+            kept = Scores(raw=scores.raw[real], calibrated=scores.calibrated[real], score=scores.score[real],
+                          alarm=scores.alarm[real])
+            if len(x):
+                entries.append(((name, version, x, kept, plan.series), {"first": first, "timestamps": ts}))
+        body["degraded"], body["missing"] = bool(missing), sorted(missing)
+        f = plan.filled
+        if f.dropped:
+            body["dropped"] = f.dropped
+        if new_state is not None:
+            new_state = replace(new_state, last_ts=f.last_ts, step=f.step, last_value=f.last_value)
+        return body, new_state, entries
 
     # -- members ---------------------------------------------------------------------------------
-    def _inline(self, family: str, n_points: int) -> bool:
+    def _inline(self, family: str, n_points: int, batch: bool = False) -> bool:
         if self.members is None:
             return True
-        return self.members.local(family) and n_points <= self.config.inline_max_points
+        return self.members.local(family) and (batch or n_points <= self.config.inline_max_points)
 
     async def _off_loop(self, n_points: int, fn: Any, *args: Any) -> Any:
         """Run ``fn`` here for small requests; on the scoring threads for big ones, so the event
@@ -377,66 +586,87 @@ class Pipeline:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     @staticmethod
-    def _score_inline(members: list[Any], todo: list[tuple[int, np.ndarray]], n_new: int,
-                      out: np.ndarray) -> list[tuple[int, float | None]]:
-        """Raw scores of the members in ``todo`` into ``out``; per member its milliseconds (None: failed)."""
+    def _score_inline(members: list[Any], todo: list[int], inputs: list[list[np.ndarray]], n_new: list[int],
+                      raw: list[np.ndarray]) -> list[tuple[int, float | None]]:
+        """Raw scores of the members in ``todo`` for every unit (one :meth:`score_many` call each)
+        into ``raw``; per member its milliseconds (None: failed)."""
         done = []
-        for j, inputs in todo:
+        for j in todo:
             t0 = time.perf_counter()
             try:
-                out[:, j] = members[j].score(inputs)[len(inputs) - n_new :]
+                got = members[j].score_many([i[j] for i in inputs], n_new) if len(inputs) > 1 \
+                    else [members[j].score(inputs[0][j])[len(inputs[0][j]) - n_new[0] :]]
+                for k, r in enumerate(got):
+                    raw[k][:, j] = r
                 done.append((j, 1000 * (time.perf_counter() - t0)))
             except Exception:  # noqa: BLE001 - a member's fault degrades, never fails, the answer
                 log.debug("member %s failed", j, exc_info=True)
                 done.append((j, None))
         return done
 
-    async def _members_raw(self, key: str, model: Any, ctx: np.ndarray, n_new: int,
-                           n_points: int) -> tuple[np.ndarray, list[str]]:
-        """Every member's raw scores for the new points (members that fail or time out are NaN and
-        named in the list): in this process for small requests on CPU members, else from the remote
-        members in parallel (all sent before the inline ones are scored)."""
-        families = model.member_families
-        out = np.full((n_new, len(families)), np.nan)
-        missing: list[str] = []
-        inline, calls = [], []
-        for j, (fam, inputs) in enumerate(zip(families, model.member_inputs(ctx, n_new))):
-            if self.members is not None and not self.members.deployed(fam):
-                missing.append(fam)
-            elif self._inline(fam, n_points):
-                inline.append((j, inputs))
-            else:
-                calls.append((j, self.members.raw(fam, key, j, inputs, n_new)))
-
-        async def here() -> None:
-            for j, ms in await self._off_loop(n_points, self._score_inline, model.members, inline, n_new, out):
-                if ms is None:
-                    missing.append(families[j])
-                    m.ERRORS.labels("member_failed").inc()
-                else:
-                    m.DETECTOR_LATENCY.labels(families[j]).observe(ms)
-
-        async def there(j: int, call: Awaitable[tuple[np.ndarray, int]]) -> None:
-            t0 = time.perf_counter()
-            try:
-                raw, batch = await asyncio.wait_for(call, timeout=self.config.member_timeout_s)
-                out[:, j] = raw
-                m.DETECTOR_LATENCY.labels(families[j]).observe(1000 * (time.perf_counter() - t0))
-                m.BATCH_SIZE.labels(families[j]).observe(batch)
-            except Exception as exc:  # noqa: BLE001 - a member's fault or timeout degrades, never fails, the answer
-                log.debug("member %s (%s) failed: %r", j, families[j], exc)
-                missing.append(families[j])
-                m.ERRORS.labels("member_failed").inc()
-
-        await asyncio.gather(*([here()] if inline else []), *(there(j, c) for j, c in calls))
-        return out, missing
-
     @staticmethod
-    def _finish(name: str, version: int, model: Any, member_raw: np.ndarray, x: np.ndarray, st: Any,
-                missing: list[str], report: set[str] | None) -> tuple[dict[str, Any], Any, int, Any]:
+    def _finish_units(name: str, version: int, model: Any, raw: list[np.ndarray], units: list[Unit],
+                      missing: list[set[str]], report: set[str] | None) -> list[tuple[Any, ...]]:
+        """Calibration, ranks, combination and alarms of every unit; imputed points are answered with
+        ``imputed: true``, no score and no alarm."""
         families = model.member_families
-        idx = tuple(families.index(f) for f in missing)
-        scores, new_state = model.finish_stream(member_raw, x, st, missing=idx)
-        body = schemas.result_body(name, version, families, missing, scores, model.member_calibrated(member_raw),
-                                   report)
-        return body, new_state, int(scores.alarm.sum()), scores
+        out = []
+        for k, u in enumerate(units):
+            gone = sorted(missing[k])
+            idx = tuple(families.index(f) for f in gone)
+            scores, new_state = model.finish_stream(raw[k], u.values, u.state, missing=idx)
+            if u.imputed is not None:
+                scores = Scores(raw=scores.raw, calibrated=scores.calibrated,
+                                score=np.where(u.imputed, np.nan, scores.score), alarm=scores.alarm & ~u.imputed)
+            body = schemas.result_body(name, version, families, gone, scores, model.member_calibrated(raw[k]), report,
+                                       imputed=u.imputed)
+            u.slot = k
+            out.append((body, new_state, scores, int(scores.alarm.sum())))
+        return out
+
+
+@dataclasses.dataclass
+class _Fresh:
+    """The start of a unit after a gap too long to fill: a fresh state that keeps the series' count."""
+
+    seen: int
+
+    def state(self, model: Any) -> Any:
+        return replace(model.new_state(), seen=self.seen)
+
+
+@dataclasses.dataclass(eq=False)
+class Unit:
+    """Points of one series scored from one state: a request's points, or those after a gap that
+    restarts the series' warm-up (``index``: the series in the request; ``slot``: its result)."""
+
+    index: int
+    values: np.ndarray
+    imputed: np.ndarray | None
+    timestamps: np.ndarray | None
+    state: Any
+    slot: int = -1
+
+
+@dataclasses.dataclass
+class Plan:
+    """How a series' points are scored: its units, what gap filling did, and the points' timestamps
+    (epoch seconds, imputed ones included; None when the client sent none)."""
+
+    units: list[Unit]
+    filled: Any
+    timestamps: np.ndarray | None
+    series: str | None = None
+
+
+@dataclasses.dataclass
+class SeriesResult:
+    """One series of a batch: its response body, and its points' timestamps (epoch seconds, imputed
+    ones included) for whoever writes the scores on."""
+
+    body: dict[str, Any]
+    timestamps: np.ndarray | None = None
+
+
+def _failed(series: str, status: int, message: str) -> SeriesResult:
+    return SeriesResult({"id": series, "status": status, "error": message})

@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import Path, Query
+from fastapi import Body, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from eyenet.core.errors import InvalidInputError
 from eyenet.lifecycle import registry as reg
 from eyenet.monitoring.feedback import Feedback
 
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}")  # fullmatch: `$` would take a trailing newline
+#: a series id: a name (``web-1/cpu``) or a Prometheus series (``node_load1{instance="web-1:9100"}``),
+#: printable characters only (fullmatch: `$` would take a trailing newline)
+_ID = re.compile(r"[A-Za-z0-9_:][^\x00-\x1f\x7f]{0,399}")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class Limits:
 
     max_series: int = 100
     max_points: int = 10_000  # per series per request
+    max_batch_series: int = 5_000  # series of one /v1/stream/batch request
+    max_batch_points: int = 100_000  # points of one /v1/stream/batch request
     max_body_bytes: int = 8 * 1024 * 1024
     max_forecast_horizon: int = 1
 
@@ -44,7 +48,7 @@ DEFAULT_TENANT = "default"
 # in increasing order, a real calendar date; each series once; each point once; detectors that are
 # members of the served model; a forecaster for /v1/forecast).
 #: a series id (the ``_ID`` validator)
-ID_SCHEMA = {"pattern": f"^{_ID.pattern}$", "minLength": 1, "maxLength": 200}
+ID_SCHEMA = {"pattern": f"^{_ID.pattern}$", "minLength": 1, "maxLength": 400}
 #: a group or family: one part of a model name (``registry.model_name``)
 NAME_PART = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 NAME_SCHEMA = {"pattern": NAME_PART, "minLength": 1, "maxLength": 63}
@@ -53,12 +57,18 @@ MODEL_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}\.[a-z0-9][a-z0-9_-]{0,62}\.[a-z0-9][a-z
 #: an ISO 8601 timestamp that fits a nanosecond timestamp (years 1700-2259)
 ISO_TIMESTAMP = (r"^(1[7-9][0-9][0-9]|2[01][0-9][0-9]|22[0-5][0-9])-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
                  r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,9})?)?(Z|[+-]([01][0-9]|2[0-3]):?[0-5][0-9])?)?$")
+#: what a null (or NaN) value means
+MISSING = ("null (or NaN) is a missing value: imputed for the model and answered with imputed: true, "
+           "never an alarm; infinities are refused")
 #: epoch seconds that fit a nanosecond timestamp
 EPOCH_MAX = 9.0e9
 MAX_VERSION = 2**31 - 1
 
 Timestamp = Annotated[str, Field(json_schema_extra={"pattern": ISO_TIMESTAMP})] | Annotated[
     float, Field(json_schema_extra={"minimum": -EPOCH_MAX, "maximum": EPOCH_MAX})]
+#: the body of ``POST /api/v1/write``: a snappy-compressed protobuf WriteRequest, as bytes
+RemoteWriteBody = Annotated[bytes, Body(media_type="application/x-protobuf",
+                                        description="a snappy-compressed Prometheus remote_write 1.0 WriteRequest")]
 #: the ``{name}`` of ``/v1/models/{name}/...``
 ModelName = Annotated[str, Path(pattern=MODEL_NAME, max_length=191,
                                 description="registered model, <tenant>.<group>.<family>")]
@@ -72,14 +82,15 @@ class SeriesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(description="series id, e.g. 'web-1/cpu'", json_schema_extra=ID_SCHEMA)
-    values: list[float] = Field(min_length=1, json_schema_extra={"maxItems": LIMITS.max_points})
+    values: list[float | None] = Field(min_length=1, json_schema_extra={"maxItems": LIMITS.max_points},
+                                       description=MISSING)
     timestamps: list[Timestamp] | None = Field(None, json_schema_extra={"maxItems": LIMITS.max_points})
 
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
         if not _ID.fullmatch(v):
-            raise ValueError("must be 1-200 characters of letters, digits and _ . : / -, starting with a letter or digit")
+            raise ValueError("must be 1-400 printable characters, starting with a letter, a digit, _ or :")
         return v
 
 
@@ -104,13 +115,25 @@ class StreamRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(json_schema_extra=ID_SCHEMA)
-    values: list[float] = Field(min_length=1, json_schema_extra={"maxItems": LIMITS.max_points})
+    values: list[float | None] = Field(min_length=1, json_schema_extra={"maxItems": LIMITS.max_points},
+                                       description=MISSING)
     timestamps: list[Timestamp] | None = Field(None, json_schema_extra={"maxItems": LIMITS.max_points})
     group: str = Field("default", json_schema_extra=NAME_SCHEMA)
     tenant: str | None = Field(None, pattern=NAME_PART, description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")
     reset: bool = Field(default=False, description="forget the series' history first")
 
     _check_id = field_validator("id")(SeriesIn._id.__func__)
+
+
+class StreamBatchRequest(BaseModel):
+    """``POST /v1/stream/batch``: new points of many series of one group at once (e.g. one point for
+    each of 1,000 series), scored in one vectorised pass per member where the family allows it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    series: list[SeriesIn] = Field(min_length=1, json_schema_extra={"maxItems": LIMITS.max_batch_series})
+    group: str = Field("default", json_schema_extra=NAME_SCHEMA)
+    tenant: str | None = Field(None, pattern=NAME_PART, description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")
 
 
 class ForecastRequest(BaseModel):
@@ -188,9 +211,11 @@ class FeedbackRequest(BaseModel):
         return self
 
 
-def _finite(values: list[float], where: str) -> np.ndarray:
-    x = np.asarray(values, dtype=float)
-    bad = ~np.isfinite(x)
+def _values(values: list[float | None], where: str, missing: bool) -> np.ndarray:
+    """The values as floats, ``None`` as NaN (a missing value, when ``missing`` allows it); an
+    infinity is refused (and NaN when missing values are not allowed)."""
+    x = np.asarray(values, dtype=float)  # None -> nan
+    bad = np.isinf(x) if missing else ~np.isfinite(x)
     if bad.any():
         i = int(np.argmax(bad))
         raise InvalidInputError(f"{where}[{i}]: not a finite number ({values[i]!r})")
@@ -232,10 +257,17 @@ class SeriesData:
     timestamps: np.ndarray | None
 
 
-def check_series(series: list[SeriesIn], limits: Limits = LIMITS, field: str = "series") -> list[SeriesData]:
-    """Validated arrays of a request's series; raises :class:`InvalidInputError` naming the field."""
-    if len(series) > limits.max_series:
-        raise InvalidInputError(f"{field}: {len(series)} series in one request, at most {limits.max_series}")
+def check_series(series: list[SeriesIn], limits: Limits = LIMITS, field: str = "series", *,
+                 missing: bool = True, max_series: int | None = None,
+                 max_total: int | None = None) -> list[SeriesData]:
+    """Validated arrays of a request's series (``missing``: null or NaN values are kept as NaN, to be
+    imputed); raises :class:`InvalidInputError` naming the field."""
+    cap = limits.max_series if max_series is None else max_series
+    if len(series) > cap:
+        raise InvalidInputError(f"{field}: {len(series)} series in one request, at most {cap}")
+    total = sum(len(s.values) for s in series)
+    if max_total is not None and total > max_total:
+        raise InvalidInputError(f"{field}: {total} points in one request, at most {max_total}")
     seen: set[str] = set()
     out = []
     for j, s in enumerate(series):
@@ -245,7 +277,7 @@ def check_series(series: list[SeriesIn], limits: Limits = LIMITS, field: str = "
         seen.add(s.id)
         if len(s.values) > limits.max_points:
             raise InvalidInputError(f"{where}.values: {len(s.values)} points, at most {limits.max_points} per series")
-        x = _finite(s.values, f"{where}.values")
+        x = _values(s.values, f"{where}.values", missing)
         out.append(SeriesData(s.id, x, _timestamps(s.timestamps, len(x), f"{where}.timestamps")))
     return out
 
@@ -325,9 +357,11 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
 
 
 def result_body(name: str, version: int, families: list[str], missing: list[str], scores: Any,
-                member_calibrated: np.ndarray, report: set[str] | None = None) -> dict[str, Any]:
+                member_calibrated: np.ndarray, report: set[str] | None = None,
+                imputed: np.ndarray | None = None) -> dict[str, Any]:
     """The JSON of one scored series: per point the ensemble score, alarm and each answering member's
-    score (of the members in ``report`` only, when given)."""
+    score (of the members in ``report`` only, when given); ``imputed`` points (filled in for a
+    missing value or timestamp) say so and carry no score."""
 
     def nums(a: np.ndarray) -> list[float | None]:
         return [v if v == v and abs(v) != np.inf else None for v in np.asarray(a, dtype=float).tolist()]
@@ -340,4 +374,7 @@ def result_body(name: str, version: int, families: list[str], missing: list[str]
          "detectors": {f: col[i] for f, col in answered}}
         for i in range(len(score))
     ]
+    if imputed is not None:
+        for i in np.flatnonzero(imputed).tolist():
+            points[i].update(imputed=True, ready=False, calibrated=None, detectors={})
     return {"model": name, "version": version, "degraded": bool(missing), "missing": sorted(missing), "points": points}

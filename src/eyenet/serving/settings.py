@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from eyenet.serving.auth import AuthSettings
 
@@ -12,7 +12,7 @@ from eyenet.lifecycle.settings import RetrainSettings
 from eyenet.monitoring.settings import MonitorSettings
 
 __all__ = ["AppConfig", "Autoscaling", "ControllerActorSettings", "ControllerSettings", "DeploymentSettings",
-           "MonitorSettings", "QuotaSettings", "RequestTimeouts", "RetrainSettings", "StoreSettings", "TORCH_FAMILIES",
+           "GapSettings", "MonitorSettings", "RemoteWriteRule", "RemoteWriteSettings", "WritebackSettings", "QuotaSettings", "RequestTimeouts", "RetrainSettings", "StoreSettings", "TORCH_FAMILIES",
            "TenantQuota"]
 
 
@@ -148,6 +148,70 @@ class RequestTimeouts(BaseModel):
     retry_after_s: float = Field(1.0, gt=0, description="Retry-After of a 503 when an actor is away or slow")
 
 
+class GapSettings(BaseModel):
+    """Missing values and timestamps in a stream (see :mod:`eyenet.core.gaps`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_fill: int = Field(60, ge=0, le=10_000, description="missing points imputed for one gap at most; a longer "
+                          "gap restarts the series' warm-up")
+    tolerance: float = Field(0.5, gt=0, le=100, description="an interval over (1 + tolerance) steps is a gap")
+
+    def policy(self) -> Any:
+        from eyenet.core.gaps import GapPolicy
+
+        return GapPolicy(max_fill=self.max_fill, tolerance=self.tolerance)
+
+
+class RemoteWriteRule(BaseModel):
+    """Series of a remote_write request that ``match`` (a PromQL series selector) are scored by the
+    tenant's model of ``group``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    match: str = Field(description='a series selector, e.g. node_load1{job="node"} or {__name__=~"http_.*"}')
+    group: str = Field("default", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+    @field_validator("match")
+    @classmethod
+    def _selector(cls, v: str) -> str:
+        from eyenet.core.prometheus import parse_selector
+
+        parse_selector(v)  # InvalidParameterError naming the problem
+        return v
+
+
+class RemoteWriteSettings(BaseModel):
+    """``POST /api/v1/write``: Prometheus remote_write 1.0 in. Only series a rule matches are scored
+    (first matching rule), so pointing a whole Prometheus at EyeNet scores nothing by accident."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[RemoteWriteRule] = Field(default_factory=list, max_length=1000,
+                                         description="which series are scored, by which group's model; none: nothing")
+    max_decoded_bytes: int = Field(64 << 20, ge=1024, description="a body that decompresses to more is refused (413)")
+    max_series: int = Field(10_000, ge=1, description="series of one request at most (413 beyond)")
+    max_samples: int = Field(100_000, ge=1, description="samples of one request at most (413 beyond)")
+
+
+class WritebackSettings(BaseModel):
+    """Scores written back through remote_write (``eyenet_anomaly_score``, ``eyenet_expected_value``,
+    ``eyenet_alarm``, with the series' labels plus ``model`` and ``version``), batched off the request
+    path and retried with backoff. ``url`` None: nothing is written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(None, description="a remote_write endpoint, e.g. http://prometheus:9090/api/v1/write "
+                            "(Prometheus with --web.enable-remote-write-receiver)")
+    token_env: str | None = Field(None, description="environment variable holding a bearer token for url")
+    interval_s: float = Field(1.0, gt=0, le=60, description="a batch is sent at least this often while samples wait")
+    max_batch: int = Field(10_000, ge=1, description="samples of one request at most")
+    max_queue: int = Field(200_000, ge=1, description="samples waiting at most per router replica (oldest dropped, "
+                           "counted)")
+    timeout_s: float = Field(5.0, gt=0, description="one request")
+    max_backoff_s: float = Field(30.0, gt=0, description="retries of a failed batch wait up to this long")
+
+
 class AppConfig(BaseModel):
     """The whole application: which families are deployed and how."""
 
@@ -184,6 +248,9 @@ class AppConfig(BaseModel):
     quota: QuotaSettings = QuotaSettings()
     store: StoreSettings = StoreSettings()
     timeouts: RequestTimeouts = RequestTimeouts()
+    gaps: GapSettings = GapSettings()
+    remote_write: RemoteWriteSettings = RemoteWriteSettings()
+    writeback: WritebackSettings = WritebackSettings()
     streams_cached: int = Field(50_000, ge=1, description="stream states a router replica caches (LRU, counted)")
     streams_cached_bytes: int = Field(256 << 20, ge=1024, description="estimated bytes of those states at most")
     models_cached: int = Field(32, ge=1, description="ensemble versions a router replica keeps loaded (LRU, counted)")

@@ -219,6 +219,13 @@ class Streams:
             self._evict(keep=key)
         return True, version + 1, None
 
+    def get_many(self, keys: list[str]) -> list[tuple[int, StreamState | None]]:
+        return [self.get(k) for k in keys]
+
+    def commit_many(self, items: list[tuple[str, int, StreamState]]) -> list[tuple[bool, int, Any]]:
+        """:meth:`commit` of each ``(key, version, state)``, in order (one call for a batch of series)."""
+        return [self.commit(k, v, st) for k, v, st in items]
+
     def _admit(self, key: str, new_key: bool, state: StreamState) -> Refusal | None:
         """None when ``key`` may become a live series (evicting idle ones to make room), else why not."""
         tenant = tenant_of(key)
@@ -394,6 +401,14 @@ class StreamStore:
     async def commit(self, key: str, version: int, state: Any) -> tuple[bool, int, Any]:
         self._start()
         return self.streams.commit(key, version, state)
+
+    async def get_many(self, keys: list[str]) -> list[tuple[int, Any]]:
+        self._start()
+        return self.streams.get_many(keys)
+
+    async def commit_many(self, items: list[tuple[str, int, Any]]) -> list[tuple[bool, int, Any]]:
+        self._start()
+        return self.streams.commit_many(items)
 
     async def delete(self, key: str) -> int:
         self._start()

@@ -154,6 +154,13 @@ class Detector:
             out[h - 1 :] = self._score(x)
         return out
 
+    def score_many(self, windows: list[np.ndarray], n_new: list[int]) -> list[np.ndarray]:
+        """Raw scores of the last ``n_new[i]`` points of each ``windows[i]``: many series at once
+        (the batch stream path), the numbers :meth:`score` gives each alone. Families that can
+        score the windows in one vectorised pass override it (e.g. one forward pass of a network
+        over every window stacked)."""
+        return [self.score(w)[len(w) - n :] for w, n in zip(windows, n_new)]
+
     def score_last(self, window: Any) -> float:
         """Raw score of the last point of ``window`` (the real-time path). NaN if not ready."""
         if not self.is_fitted:

@@ -150,6 +150,34 @@ class Seasonal(Detector):
         raw = np.abs(x - self._expected(x)) / self.scale_
         return raw[self.min_history - 1 :]
 
+    def score_many(self, windows: list[np.ndarray], n_new: list[int]) -> list[np.ndarray]:
+        """Windows of one new point each, grouped by length, scored as matrices (the same sums in
+        the same order as :meth:`_expected`, so the same numbers); the rest one by one."""
+        if not self.is_fitted:
+            return super().score_many(windows, n_new)  # raises NotFittedError
+        out: list[np.ndarray | None] = [None] * len(windows)
+        by_length: dict[int, list[int]] = {}
+        for i, (w, n) in enumerate(zip(windows, n_new)):
+            if n == 1 and len(w) >= self.min_history:
+                by_length.setdefault(len(w), []).append(i)
+            else:
+                out[i] = self.score(w)[len(w) - n :]
+        p = int(self.period_)
+        for length, rows in by_length.items():
+            x = np.stack([np.asarray(windows[i], dtype=float) for i in rows])
+            if p:
+                lags = [j * p for j in range(1, int(self.cycles) + 1) if j * p < length]
+                total = np.zeros(len(rows))
+                for lag in lags:
+                    total += x[:, length - 1 - lag]
+                expected = total / len(lags)
+            else:
+                expected = np.full(len(rows), self.center_)
+            raw = np.abs(x[:, -1] - expected) / self.scale_
+            for k, i in enumerate(rows):
+                out[i] = raw[k : k + 1]
+        return out  # type: ignore[return-value]
+
     def _state(self) -> dict[str, np.ndarray]:
         return {"params": np.array([self.period_, self.center_, self.scale_], dtype=float)}
 

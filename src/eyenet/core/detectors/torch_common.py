@@ -37,7 +37,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from torch import nn
 
 from eyenet.core import detectors
-from eyenet.core.detectors.base import Constraint, Detector, interval, one_of
+from eyenet.core.detectors.base import Constraint, Detector, as_series, interval, one_of
 from eyenet.core.errors import ArtifactError, InvalidParameterError, NotFittedError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -428,6 +428,33 @@ class TorchDetector(Detector):
         if len(inputs) == 1:  # one window: the real-time path
             return self._window_errors(self._forward_one(inputs), targets) / self.score_scale_
         return self._errors(inputs, targets) / self.score_scale_
+
+    def score_many(self, windows: list[np.ndarray], n_new: list[int]) -> list[np.ndarray]:
+        """One forward pass (in chunks of :data:`SCORE_CHUNK` rows) over the scored rows of every
+        window stacked; the numbers of :meth:`score` up to float32 rounding of the batched kernels."""
+        if not self.is_fitted:
+            raise NotFittedError(f"{self.family}: call fit() before score()")
+        h = self.min_history
+        out = [np.full(n, np.nan) for n in n_new]
+        inputs, targets, where = [], [], []  # where: (series, first scored position in out, rows)
+        for i, (w, n) in enumerate(zip(windows, n_new)):
+            x = as_series(w)
+            ready = min(n, len(x) - h + 1)  # the last n points that have min_history points behind them
+            if ready <= 0:
+                continue
+            xn = self.norm_.transform(x[len(x) - (ready + h - 1) :])
+            a, b = self._pairs(xn)
+            inputs.append(a)
+            targets.append(b)
+            where.append((i, n - ready, ready))
+        if not inputs:
+            return out
+        errors = self._errors(np.concatenate(inputs), np.concatenate(targets)) / self.score_scale_
+        start = 0
+        for i, first, rows in where:
+            out[i][first:] = errors[start : start + rows]
+            start += rows
+        return out
 
     def _forward_one(self, inputs: np.ndarray) -> np.ndarray:
         """Network output for a single input row, as :func:`predict` gives it, through

@@ -1,0 +1,137 @@
+"""Many series in one request (``Pipeline.stream_many``, ``POST /v1/stream/batch``) without Ray: the
+members score every series' window in one vectorised pass, and every series gets the numbers it
+would get alone; states carry across batches, refusals and conflicts stay per series."""
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from eyenet.core import presets, synthetic
+from eyenet.core.errors import InvalidInputError
+from eyenet.core.model import AnomalyModel
+from eyenet.serving import schemas
+from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline
+from eyenet.serving.settings import AppConfig, QuotaSettings
+from eyenet.serving.streams import StreamStore
+
+NAME = "default.default.ensemble"
+#: a seasonal member and a small network: both have a vectorised score_many
+MEMBERS = [{"family": "seasonal", "params": {"period": 24, "cycles": 3}},
+           {"family": "lstm", "params": {"window": 16, "hidden": 8, "max_epochs": 2, "batch_size": 64}}]
+SERIES = 40
+
+
+@pytest.fixture(scope="module")
+def model() -> AnomalyModel:
+    _, v, _ = synthetic.series("cpu_pct", n=900, seed=3)
+    return AnomalyModel.from_dict(presets.model_config("ensemble", {"members": MEMBERS})).fit(np.asarray(v, float))
+
+
+@pytest.fixture(scope="module")
+def histories() -> np.ndarray:
+    """SERIES series of 200 points each (one column of a synthetic metric shifted per series)."""
+    _, v, _ = synthetic.series("cpu_pct", n=200 + SERIES * 7, seed=5)
+    v = np.asarray(v, float)
+    return np.stack([v[7 * k : 7 * k + 200] + k for k in range(SERIES)])
+
+
+class Shelf:
+    def __init__(self, model: AnomalyModel) -> None:
+        self.model = model
+
+    def load(self, name: str, version: int | None = None) -> AnomalyModel:
+        return self.model
+
+    def version(self, name: str, version: int | None = None, *, alias: str | None = None) -> Any:
+        return SimpleNamespace(version=1, created=0.0)
+
+
+def make(model: AnomalyModel, store: Any, **config: Any) -> Pipeline:
+    shelf = Shelf(model)
+    return Pipeline(AliasResolver(shelf), ModelCache(shelf), store, config=AppConfig(**config))
+
+
+def batch(rows: list[tuple[str, list[float | None]]], **kw: Any) -> schemas.StreamBatchRequest:
+    return schemas.StreamBatchRequest(series=[schemas.SeriesIn(id=i, values=v) for i, v in rows], **kw)
+
+
+def scores(points: list[dict[str, Any]]) -> np.ndarray:
+    return np.array([np.nan if p["score"] is None else p["score"] for p in points])
+
+
+def test_a_batch_gives_each_series_the_scores_it_gets_alone(model, histories, tmp_path):
+    async def go():
+        together = make(model, StreamStore(str(tmp_path / "a")))
+        alone = make(model, StreamStore(str(tmp_path / "b")))
+        got, want = [], []
+        # the first batch carries each series' history, then one new point per series per batch
+        steps = [(0, 150)] + [(150 + k, 151 + k) for k in range(50)]
+        for lo, hi in steps:
+            out = await together.stream_many(batch([(f"s{k}", histories[k, lo:hi].tolist()) for k in range(SERIES)]))
+            got.append([scores(r["points"]) for r in out["results"]])
+            one = [await alone.stream(schemas.StreamRequest(id=f"s{k}", values=histories[k, lo:hi].tolist()))
+                   for k in range(SERIES)]
+            want.append([scores(body["points"]) for body, _ in one])
+            assert [r["seen"] for r in out["results"]] == [body["seen"] for body, _ in one] == [hi] * SERIES
+        return got, want
+
+    got, want = asyncio.run(go())
+    flat_got = np.concatenate([a for step in got for a in step])
+    flat_want = np.concatenate([a for step in want for a in step])
+    assert np.isfinite(flat_got).sum() > SERIES * 40  # most points are ready: the comparison means something
+    # the network scores stacked windows in one pass: float32 kernels may round the last digits differently
+    np.testing.assert_allclose(flat_got, flat_want, rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
+def test_seasonal_and_network_score_many_match_score(model, histories):
+    for det in model.members:
+        windows = [histories[k, : 60 + k] for k in range(SERIES)]
+        n_new = [1 + k % 3 for k in range(SERIES)]
+        many = det.score_many(windows, n_new)
+        for w, n, got in zip(windows, n_new, many):
+            np.testing.assert_allclose(got, det.score(w)[len(w) - n :], rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
+def test_a_series_new_past_the_tenant_quota_is_refused_alone(model, histories, tmp_path):
+    quota = QuotaSettings(max_series_per_tenant=3)
+
+    async def go():
+        p = make(model, StreamStore(str(tmp_path), quota=quota), quota=quota.model_dump())
+        first = await p.stream_many(batch([(f"s{k}", histories[k, :60].tolist()) for k in range(5)]))
+        again = await p.stream_many(batch([(f"s{k}", histories[k, 60:61].tolist()) for k in range(5)]))
+        return first["results"], again["results"]
+
+    first, again = asyncio.run(go())
+    assert [r.get("status") for r in first] == [None, None, None, 429, 429]
+    assert "quota of 3 live series" in first[3]["error"]
+    assert [r.get("seen") for r in again[:3]] == [61, 61, 61]
+    assert [r.get("status") for r in again[3:]] == [429, 429]
+
+
+def test_a_batch_names_its_bad_series_and_its_limits(model, tmp_path):
+    p = make(model, StreamStore(str(tmp_path)))
+    with pytest.raises(InvalidInputError, match=r"series\[1\]\.id: series 'a' appears twice"):
+        asyncio.run(p.stream_many(batch([("a", [1.0]), ("a", [2.0])])))
+    with pytest.raises(InvalidInputError, match=r"series\[0\]\.values\[1\]: not a finite number"):
+        asyncio.run(p.stream_many(batch([("a", [1.0, float("inf")])])))
+    big = schemas.LIMITS.max_batch_points // 1000 + 1
+    rows = [(f"s{k}", [1.0] * 1000) for k in range(big)]
+    with pytest.raises(InvalidInputError, match=rf"series: {big * 1000} points in one request, at most"):
+        asyncio.run(p.stream_many(batch(rows)))
+
+
+def test_missing_values_in_a_batch_are_imputed_not_alarmed(model, histories, tmp_path):
+    async def go():
+        p = make(model, StreamStore(str(tmp_path)))
+        await p.stream_many(batch([("a", histories[0, :150].tolist())]))
+        return (await p.stream_many(batch([("a", [None, histories[0, 150], None])])))["results"][0]
+
+    r = asyncio.run(go())
+    assert [p.get("imputed", False) for p in r["points"]] == [True, False, True]
+    assert [p["score"] is None for p in r["points"]] == [True, False, True]
+    assert not any(p["alarm"] for p in r["points"] if p.get("imputed"))
+    assert r["seen"] == 153
