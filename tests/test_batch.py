@@ -94,6 +94,24 @@ def test_seasonal_and_network_score_many_match_score(model, histories):
         many = det.score_many(windows, n_new)
         for w, n, got in zip(windows, n_new, many):
             np.testing.assert_allclose(got, det.score(w)[len(w) - n :], rtol=1e-5, atol=1e-7, equal_nan=True)
+        # one new point per window: the vectorised path, against each window alone
+        for want, got in zip([det.expected_many([w], [1])[0] for w in windows],
+                             det.expected_many(windows, [1] * len(windows))):
+            np.testing.assert_allclose(got, want, rtol=1e-12, equal_nan=True)
+
+
+def test_points_carry_the_expected_value_of_the_seasonal_member(model, histories, tmp_path):
+    seasonal = model.members[model.expected_member]
+    assert seasonal.family == "seasonal"
+
+    async def go():
+        p = make(model, StreamStore(str(tmp_path)))
+        await p.stream_many(batch([(f"s{k}", histories[k, :150].tolist()) for k in range(3)]))
+        return (await p.stream_many(batch([(f"s{k}", histories[k, 150:151].tolist()) for k in range(3)])))["results"]
+
+    for k, r in enumerate(asyncio.run(go())):
+        want = seasonal._expected(histories[k, :151])[-1]
+        assert r["points"][0]["expected"] == pytest.approx(want, rel=1e-12)
 
 
 def test_a_series_new_past_the_tenant_quota_is_refused_alone(model, histories, tmp_path):

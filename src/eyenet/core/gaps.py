@@ -88,6 +88,10 @@ class Filled:
     last_value: float
 
 
+_NONE_IMPUTED = np.zeros(1, dtype=bool)
+_NONE_IMPUTED.flags.writeable = False
+
+
 def fill(
     values: ArrayLike,
     timestamps: ArrayLike | None = None,
@@ -107,6 +111,8 @@ def fill(
     policy.validate()
     last_ts, step, last_value = float(last_ts), float(step), float(last_value)
     v = np.asarray(values, dtype=float)
+    if timestamps is None and v.shape == (1,) and math.isfinite(v[0]):  # one point, nothing to do: the hot path
+        return Filled([Segment(v, None, _NONE_IMPUTED, False)], 0, math.nan, step, float(v[0]))
     finite = np.isfinite(v)
     if v.ndim != 1:
         raise InvalidInputError(f"values: expected one series, got shape {v.shape}")

@@ -277,6 +277,20 @@ class AnomalyModel:
         return np.concatenate((state.values, values))
 
     @property
+    def expected_member(self) -> int | None:
+        """The member whose expected value the model reports (the first that has one: a seasonal
+        baseline or a forecast), or None."""
+        return next((j for j, d in enumerate(self.members) if d.expects), None)
+
+    def expected_many(self, inputs: list[list[np.ndarray]], n_new: list[int]) -> list[np.ndarray] | None:
+        """The expected value at the new points of each stream (``inputs``: each stream's
+        :meth:`member_inputs`), from :attr:`expected_member`; None when no member expects."""
+        j = self.expected_member
+        if j is None:
+            return None
+        return self.members[j].expected_many([i[j] for i in inputs], n_new)
+
+    @property
     def member_families(self) -> list[str]:
         return [d.family for d in self.members]
 
@@ -342,6 +356,61 @@ class AnomalyModel:
             last_value=st.last_value,
         )
         return Scores(raw=raw, calibrated=cal, score=score, alarm=alarm), new_state
+
+    def finish_many(self, member_raw: np.ndarray, values: np.ndarray,
+                    states: list[StreamState]) -> tuple[Scores, list[StreamState]]:
+        """:meth:`finish_stream` of one new point in each of many streams, every member answering:
+        row ``i`` of ``member_raw`` and ``values[i]`` belong to ``states[i]``. The same numbers as
+        one call per stream, with calibration and combination done once on arrays over the streams
+        and only what each stream keeps of its own (ranks, novelty, alarms) done stream by stream."""
+        det, n = self.detector, len(states)
+        raw = det.combine_raw(member_raw)
+        cal = self.calibrator_.transform(raw)
+        hists: list[list[np.ndarray]] = []
+        if self.rank:
+            rk = self.rank
+            scale = math.log10(rk.history + 1)
+            ranks = np.full(member_raw.shape, np.nan)
+            for i, st in enumerate(states):  # RunningRank.rank of one score: at least as high in the history
+                own = []
+                for j, hist in enumerate(st.scores):
+                    v = float(member_raw[i, j])
+                    if v != v:  # not ready: not remembered
+                        own.append(hist[-rk.history :])
+                        continue
+                    h = self._rank_history(j, hist)[-rk.history :]
+                    m = len(h)
+                    if m >= rk.learning:
+                        ranks[i, j] = -math.log10((int(np.count_nonzero(h >= v)) + 1) / (m + 1)) / scale
+                    own.append(np.concatenate((hist, (v,)))[-rk.history :])
+                hists.append(own)
+            combined = self._combine(ranks)
+            score, new_ranks = np.full(n, np.nan), []
+            for i, st in enumerate(states):  # RunningRank.novelty of one rank
+                if not rk.suppress:
+                    score[i] = combined[i]
+                    new_ranks.append(np.empty(0))
+                    continue
+                q = np.asarray(st.ranks, dtype=float)[-rk.suppress :]
+                r = float(combined[i])
+                if r == r:
+                    score[i] = r if (not len(q) or r > q.max()) else 0.0
+                    q = np.append(q, r)[-rk.suppress :]
+                new_ranks.append(q)
+        else:
+            score, new_ranks = cal, [np.empty(0)] * n
+            hists = [[np.empty(0) for _ in st.scores] for st in states]
+        alarm = np.zeros(n, dtype=bool)
+        keep = max(det.context, det.min_history) - 1
+        out = []
+        for i, st in enumerate(states):
+            flags, alarm_state = self.alarm.decide(score[i : i + 1], st.alarm)
+            alarm[i] = flags[0]
+            ctx = np.concatenate((st.values, values[i : i + 1]))
+            out.append(StreamState(values=ctx[max(len(ctx) - keep, 0) :] if keep else np.empty(0), scores=hists[i],
+                                   ranks=new_ranks[i], alarm=alarm_state, seen=st.seen + 1, model=st.model,
+                                   last_ts=st.last_ts, step=st.step, last_value=st.last_value))
+        return Scores(raw=raw, calibrated=cal, score=score, alarm=alarm), out
 
     def score(self, values: Any) -> Scores:
         """Score a whole series from a fresh stream."""

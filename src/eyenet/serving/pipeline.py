@@ -537,7 +537,8 @@ class Pipeline:
         await asyncio.gather(*([inline()] if here else []), *(remote(k, j) for j in there for k in range(len(units))))
         if any(len(gone) == len(families) for gone in missing):
             raise NotServableError(f"{name} v{version}: no member answered (members: {families})")
-        out = await self._off_loop(n_points, self._finish_units, name, version, model, raw, units, missing, report)
+        out = await self._off_loop(n_points, self._finish_units, name, version, model, raw, units, missing, report,
+                                   inputs)
         alarms = sum(a for _, _, _, a in out)
         m.POINTS.labels(name).inc(sum(len(u.values) for u in units))
         m.ANOMALIES.labels(name).inc(alarms)
@@ -606,10 +607,15 @@ class Pipeline:
 
     @staticmethod
     def _finish_units(name: str, version: int, model: Any, raw: list[np.ndarray], units: list[Unit],
-                      missing: list[set[str]], report: set[str] | None) -> list[tuple[Any, ...]]:
-        """Calibration, ranks, combination and alarms of every unit; imputed points are answered with
-        ``imputed: true``, no score and no alarm."""
+                      missing: list[set[str]], report: set[str] | None,
+                      inputs: list[list[np.ndarray]]) -> list[tuple[Any, ...]]:
+        """Calibration, ranks, combination and alarms of every unit, and what the model expected;
+        imputed points are answered with ``imputed: true``, no score and no alarm."""
         families = model.member_families
+        expected = model.expected_many(inputs, [len(u.values) for u in units])
+        if len(units) > 1 and not any(missing) and all(len(u.values) == 1 and u.imputed is None for u in units):
+            return Pipeline._finish_points(name, version, model, raw, units, report,
+                                           None if expected is None else np.concatenate(expected))
         out = []
         for k, u in enumerate(units):
             gone = sorted(missing[k])
@@ -619,9 +625,29 @@ class Pipeline:
                 scores = Scores(raw=scores.raw, calibrated=scores.calibrated,
                                 score=np.where(u.imputed, np.nan, scores.score), alarm=scores.alarm & ~u.imputed)
             body = schemas.result_body(name, version, families, gone, scores, model.member_calibrated(raw[k]), report,
-                                       imputed=u.imputed)
+                                       imputed=u.imputed, expected=None if expected is None else expected[k])
             u.slot = k
             out.append((body, new_state, scores, int(scores.alarm.sum())))
+        return out
+
+
+    @staticmethod
+    def _finish_points(name: str, version: int, model: Any, raw: list[np.ndarray], units: list[Unit],
+                       report: set[str] | None, expected: np.ndarray | None) -> list[tuple[Any, ...]]:
+        """:meth:`_finish_units` of units of one point each, every member answering (the batch stream
+        of one new point per series): one :meth:`~eyenet.core.model.AnomalyModel.finish_many` and
+        one response body over all of them, then split per unit (the same numbers)."""
+        member_raw = np.vstack(raw)
+        scores, states = model.finish_many(member_raw, np.array([u.values[0] for u in units]), [u.state for u in units])
+        body = schemas.result_body(name, version, model.member_families, [], scores,
+                                   model.member_calibrated(member_raw), report, expected=expected)
+        out = []
+        for k, (u, point, state) in enumerate(zip(units, body["points"], states)):
+            u.slot = k
+            one = Scores(raw=scores.raw[k : k + 1], calibrated=scores.calibrated[k : k + 1],
+                         score=scores.score[k : k + 1], alarm=scores.alarm[k : k + 1])
+            out.append(({"model": name, "version": version, "degraded": False, "missing": [], "points": [point]},
+                        state, one, int(scores.alarm[k])))
         return out
 
 

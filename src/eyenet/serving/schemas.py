@@ -358,10 +358,11 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
 
 def result_body(name: str, version: int, families: list[str], missing: list[str], scores: Any,
                 member_calibrated: np.ndarray, report: set[str] | None = None,
-                imputed: np.ndarray | None = None) -> dict[str, Any]:
-    """The JSON of one scored series: per point the ensemble score, alarm and each answering member's
-    score (of the members in ``report`` only, when given); ``imputed`` points (filled in for a
-    missing value or timestamp) say so and carry no score."""
+                imputed: np.ndarray | None = None, expected: np.ndarray | None = None) -> dict[str, Any]:
+    """The JSON of one scored series: per point the ensemble score, alarm, each answering member's
+    score (of the members in ``report`` only, when given) and the value the model ``expected``
+    (None where it has none); ``imputed`` points (filled in for a missing value or timestamp) say
+    so and carry no score."""
 
     def nums(a: np.ndarray) -> list[float | None]:
         return [v if v == v and abs(v) != np.inf else None for v in np.asarray(a, dtype=float).tolist()]
@@ -369,9 +370,10 @@ def result_body(name: str, version: int, families: list[str], missing: list[str]
     score, calibrated, alarm = nums(scores.score), nums(scores.calibrated), np.asarray(scores.alarm).tolist()
     answered = [(f, nums(member_calibrated[:, j])) for j, f in enumerate(families)
                 if f not in missing and (report is None or f in report)]
+    exp = nums(expected) if expected is not None else [None] * len(score)
     points = [
         {"score": score[i], "calibrated": calibrated[i], "alarm": bool(alarm[i]), "ready": score[i] is not None,
-         "detectors": {f: col[i] for f, col in answered}}
+         "expected": exp[i], "detectors": {f: col[i] for f, col in answered}}
         for i in range(len(score))
     ]
     if imputed is not None:

@@ -78,6 +78,8 @@ class Detector:
     """Base class: parameter handling, validation, calibration, save/load."""
 
     family: ClassVar[str] = ""
+    #: whether :meth:`expected_many` gives the value the detector expected (a forecast, a baseline)
+    expects: ClassVar[bool] = False
     _constraints: ClassVar[dict[str, Constraint]] = {}
     #: extra points beyond ``min_history`` that ``fit`` needs
     _min_fit_extra: ClassVar[int] = 8
@@ -160,6 +162,12 @@ class Detector:
         score the windows in one vectorised pass override it (e.g. one forward pass of a network
         over every window stacked)."""
         return [self.score(w)[len(w) - n :] for w, n in zip(windows, n_new)]
+
+    def expected_many(self, windows: list[np.ndarray], n_new: list[int]) -> list[np.ndarray]:
+        """What this detector expected at the last ``n_new[i]`` points of each ``windows[i]``, in the
+        series' units (a forecast, a seasonal baseline); NaN where it expects nothing (not ready,
+        or a family without an expected value: ``expects`` False)."""
+        return [np.full(n, np.nan) for n in n_new]
 
     def score_last(self, window: Any) -> float:
         """Raw score of the last point of ``window`` (the real-time path). NaN if not ready."""

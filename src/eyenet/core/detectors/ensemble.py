@@ -181,10 +181,22 @@ class Ensemble(Detector):
             return (s >= self.vote_threshold).mean(axis=1)
         if self.combine == "weighted":
             return (s * self._unit_weights()).sum(axis=1)  # not s @ w: BLAS rounds one row and many differently
-        w = self.member_weights
-        if len(w) == s.shape[1] and not np.allclose(w, w[0]):
-            return (s * (w / w.sum())).sum(axis=1)
+        w = self._mean_weights(s.shape[1])
+        if w is not None:
+            return (s * np.asarray(w)).sum(axis=1)
         return s.mean(axis=1)
+
+    def _mean_weights(self, n: int) -> list[float] | None:
+        """The members' weights in ``mean``, summing to 1, or None when they are all equal (a plain
+        mean); cached, as it runs for every point scored."""
+        members = self.members if self.members is not None else DEFAULT_MEMBERS
+        key = (id(members), len(members), n)
+        hit = self.__dict__.get("_weights_cache")
+        if hit is None or hit[0] != key:
+            w = np.array([float(m.get("weight", 1.0)) for m in members])
+            hit = (key, (w / w.sum()).tolist() if len(w) == n and not np.allclose(w, w[0]) else None)
+            self._weights_cache = hit
+        return hit[1]
 
     def _unit_weights(self) -> np.ndarray:
         w = np.asarray(self.weights, dtype=float)
@@ -216,12 +228,12 @@ class Ensemble(Detector):
             return sum(v >= self.vote_threshold for v in s) / len(s)
         if len(s) >= 8:  # numpy sums 8 or more numbers pairwise
             return float(self.combine_scores(np.array([s]))[0])
-        w = self.member_weights
-        weighted = self.combine == "weighted" or (len(w) == len(s) and not np.allclose(w, w[0]))
+        w = self._mean_weights(len(s))
+        weighted = self.combine == "weighted" or w is not None
         if self.combine == "weighted":
             s = [v * x for v, x in zip(s, self._unit_weights().tolist())]
         elif weighted:  # a mean with member weights
-            s = [v * x for v, x in zip(s, (w / w.sum()).tolist())]
+            s = [v * x for v, x in zip(s, w)]
         total = s[0]  # in order, as numpy sums fewer than 8 numbers
         for v in s[1:]:
             total += v

@@ -38,6 +38,7 @@ class TorchForecaster(TorchDetector):
     ``seed``: makes ``fit`` reproducible; ``device``: ``auto`` | ``cpu`` | ``cuda``.
     """
 
+    expects = True
     _constraints: ClassVar[dict[str, Constraint]] = dict(TORCH_CONSTRAINTS)
 
     def __init__(
@@ -107,6 +108,12 @@ class TorchForecaster(TorchDetector):
             xn = self.norm_.transform(x)
             out[w:] = self.norm_.inverse(np.concatenate(list(predict(self.net_, windows(xn[:-1], w), self.device_))))
         return out
+
+    def expected_many(self, windows: list[np.ndarray], n_new: list[int]) -> list[np.ndarray]:
+        """The one-step forecasts of the new points."""
+        if not self.is_fitted:
+            return super().expected_many(windows, n_new)
+        return [self.forecast(w)[len(w) - n :] for w, n in zip(windows, n_new)]
 
     def forecast_next(self, window_values: Any) -> float:
         """Forecast of the value after ``window_values`` (its last ``window`` points are used)."""

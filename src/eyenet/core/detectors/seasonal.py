@@ -75,6 +75,7 @@ class Seasonal(Detector):
     """
 
     family = "seasonal"
+    expects = True
     _constraints = {
         "period": interval(0, 100_000, integer=True),
         "cycles": interval(1, 100, integer=True),
@@ -155,13 +156,26 @@ class Seasonal(Detector):
         the same order as :meth:`_expected`, so the same numbers); the rest one by one."""
         if not self.is_fitted:
             return super().score_many(windows, n_new)  # raises NotFittedError
+        return self._last_many(windows, n_new, lambda x, e: np.abs(x - e) / self.scale_,
+                               lambda w, n: self.score(w)[len(w) - n :])
+
+    def expected_many(self, windows: list[np.ndarray], n_new: list[int]) -> list[np.ndarray]:
+        """The mean of the same phase over the last ``cycles`` periods at each new point."""
+        if not self.is_fitted:
+            return super().expected_many(windows, n_new)
+        return self._last_many(windows, n_new, lambda x, e: e,
+                               lambda w, n: self._expected(np.asarray(w, dtype=float))[len(w) - n :])
+
+    def _last_many(self, windows: list[np.ndarray], n_new: list[int], last: Any, each: Any) -> list[np.ndarray]:
+        """``last(values, expected)`` at the last point of the windows of one new point that are long
+        enough, as arrays over windows of the same length; ``each(window, n)`` for the others."""
         out: list[np.ndarray | None] = [None] * len(windows)
         by_length: dict[int, list[int]] = {}
         for i, (w, n) in enumerate(zip(windows, n_new)):
             if n == 1 and len(w) >= self.min_history:
                 by_length.setdefault(len(w), []).append(i)
             else:
-                out[i] = self.score(w)[len(w) - n :]
+                out[i] = each(w, n)
         p = int(self.period_)
         for length, rows in by_length.items():
             x = np.stack([np.asarray(windows[i], dtype=float) for i in rows])
@@ -173,9 +187,9 @@ class Seasonal(Detector):
                 expected = total / len(lags)
             else:
                 expected = np.full(len(rows), self.center_)
-            raw = np.abs(x[:, -1] - expected) / self.scale_
+            got = last(x[:, -1], expected)
             for k, i in enumerate(rows):
-                out[i] = raw[k : k + 1]
+                out[i] = got[k : k + 1]
         return out  # type: ignore[return-value]
 
     def _state(self) -> dict[str, np.ndarray]:
