@@ -1,6 +1,10 @@
 """What a user would write instead of EyeNet's Serve app: one uvicorn process scoring in-process.
 
     python -m bench.fastapi_baseline --model default.default.ensemble --mlflow-uri URI --port 8100
+
+Routes: ``/v1/detect``, ``/v1/stream`` and ``/v1/stream/batch`` (each series of the batch scored
+in turn with ``model.score_stream``, its state kept in a dict), with the request bodies of EyeNet's
+routes and no auth; answers carry each point's score and alarm.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from eyenet.lifecycle import registry
-from eyenet.serving.schemas import DetectRequest, StreamRequest, check_series
+from eyenet.serving.schemas import DetectRequest, StreamBatchRequest, StreamRequest, check_series
 
 
 def build(model) -> FastAPI:
@@ -30,6 +34,14 @@ def build(model) -> FastAPI:
     def stream(req: StreamRequest) -> dict:
         scores, states[req.id] = model.score_stream(np.asarray(req.values, dtype=float), states.get(req.id))
         return {"id": req.id, "points": points(scores)}
+
+    @app.post("/v1/stream/batch")
+    def stream_batch(req: StreamBatchRequest) -> dict:
+        out = []
+        for s in req.series:
+            scores, states[s.id] = model.score_stream(np.asarray(s.values, dtype=float), states.get(s.id))
+            out.append({"id": s.id, "points": points(scores)})
+        return {"results": out}
 
     return app
 

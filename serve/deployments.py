@@ -344,7 +344,7 @@ class Router:
 
     @app.post("/api/v1/write", status_code=204, response_class=Response,
               responses={**http.responses(400, 401, 403, 404, 413, 429, 503), 204: {"description": "taken"}})
-    async def remote_write(self, body: schemas.RemoteWriteBody) -> Response:
+    async def remote_write(self, body: schemas.RemoteWriteBody = b"") -> Response:
         """Prometheus remote_write 1.0 in (snappy-compressed protobuf ``WriteRequest``): the series that
         ``remote_write.rules`` select are scored as stream points of the credential's tenant. 204 once
         taken; 400 for a malformed body (never worth a retry); 429 and 503 where a retry helps."""
@@ -485,6 +485,8 @@ class Router:
         elif not store["ok"]:
             problems.append(f"stream store cannot write its snapshots ({store['failures']} attempts, "
                             f"{store['dirty']} series waiting): {store['error']}")
+        if self.writer is not None and self.writer.error is not None:
+            problems.append(f"score write-back: {self.writer.error}")
         return {"status": "degraded" if problems else "ok", "problems": problems,
                 "auth": "on" if self.auth.enabled else "off (auth.enabled is false: every caller is an admin)",
                 "families": sorted(self.scorers),

@@ -30,6 +30,7 @@ def _routes(app) -> list[tuple[str, str, dict | None, str]]:
         ("GET", "/metrics", None, "reader"),
         ("POST", "/v1/detect", {"series": [{"id": "m-1", "values": window}], "group": "web"}, "writer"),
         ("POST", "/v1/stream", {"id": "m-2", "values": window, "group": "web"}, "writer"),
+        ("POST", "/v1/stream/batch", {"series": [{"id": "m-3", "values": window}], "group": "web"}, "writer"),
         ("POST", "/v1/models/{model}/review".format(model=model), {}, "operator"),
     ]
 
@@ -89,6 +90,7 @@ def test_a_tenant_sees_and_changes_only_its_own(secured_app) -> None:
         ("POST", f"/v1/models/{acme}/review", {}),
         ("POST", "/v1/detect", {"series": [{"id": "x", "values": [1.0, 2.0]}], "tenant": "acme", "group": "web"}),
         ("POST", "/v1/stream", {"id": "x", "values": [1.0], "tenant": "acme", "group": "web"}),
+        ("POST", "/v1/stream/batch", {"series": [{"id": "x", "values": [1.0]}], "tenant": "acme", "group": "web"}),
         ("POST", "/v1/feedback", {"id": "x", "label": "false_alarm", "indices": [0], "tenant": "acme", "group": "web"}),
     ]:
         key = "globex-operator" if "/models/" in path else "globex-writer"

@@ -77,6 +77,7 @@ def stack(ray_cluster, mlflow_store, prometheus, tmp_path_factory):
     root = tmp_path_factory.mktemp("remote-write")
     keys = KeyStore(root / "keys.db")
     key = keys.create("prometheus", TENANT, "writer")[1]
+    reader = keys.create("dashboards", TENANT, "reader")[1]
     values = 40.0 + np.random.default_rng(1).normal(0, 1.0, 1500)
     config = presets.model_config("ensemble", {"members": [{"family": "zscore", "params": {"window": 20}},
                                                            {"family": "mad", "params": {"window": 20}}]})
@@ -101,7 +102,7 @@ def stack(ray_cluster, mlflow_store, prometheus, tmp_path_factory):
                           "queue_config": {"batch_send_deadline": "250ms", "min_backoff": "50ms",
                                            "max_backoff": "1s"}}],
     })
-    yield {"url": url, "key": key, "prometheus": prometheus, "target": target, "model": first.version.name,
+    yield {"url": url, "key": key, "reader": reader, "prometheus": prometheus, "target": target, "model": first.version.name,
            "headers": {"Authorization": f"Bearer {key}"}}
     prometheus.reconfigure(before)
     target.close()
@@ -189,6 +190,9 @@ def test_bad_bodies_get_400_or_413_and_change_nothing(stack):
     r = requests.post(f"{url}/api/v1/write", data=b"x" * (9 << 20), timeout=60, headers={**WRITE_HEADERS, **headers})
     assert r.status_code == 413
     assert requests.post(f"{url}/api/v1/write", data=valid, timeout=30, headers=WRITE_HEADERS).status_code == 401
+    reader = {"Authorization": f"Bearer {stack['reader']}"}
+    r = requests.post(f"{url}/api/v1/write", data=valid, timeout=30, headers={**WRITE_HEADERS, **reader})
+    assert r.status_code == 403 and "needs writer" in r.json()["error"]
     assert requests.get(f"{url}/healthz", timeout=30).json()["streams"] == streams
 
 

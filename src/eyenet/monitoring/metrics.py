@@ -34,14 +34,16 @@ QUOTA_REFUSED = Counter("eyenet_quota_refused_total", "Requests refused (429) by
                         "series (a tenant's live series), store_full (every stored series busy)", ["quota"],
                         registry=REGISTRY)
 REMOTE_WRITE = Counter("eyenet_remote_write_samples_total", "Samples received through remote_write, by outcome: "
-                       "scored, imputed (points filled in for a missing value or a gap, not scored), unselected "
-                       "(no rule matches the series), late (at or before the series' last sample: out of order "
-                       "or a duplicate), stale (a staleness marker: the series ends), refused (the tenant's "
-                       "series quota), conflict (the series kept moving on elsewhere), invalid (a series id "
-                       "EyeNet cannot take)", ["outcome"], registry=REGISTRY)
+                       "scored; imputed (a missing value, or a point filled into a gap: not scored); unselected "
+                       "(no rule matches the series, or it is a score EyeNet wrote back); late (at or before the "
+                       "series' last sample: out of order or a duplicate; or a missing value with nothing before "
+                       "it to carry); stale (a staleness marker: the series ends); refused (the tenant's series "
+                       "quota); conflict (the series kept moving on elsewhere); invalid (an infinity, or a series "
+                       "id EyeNet cannot take)", ["outcome"], registry=REGISTRY)
 WRITEBACK = Counter("eyenet_writeback_samples_total", "Score samples written back through remote_write, by outcome: "
                     "sent, dropped (the queue was full: oldest first), rejected (the receiver refused them with a "
-                    "4xx: not retried)", ["outcome"], registry=REGISTRY)
+                    "4xx: not retried), late (at or before a point of the series already written)", ["outcome"],
+                    registry=REGISTRY)
 WRITEBACK_RETRIES = Counter("eyenet_writeback_retries_total", "Write-back requests retried after an error or a 5xx/429",
                             registry=REGISTRY)
 MODEL_VERSION = Gauge("eyenet_model_version", "Registered model version served", ["model", "detector"],

@@ -5,12 +5,15 @@
    :class:`~eyenet.core.errors.InvalidInputError` (the route answers 400, which Prometheus never
    retries), an oversized one a :class:`~eyenet.core.errors.PayloadTooLargeError` (413).
 2. Each series is matched against ``remote_write.rules`` (PromQL series selectors, first match
-   wins; its ``group`` names the tenant's model). Series no rule selects are counted and left.
+   wins; its ``group`` names the tenant's model). Series no rule selects are counted and left,
+   and so are EyeNet's own written-back series (``eyenet_anomaly_score`` ...), which a
+   Prometheus that forwards everything would send back: scores are never scored.
 3. A series' id is its metric name and sorted labels (``node_load1{instance="a:9100"}``); the
    tenant is the credential's. Its samples are stream points with their timestamps, scored in one
    batch per group (:meth:`~eyenet.serving.pipeline.Pipeline.stream_series`): gaps are imputed,
    samples at or before the series' last one (out of order, duplicates, a retried request) are
-   dropped and counted.
+   dropped and counted. An infinite sample cannot be imputed: it is dropped and counted as
+   ``invalid``, and the rest of its series is scored.
 4. A staleness marker ends a series (its state is forgotten): samples before the first marker
    are scored first, samples after the last one start the series afresh, any between are
    dropped (counted as stale).
@@ -32,6 +35,7 @@ from eyenet.core.prometheus import RemoteSeries, decode_write, is_stale, parse_s
 from eyenet.monitoring import metrics as m
 from eyenet.serving import schemas
 from eyenet.serving.settings import RemoteWriteSettings
+from eyenet.serving.writeback import WRITTEN
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,7 @@ class RemoteWriteIngest:
         ended: dict[str, list[str]] = {}
         for rs in series:
             n = len(rs.values)
-            group = self.group_of(rs.labels) if n else None
+            group = self.group_of(rs.labels) if n and rs.labels.get("__name__") not in WRITTEN else None
             if group is None:
                 counts["unselected"] += n
                 continue
@@ -78,6 +82,10 @@ class RemoteWriteIngest:
             if not schemas._ID.fullmatch(sid):
                 counts["invalid"] += n
                 continue
+            inf = np.isinf(rs.values)
+            if inf.any():
+                counts["invalid"] += int(inf.sum())
+                rs = RemoteSeries(rs.labels, rs.timestamps_ms[~inf], rs.values[~inf])
             self._split(rs, sid, group, now_round, later, ended, counts)
         total = sum(len(t.values) for g in (now_round, later) for ts in g.values() for t in ts)
         if total:
@@ -88,9 +96,10 @@ class RemoteWriteIngest:
             await self.pipeline.end_series(tenant, group, ids)
         for group, taken in later.items():
             await self._score(tenant, group, taken, counts)
-        for outcome, n in counts.items():
+        out = {outcome: n for outcome, n in counts.items() if n}
+        for outcome, n in out.items():
             m.REMOTE_WRITE.labels(outcome).inc(n)
-        return dict(counts)
+        return out
 
     @staticmethod
     def _split(rs: RemoteSeries, sid: str, group: str, now_round: dict[str, list[_Taken]],

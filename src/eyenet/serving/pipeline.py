@@ -566,6 +566,9 @@ class Pipeline:
             if len(x):
                 entries.append(((name, version, x, kept, plan.series), {"first": first, "timestamps": ts}))
         body["degraded"], body["missing"] = bool(missing), sorted(missing)
+        if plan.timestamps is not None:  # points no longer line up with the values sent: say when each is
+            for point, t in zip(body["points"], plan.timestamps.tolist()):
+                point["timestamp"] = t
         f = plan.filled
         if f.dropped:
             body["dropped"] = f.dropped

@@ -94,6 +94,12 @@ class SeriesIn(BaseModel):
         return v
 
 
+class ForecastSeriesIn(SeriesIn):
+    """A series to forecast from: every value known (a forecast reads its last window as it is)."""
+
+    values: list[float] = Field(min_length=1, json_schema_extra={"maxItems": LIMITS.max_points})
+
+
 class DetectRequest(BaseModel):
     """``POST /v1/detect``: score windows of one or many series from a fresh stream each."""
 
@@ -141,7 +147,7 @@ class ForecastRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    series: list[SeriesIn] = Field(min_length=1, json_schema_extra={"maxItems": LIMITS.max_series})
+    series: list[ForecastSeriesIn] = Field(min_length=1, json_schema_extra={"maxItems": LIMITS.max_series})
     detector: str = Field("transformer", json_schema_extra=NAME_SCHEMA)
     group: str = Field("default", json_schema_extra=NAME_SCHEMA)
     tenant: str | None = Field(None, pattern=NAME_PART, description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")

@@ -11,8 +11,13 @@ counted) and a background task sends them in batches of at most ``max_batch`` ev
 ``interval_s``, snappy-compressed protobuf as the remote_write 1.0 spec says. A batch that fails
 with a connection error, a timeout, a 5xx or a 429 is retried with exponential backoff up to
 ``max_backoff_s`` (the queue keeps filling meanwhile, within its bound); a 4xx other than 429
-means the receiver will never take it, so it is dropped and counted. Counters:
-``eyenet_writeback_samples_total{outcome}`` and ``eyenet_writeback_retries_total``.
+means the receiver will never take it, so it is dropped and counted. A 400 may come from one
+series alone (Prometheus refuses a whole request for one sample older than what it holds), so a
+refused batch of several series is sent again one series at a time, once, and only the series
+refused again are dropped. A writer never queues a point at or before the last one it queued of
+the same series; with several router replicas a series' points may still reach the receiver out
+of order (each replica writes its own), which Prometheus takes with ``out_of_order_time_window``.
+Counters: ``eyenet_writeback_samples_total{outcome}`` and ``eyenet_writeback_retries_total``.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import logging
 import os
 import urllib.error
 import urllib.request
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -35,6 +40,9 @@ log = logging.getLogger(__name__)
 
 #: the series names written back
 SCORE, EXPECTED, ALARM = "eyenet_anomaly_score", "eyenet_expected_value", "eyenet_alarm"
+WRITTEN = frozenset({SCORE, EXPECTED, ALARM})
+#: series whose last written timestamp a writer remembers (least recently written forgotten beyond it)
+MAX_REMEMBERED = 100_000
 
 #: sends one compressed body; returns the HTTP status (raises OSError when the receiver is unreachable)
 Post = Callable[[bytes], Awaitable[int]]
@@ -51,6 +59,7 @@ class ScoreWriter:
         # one entry per sample: (label set, timestamp in ms, value); label sets are tuples of pairs
         self._queue: deque[tuple[tuple[tuple[str, str], ...], int, float]] = deque()
         self._task: asyncio.Task | None = None
+        self._last: OrderedDict[tuple[tuple[str, str], ...], int] = OrderedDict()  # series -> last ms queued
         self.sent = self.dropped = self.rejected = self.failures = 0
         self.error: str | None = None
 
@@ -62,14 +71,24 @@ class ScoreWriter:
         base = {k: v for k, v in labels.items() if k not in ("__name__", "model", "version")}
         base.update(metric=labels.get("__name__", ""), model=model, version=str(version))
         names = {name: tuple(sorted({**base, "__name__": name}.items())) for name in (SCORE, EXPECTED, ALARM)}
-        q = self._queue
+        q, last = self._queue, self._last
+        newest = last.get(names[SCORE], -1 << 62)
         for t, p in zip(timestamps_ms.tolist(), points):
             if p.get("imputed") or p.get("score") is None:
                 continue
+            if t <= newest:  # a point of this series at or before one already queued: the receiver refuses it
+                m.WRITEBACK.labels("late").inc()
+                continue
+            newest = int(t)
             q.append((names[SCORE], int(t), float(p["score"])))
             q.append((names[ALARM], int(t), 1.0 if p.get("alarm") else 0.0))
             if p.get("expected") is not None:
                 q.append((names[EXPECTED], int(t), float(p["expected"])))
+        if newest > -1 << 62:
+            last[names[SCORE]] = newest
+            last.move_to_end(names[SCORE])
+            if len(last) > MAX_REMEMBERED:
+                last.popitem(last=False)
         over = len(q) - self.settings.max_queue
         if over > 0:
             for _ in range(over):
@@ -96,7 +115,7 @@ class ScoreWriter:
             await asyncio.sleep(self.settings.interval_s)
             while self._queue:
                 if not await self.send_batch():
-                    break  # retried on the next tick, after a backoff
+                    break  # the queue overflowed while a batch was retried: start again on the next tick
 
     def _take(self) -> list[tuple[tuple[tuple[str, str], ...], int, float]]:
         n = min(len(self._queue), self.settings.max_batch)
@@ -116,10 +135,25 @@ class ScoreWriter:
         return encode_write(out)
 
     async def send_batch(self) -> bool:
-        """Send one batch, retrying with backoff; True when it was taken (or refused for good)."""
+        """Send one batch, retrying with backoff; True when it was taken (or refused for good), False
+        when it was dropped because the queue overflowed while it was retried."""
         batch = self._take()
         if not batch:
             return True
+        series: dict[tuple[tuple[str, str], ...], list[Any]] = {}
+        for sample in batch:
+            series.setdefault(sample[0], []).append(sample)
+        status = await self._send(batch)
+        if status != 400 or len(series) == 1:
+            return status is not None
+        for part in series.values():  # a 400 of one series must not cost the others theirs
+            if await self._send(part, split=True) is None:
+                return False
+        return True
+
+    async def _send(self, batch: list[Any], split: bool = False) -> int | None:
+        """POST ``batch`` until it is taken or refused for good; its status (None: dropped, the queue
+        overflowed while it was retried). A 400 of a batch of several series is left to the caller."""
         body = self.encode(batch)
         delay = min(0.1, self.settings.max_backoff_s)
         while True:
@@ -133,13 +167,15 @@ class ScoreWriter:
                 self.sent += len(batch)
                 self.error = None
                 m.WRITEBACK.labels("sent").inc(len(batch))
-                return True
+                return status
+            if status == 400 and not split and len({s[0] for s in batch}) > 1:
+                return status
             if status is not None and 400 <= status < 500 and status != 429:
                 self.rejected += len(batch)
-                self.error = f"the receiver refused a batch ({reason}); dropped"
+                self.error = f"the receiver refused {len(batch)} samples ({reason}); dropped"
                 m.WRITEBACK.labels("rejected").inc(len(batch))
                 log.warning("writeback: %s", self.error)
-                return True
+                return status
             self.failures += 1
             self.error = f"writing scores failed ({reason}); retrying"
             m.WRITEBACK_RETRIES.inc()
@@ -149,7 +185,7 @@ class ScoreWriter:
             if len(self._queue) + len(batch) > self.settings.max_queue:  # the queue overflowed meanwhile
                 self.dropped += len(batch)
                 m.WRITEBACK.labels("dropped").inc(len(batch))
-                return False
+                return None
 
     async def _post(self, body: bytes) -> int:
         s = self.settings
