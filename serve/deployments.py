@@ -177,7 +177,8 @@ class _StoreActor:
         return await self._do(self.actor.get_many.remote(keys))
 
     async def commit_many(self, items: list[tuple[str, int, Any]]) -> list[tuple[bool, int, Any]]:
-        return await self._do(self.actor.commit_many.remote(items))
+        # as compact bytes: a thousand states pickled as objects cost the router more than scoring them
+        return await self._do(self.actor.commit_many.remote([(k, v, st.to_bytes()) for k, v, st in items]))
 
     async def delete(self, key: str) -> int:
         return await self._do(self.actor.delete.remote(key))

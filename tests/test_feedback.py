@@ -36,7 +36,7 @@ def test_request_names_points_by_timestamps_or_indices_exactly_once():
 
 
 @pytest.mark.parametrize("body, field", [
-    ({"id": "web 1", "label": "false_alarm", "indices": [1]}, "id"),
+    ({"id": "web\n1", "label": "false_alarm", "indices": [1]}, "id"),
     ({"id": "w", "label": "maybe", "indices": [1]}, "label"),
     ({"id": "w", "label": "false_alarm", "indices": []}, "indices"),
     ({"id": "w", "label": "false_alarm", "indices": [1], "note": "x" * 1001}, "note"),

@@ -355,3 +355,29 @@ def test_bad_input_never_maps_to_5xx():
             assert status < 500, cls
     assert http.error_status(RuntimeError("a bug")) is None  # not EyeNet's: Starlette answers 500
     assert http.error_body(_validation_error())["error"].startswith("values:")
+
+
+def test_a_refusal_that_expires_while_a_request_checks_the_store_is_still_a_429(model, values, tmp_path):
+    """A tenant's remembered refusal can be cleared by another request while one awaits the store;
+    the waiting request still answers 429 (found by a 200,000-id flood: it was a KeyError, a 500)."""
+    import time
+
+    from eyenet.core.errors import QuotaExceededError
+    from eyenet.serving.streams import Refusal
+
+    class SlowStore(StreamStore):
+        async def get(self, key: str) -> tuple[int, Any]:
+            await asyncio.sleep(0.2)
+            return await super().get(key)
+
+    async def go():
+        p = make(model, SlowStore(str(tmp_path)))
+        p._note_full(schemas.DEFAULT_TENANT, Refusal("at its quota", 0.05))
+        first = asyncio.create_task(p.stream(stream_req(values[:5], series="new-1")))
+        await asyncio.sleep(0.1)  # the refusal expires; the next request of the tenant clears it
+        second = await p.stream(stream_req(values[:5], series="new-2"))
+        with pytest.raises(QuotaExceededError, match="at its quota"):
+            await first
+        return second
+
+    assert run(go())[0]["seen"] == 5

@@ -60,8 +60,10 @@ class Outbox:
         are not a live series' values (``/v1/detect``)."""
         b = self._batch.get((name, version))
         if b is None:
+            keep = self.max_series_points  # a series' last values: a deque drops the oldest at no cost
             b = self._batch[(name, version)] = {"value": [], "calibrated": [], "score": [], "points": 0, "alarms": 0,
-                                                "series": defaultdict(list), "scored": {}, "last": 0.0}
+                                                "series": defaultdict(lambda: deque(maxlen=keep)), "scored": {},
+                                                "last": 0.0}
         b["value"].append(np.asarray(values, dtype=float))
         b["calibrated"].append(np.asarray(scores.calibrated, dtype=float))
         b["score"].append(np.asarray(scores.score, dtype=float))
@@ -88,10 +90,7 @@ class Outbox:
             if len(record["timestamps"]) > self.max_series_points:
                 del record["timestamps"][: len(record["timestamps"]) - self.max_series_points]
         if series is not None:
-            kept = b["series"][series]
-            kept.extend(float(v) for v in values)
-            if len(kept) > self.max_series_points:
-                del kept[: len(kept) - self.max_series_points]
+            b["series"][series].extend(np.asarray(values, dtype=float)[-self.max_series_points:].tolist())
 
     def take(self) -> list[dict[str, Any]]:
         """The batch since the last call, oldest (model, version) first, arrays joined."""
@@ -100,7 +99,7 @@ class Outbox:
         for (name, version), b in sorted(batch.items(), key=lambda kv: kv[1]["last"]):
             out.append({"model": name, "version": version, "points": b["points"], "alarms": b["alarms"],
                         **{f: np.concatenate(b[f]) for f in ("value", "calibrated", "score")},
-                        "series": dict(b["series"]), "scored": b["scored"]})
+                        "series": {k: list(v) for k, v in b["series"].items()}, "scored": b["scored"]})
         return out
 
 

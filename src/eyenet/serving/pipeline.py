@@ -425,8 +425,8 @@ class Pipeline:
         refusal = self._refusing(tenant)
         if refusal is None:
             return
+        until = self._full[tenant][0]  # read before the await: another request may clear it meanwhile
         if (await self.store.get(key))[1] is None:
-            until = self._full[tenant][0]
             raise QuotaExceededError(refusal.reason, retry_after_s=max(1.0, until - time.monotonic()))
 
     def _to_outbox(self, entry: tuple[tuple[Any, ...], dict[str, Any]], series: bool = True) -> None:

@@ -407,8 +407,10 @@ class StreamStore:
         return self.streams.get_many(keys)
 
     async def commit_many(self, items: list[tuple[str, int, Any]]) -> list[tuple[bool, int, Any]]:
+        """:meth:`Streams.commit_many`; a state may come as :meth:`StreamState.to_bytes` (cheaper to send)."""
         self._start()
-        return self.streams.commit_many(items)
+        return self.streams.commit_many([(k, v, StreamState.from_bytes(st) if isinstance(st, bytes) else st)
+                                         for k, v, st in items])
 
     async def delete(self, key: str) -> int:
         self._start()
