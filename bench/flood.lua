@@ -32,7 +32,9 @@ function response(status, headers, body)
   got = got + 1
   statuses[status] = (statuses[status] or 0) + 1
   if status == 429 then retry_after = headers["retry-after"] or headers["Retry-After"] end
-  if got >= share then wrk.thread:stop() end
+  -- its share sent: stop at the next answer (the few still in flight are not awaited; a connection
+  -- whose answer never comes would otherwise keep wrk running until -d)
+  if got >= share or sent >= share then wrk.thread:stop() end
 end
 
 function done(summary, latency, requests)

@@ -138,7 +138,7 @@ def test_stream_state_survives_a_router_replica_kill(served, values):
 @pytest.mark.parametrize(
     "body, status, message",
     [
-        (b'{"series": [{"id": "a", "values": [1.0, NaN]}], "group": "served"}', 422, "series[0].values[1]: not a finite number"),
+        (b'{"series": [{"id": "a", "values": [1.0, -Infinity]}], "group": "served"}', 422, "series[0].values[1]: not a finite number"),
         (b'{"series": [{"id": "a", "values": [1.0, Infinity]}], "group": "served"}', 422, "not a finite number"),
         (b'{"series": [{"id": "a", "values": "x"}]}', 422, "series[0].values"),
         (b'{"series": []}', 422, "series"),
