@@ -43,19 +43,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import ipaddress
 import json
 import math
 import tempfile
 import threading
 import time
-import urllib.parse
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import requests
 
+from bench import loopback_url
 from eyenet.cli.cluster import SERIES_HEADER
 #: points of one request at most (schemas.LIMITS.max_batch_points) and series (max_batch_series)
 MAX_POINTS, MAX_SERIES = 100_000, 5_000
@@ -65,21 +64,6 @@ CHECKED = 2
 
 def fail(message: str) -> SystemExit:
     return SystemExit(f"bench.batch: {message}")
-
-
-def check_loopback(what: str, url: str, allow_remote: bool) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise fail(f"{what} {url!r}: expected http://HOST:PORT")
-    if not allow_remote:
-        try:
-            loopback = ipaddress.ip_address(parts.hostname).is_loopback
-        except ValueError:
-            loopback = parts.hostname == "localhost"
-        if not loopback:
-            raise fail(f"{what} {url}: not a loopback address; this bench loads the server it measures, "
-                       f"pass --allow-remote to aim it elsewhere")
-    return url.rstrip("/")
 
 
 def post(session: requests.Session, url: str, body: bytes, headers: dict[str, str],
@@ -286,8 +270,9 @@ def measure(target: str, url: str, eyenet: bool, args: argparse.Namespace, ids: 
 
 
 def http_section(args: argparse.Namespace) -> None:
-    url = check_loopback("--url", args.url, args.allow_remote)
-    base_url = check_loopback("--baseline-url", args.baseline_url, args.allow_remote) if args.baseline_url else None
+    url = loopback_url("bench.batch", "--url", args.url, args.allow_remote)
+    base_url = loopback_url("bench.batch", "--baseline-url", args.baseline_url, args.allow_remote) \
+        if args.baseline_url else None
     steps = args.steps or int(math.ceil(args.seconds * 30))
     n = args.connections * args.series
     values = series_values(n, args.history + steps)

@@ -52,17 +52,16 @@ from __future__ import annotations
 
 import argparse
 import collections
-import ipaddress
 import json
 import math
 import threading
 import time
-import urllib.parse
 from dataclasses import dataclass
 
 import numpy as np
 import requests
 
+from bench import loopback_url
 from eyenet.core.prometheus import RemoteSeries, encode_write
 
 WRITE_HEADERS = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
@@ -78,21 +77,6 @@ REQUEST_TIMEOUT_S = 60.0
 
 def fail(message: str) -> SystemExit:
     return SystemExit(f"bench.remote_write: {message}")
-
-
-def check_loopback(url: str, allow_remote: bool) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise fail(f"--url {url!r}: expected http://HOST:PORT")
-    if not allow_remote:
-        try:
-            loopback = ipaddress.ip_address(parts.hostname).is_loopback
-        except ValueError:
-            loopback = parts.hostname == "localhost"
-        if not loopback:
-            raise fail(f"--url {url}: not a loopback address; this bench loads the server it measures, "
-                       f"pass --allow-remote to aim it elsewhere")
-    return url.rstrip("/")
 
 
 # -- counters -------------------------------------------------------------------------------------
@@ -345,7 +329,7 @@ def wait_settled(url: str, headers: dict[str, str], before: dict[str, float], ta
 
 
 def bench(args: argparse.Namespace) -> None:
-    url = check_loopback(args.url, args.allow_remote)
+    url = loopback_url("bench.remote_write", "--url", args.url, args.allow_remote)
     auth = {"Authorization": f"Bearer {args.key}"} if args.key else {}
     before = read_counters(url, auth)  # reachable, the key works, and where the counters start
     plan = Plan(args.series, args.rate, args.warm, args.shards, args.batch, args.metric, int(time.time() * 1000))

@@ -4,7 +4,6 @@ would get alone; states carry across batches, refusals and conflicts stay per se
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -14,9 +13,10 @@ from eyenet.core import presets, synthetic
 from eyenet.core.errors import InvalidInputError
 from eyenet.core.model import AnomalyModel
 from eyenet.serving import schemas
-from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline
+from eyenet.serving.pipeline import Pipeline
 from eyenet.serving.settings import AppConfig, QuotaSettings
 from eyenet.serving.streams import StreamStore
+from fakes import pipeline
 
 NAME = "default.default.ensemble"
 #: a seasonal member and a small network: both have a vectorised score_many
@@ -39,20 +39,8 @@ def histories() -> np.ndarray:
     return np.stack([v[7 * k : 7 * k + 200] + k for k in range(SERIES)])
 
 
-class Shelf:
-    def __init__(self, model: AnomalyModel) -> None:
-        self.model = model
-
-    def load(self, name: str, version: int | None = None) -> AnomalyModel:
-        return self.model
-
-    def version(self, name: str, version: int | None = None, *, alias: str | None = None) -> Any:
-        return SimpleNamespace(version=1, created=0.0)
-
-
 def make(model: AnomalyModel, store: Any, **config: Any) -> Pipeline:
-    shelf = Shelf(model)
-    return Pipeline(AliasResolver(shelf), ModelCache(shelf), store, config=AppConfig(**config))
+    return pipeline(model, store, AppConfig(**config))
 
 
 def batch(rows: list[tuple[str, list[float | None]]], **kw: Any) -> schemas.StreamBatchRequest:

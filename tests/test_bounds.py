@@ -24,6 +24,7 @@ from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline
 from eyenet.serving.quota import RateLimits, TokenBucket
 from eyenet.serving.settings import AppConfig, QuotaSettings, StoreSettings
 from eyenet.serving.streams import Refusal, StreamStore, Streams
+from fakes import Shelf
 
 MEMBERS = [{"family": "zscore", "params": {}}, {"family": "mad", "params": {}}]
 
@@ -385,19 +386,6 @@ def test_the_outbox_is_bounded_between_pushes():
 def model() -> AnomalyModel:
     _, v, _ = synthetic.series("cpu_pct", n=600, seed=1)
     return AnomalyModel.from_dict(presets.model_config("ensemble", {"members": MEMBERS})).fit(np.asarray(v, float))
-
-
-class Shelf:
-    def __init__(self, model: AnomalyModel) -> None:
-        self.model = model
-
-    def load(self, name: str, version: int | None = None) -> AnomalyModel:
-        return self.model
-
-    def version(self, name: str, version: int | None = None, *, alias: str | None = None) -> Any:
-        from types import SimpleNamespace
-
-        return SimpleNamespace(version=1, created=0.0)
 
 
 def test_the_router_caches_are_bounded_and_count_evictions(model, tmp_path):

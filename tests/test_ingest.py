@@ -4,7 +4,6 @@ against a receiver that answers as told."""
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -15,10 +14,10 @@ from eyenet.core.errors import InvalidInputError, PayloadTooLargeError
 from eyenet.core.model import AnomalyModel
 from eyenet.core.prometheus import STALE_NAN_BITS, RemoteSeries, decode_write, encode_write
 from eyenet.serving.ingest import RemoteWriteIngest
-from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline
-from eyenet.serving.settings import AppConfig, RemoteWriteSettings, WritebackSettings
+from eyenet.serving.settings import RemoteWriteSettings, WritebackSettings
 from eyenet.serving.streams import StreamStore
 from eyenet.serving.writeback import ScoreWriter
+from fakes import pipeline
 
 STALE = np.frombuffer(np.uint64(STALE_NAN_BITS).tobytes(), dtype=np.float64)[0]
 MEMBERS = [{"family": "zscore", "params": {"window": 10}}, {"family": "mad", "params": {"window": 10}}]
@@ -28,17 +27,6 @@ MEMBERS = [{"family": "zscore", "params": {"window": 10}}, {"family": "mad", "pa
 def model() -> AnomalyModel:
     _, v, _ = synthetic.series("cpu_pct", n=600, seed=2)
     return AnomalyModel.from_dict(presets.model_config("ensemble", {"members": MEMBERS})).fit(np.asarray(v, float))
-
-
-class Shelf:
-    def __init__(self, model: AnomalyModel) -> None:
-        self.model = model
-
-    def load(self, name: str, version: int | None = None) -> AnomalyModel:
-        return self.model
-
-    def version(self, name: str, version: int | None = None, *, alias: str | None = None) -> Any:
-        return SimpleNamespace(version=1, created=0.0)
 
 
 class Receiver:
@@ -64,10 +52,8 @@ class Receiver:
 
 
 def ingest_for(model: AnomalyModel, tmp_path: Any, writer: Any = None, **rules: Any) -> RemoteWriteIngest:
-    shelf = Shelf(model)
-    pipeline = Pipeline(AliasResolver(shelf), ModelCache(shelf), StreamStore(str(tmp_path)), config=AppConfig())
     settings = RemoteWriteSettings(rules=[{"match": 'load{host=~"web-.*"}', "group": "web"}], **rules)
-    return RemoteWriteIngest(settings, pipeline, writer)
+    return RemoteWriteIngest(settings, pipeline(model, StreamStore(str(tmp_path))), writer)
 
 
 def body(*series: tuple[dict[str, str], list[int], list[float]]) -> bytes:

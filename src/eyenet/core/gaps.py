@@ -60,6 +60,9 @@ class GapPolicy:
     max_fill: int = 60
     tolerance: float = 0.5
 
+    def __post_init__(self) -> None:
+        self.validate()  # once, where a policy is made: fill() runs for every stream request
+
     def validate(self) -> None:
         if not (isinstance(self.max_fill, int) and self.max_fill >= 0):
             raise InvalidParameterError(f"gap max_fill={self.max_fill!r} must be an integer >= 0")
@@ -108,7 +111,6 @@ def fill(
     Raises :class:`InvalidInputError` on an infinity, non-finite timestamps, a length mismatch, or
     gaps that would insert more than :data:`MAX_INSERTED` points.
     """
-    policy.validate()
     last_ts, step, last_value = float(last_ts), float(step), float(last_value)
     v = np.asarray(values, dtype=float)
     if timestamps is None and v.shape == (1,) and math.isfinite(v[0]):  # one point, nothing to do: the hot path

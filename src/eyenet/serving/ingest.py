@@ -79,7 +79,7 @@ class RemoteWriteIngest:
                 counts["unselected"] += n
                 continue
             sid = series_id(rs.labels)
-            if not schemas._ID.fullmatch(sid):
+            if not schemas.is_series_id(sid):
                 counts["invalid"] += n
                 continue
             inf = np.isinf(rs.values)

@@ -239,7 +239,7 @@ class Pipeline:
         self.rates.check(tenant, total)
         name, version, model = await self.model(tenant, req.group)
         report = schemas.check_detectors(req.detectors, model.member_families, f"{name} v{version}")
-        plans = [self._plan(model, s, None, i) for i, s in enumerate(data)]
+        plans = [self._plan(model, s, None) for s in data]
         scored = await self._score_units(name, version, model, [u for p in plans for u in p.units], total,
                                          report=report)
         out = []
@@ -303,7 +303,7 @@ class Pipeline:
         for _ in range(COMMIT_ATTEMPTS):
             t0 = time.perf_counter()
             name, version_m, model = await self.model(tenant, group)
-            plan = self._plan(model, s, state, 0)
+            plan = self._plan(model, s, state)
             scored = await self._score_units(name, version_m, model, plan.units, len(s.values))
             body, new_state, entries = self._assemble(name, version_m, plan, scored)
             t1 = time.perf_counter()
@@ -350,7 +350,7 @@ class Pipeline:
             if not todo:
                 break
             name, version_m, model = await self.model(tenant, group)
-            plans = [self._plan(model, data[i], states[i][1], i) for i in todo]
+            plans = [self._plan(model, data[i], states[i][1]) for i in todo]
             scored = await self._score_units(name, version_m, model, [u for p in plans for u in p.units], n_points,
                                              batch=True)
             done, commits = {}, []
@@ -468,7 +468,7 @@ class Pipeline:
         return name, version, await self.models.get(name, version)
 
     # -- scoring ---------------------------------------------------------------------------------
-    def _plan(self, model: Any, s: schemas.SeriesData, state: Any | None, index: int) -> Plan:
+    def _plan(self, model: Any, s: schemas.SeriesData, state: Any | None) -> Plan:
         """The units a series' new points are scored as: its gaps filled (:mod:`eyenet.core.gaps`),
         points at or before its last one dropped, and a new start after a gap too long to fill."""
         ts = None if s.timestamps is None else s.timestamps.astype("int64") / 1e9
@@ -478,7 +478,7 @@ class Pipeline:
         units, seen = [], state.seen if state is not None else 0
         for k, seg in enumerate(filled.segments):
             start = state if k == 0 and not seg.restart else (None if seen == 0 else _Fresh(seen))
-            units.append(Unit(index, seg.values, seg.imputed if seg.imputed.any() else None,
+            units.append(Unit(seg.values, seg.imputed if seg.imputed.any() else None,
                               None if seg.timestamps is None else (seg.timestamps * 1e9).astype("datetime64[ns]"),
                               start))
             seen += len(seg.values)
@@ -667,9 +667,8 @@ class _Fresh:
 @dataclasses.dataclass(eq=False)
 class Unit:
     """Points of one series scored from one state: a request's points, or those after a gap that
-    restarts the series' warm-up (``index``: the series in the request; ``slot``: its result)."""
+    restarts the series' warm-up (``slot``: its result among those of :meth:`Pipeline._score_units`)."""
 
-    index: int
     values: np.ndarray
     imputed: np.ndarray | None
     timestamps: np.ndarray | None

@@ -76,6 +76,11 @@ ModelName = Annotated[str, Path(pattern=MODEL_NAME, max_length=191,
 HistoryLimit = Annotated[int | None, Query(ge=1, le=100_000, description="the last this many events (default: all)")]
 
 
+def is_series_id(text: str) -> bool:
+    """Whether ``text`` may name a series (what the ``id`` fields accept)."""
+    return _ID.fullmatch(text) is not None
+
+
 class SeriesIn(BaseModel):
     """One series' points: values in time order, optional timestamps (ISO 8601 or epoch seconds)."""
 
