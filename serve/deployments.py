@@ -5,7 +5,7 @@ store, controller, monitor) and the background tasks. What a request computes is
 :class:`eyenet.serving.pipeline.Pipeline` (no Ray): resolve the ``champion``
 version of ``<tenant>.<group>.ensemble``, the members' raw scores, their
 combination (``AnomalyModel.finish_stream``, the code ``eyenet score`` runs) and,
-for a stream, the commit of the series' new state to the store. A
+for a stream, the series' new state kept by the replica and written behind to the store. A
 ``/v1/stream`` request: :meth:`Router.http_stream` -> :meth:`Pipeline.stream
 <eyenet.serving.pipeline.Pipeline.stream>` -> :mod:`eyenet.core.model`.
 
@@ -156,35 +156,31 @@ async def _call(what: str, ref: Any, timeout_s: float, retry_after_s: float) -> 
 
 
 class _StoreActor:
-    """The stream store actor behind the pipeline's async ``get/commit/delete/count``; every call
-    waits at most ``timeout_s`` (then 503 with ``Retry-After``)."""
+    """The stream store actor as the pipeline's store (:class:`eyenet.serving.leases.StoreLike`): states
+    travel as :meth:`StreamState.to_bytes` (a thousand states pickled as objects cost the router more
+    than scoring them); every call waits at most ``timeout_s`` (then 503 with ``Retry-After``)."""
 
     def __init__(self, actor: Any, timeout_s: float = 10.0, retry_after_s: float = 1.0) -> None:
         self.actor = actor
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
 
-    async def _do(self, ref: Any) -> Any:
-        return await _call("the stream store", ref, self.timeout_s, self.retry_after_s)
+    async def _do(self, ref: Any, timeout_s: float | None = None) -> Any:
+        return await _call("the stream store", ref, timeout_s or self.timeout_s, self.retry_after_s)
 
-    async def get(self, key: str) -> tuple[int, Any]:
-        return await self._do(self.actor.get.remote(key))
+    async def claim(self, owner: str, keys: list[str], lease_s: float, wait_s: float) -> list[tuple[int, Any]]:
+        return await self._do(self.actor.claim.remote(owner, keys, lease_s, wait_s), self.timeout_s + wait_s)
 
-    async def commit(self, key: str, version: int, state: Any) -> tuple[bool, int, Any]:
-        return await self._do(self.actor.commit.remote(key, version, state))
+    async def sync(self, owner: str, items: list[tuple[str, int, Any]], released: list[str],
+                   lease_s: float) -> list[tuple[bool, int, Any]]:
+        return await self._do(self.actor.sync.remote(owner, [(k, v, st.to_bytes()) for k, v, st in items],
+                                                     released, lease_s))
 
-    async def get_many(self, keys: list[str]) -> list[tuple[int, Any]]:
-        return await self._do(self.actor.get_many.remote(keys))
+    async def wanted(self, owner: str, timeout_s: float) -> list[str]:
+        return await self._do(self.actor.wanted.remote(owner, timeout_s), self.timeout_s + timeout_s)
 
-    async def commit_many(self, items: list[tuple[str, int, Any]]) -> list[tuple[bool, int, Any]]:
-        # as compact bytes: a thousand states pickled as objects cost the router more than scoring them
-        return await self._do(self.actor.commit_many.remote([(k, v, st.to_bytes()) for k, v, st in items]))
-
-    async def delete(self, key: str) -> int:
-        return await self._do(self.actor.delete.remote(key))
-
-    async def count(self) -> int:
-        return await self._do(self.actor.count.remote())
+    async def delete(self, key: str, owner: str | None = None, lease_s: float | None = None) -> int:
+        return await self._do(self.actor.delete.remote(key, owner, lease_s))
 
     async def health(self) -> dict[str, Any]:
         return await self._do(self.actor.health.remote())
@@ -241,7 +237,8 @@ class Router:
                                       self.config.actor_resources),
                             self.config.timeouts.store_s, self.config.timeouts.retry_after_s)
         self.pipeline = Pipeline(self._resolve, self.models, store, members=members,
-                                 outbox=self.outbox if self.config.monitor.enabled else None, config=self.config)
+                                 outbox=self.outbox if self.config.monitor.enabled else None, config=self.config,
+                                 owner=self.replica_id)
         self.writer = ScoreWriter(self.config.writeback) if self.config.writeback.url else None
         self.ingest = RemoteWriteIngest(self.config.remote_write, self.pipeline, self.writer)
         self._controller_handle: Any = None
@@ -275,9 +272,16 @@ class Router:
                                                self.config.monitor.model_dump(), self.config.actor_resources)
         return self._monitor_handle
 
+    async def __del__(self) -> None:
+        """A graceful shutdown (scale-down, redeploy, ``eyenet down``): the held series' states go to
+        the store first, so no acknowledged point is lost."""
+        await self.pipeline.close()
+
     def _background(self) -> None:
-        """Keep the controller follower and the monitor push running (started lazily: on a loop)."""
+        """Keep the controller follower, the monitor push and the stream states' write-behind running
+        (started lazily: on a loop)."""
         self.follower.start()
+        self.pipeline.owned.start()
         if self.writer is not None:
             self.writer.start()
         if self.config.monitor.enabled and (self._pusher is None or self._pusher.done()):
@@ -486,6 +490,10 @@ class Router:
         elif not store["ok"]:
             problems.append(f"stream store cannot write its snapshots ({store['failures']} attempts, "
                             f"{store['dirty']} series waiting): {store['error']}")
+        held = self.pipeline.owned
+        if held.error is not None:
+            problems.append(f"stream states not written behind ({held.failures} attempts, {len(held.dirty)} series "
+                            f"waiting): {held.error}")
         if self.writer is not None and self.writer.error is not None:
             problems.append(f"score write-back: {self.writer.error}")
         return {"status": "degraded" if problems else "ok", "problems": problems,

@@ -395,12 +395,17 @@ def test_the_router_caches_are_bounded_and_count_evictions(model, tmp_path):
     p = Pipeline(AliasResolver(shelf), ModelCache(shelf, capacity=cfg.models_cached), StreamStore(str(tmp_path)),
                  config=cfg)
 
+    store = p.owned.store
+
     async def go():
         for i in range(30):
             await p.stream(schemas.StreamRequest(id=f"s{i}", values=[1.0, 2.0]))
+        await p.owned.sync()
 
     asyncio.run(go())
-    assert len(p._streams) == 10 and evictions("router_streams") - before == 20
+    assert len(p.owned.states) == 10 and evictions("router_streams") - before == 20
+    # the evicted ones went to the store with their states and were let go
+    assert store.streams.count() == 30 and set(store.streams.owner_of) == {f"default/default/s{i}" for i in range(20, 30)}
     assert AppConfig().streams_cached == 50_000 and AppConfig().models_cached == 32
 
 
@@ -434,13 +439,14 @@ def test_a_flooding_tenant_gets_429s_beyond_its_quota_and_others_keep_being_serv
                 served_calm += 1
                 await mon.push("r1", outbox.take())
         await mon.push("r1", outbox.take())
+        await p.owned.sync()
         return refused, served_calm, time.monotonic() - t0
 
     refused, served_calm, took = asyncio.run(go())
     stats = store.streams.stats()
     assert refused == n - quota
     assert store.streams.live["flood"] == quota and store.streams.live["calm"] == 20
-    assert stats["series"] <= 12_000 and len(p._streams) <= 5_000
+    assert stats["series"] <= 12_000 and len(p.owned.states) <= 5_000
     assert mon.stats()["series"] <= 2_000 and mon.stats()["recent_points"] <= 100_000
     assert served_calm == n // 1000
     print(f"flood: {n} requests in {took:.1f} s, {refused} refused")

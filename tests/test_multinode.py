@@ -191,7 +191,7 @@ def app(cluster, postgres, tmp_path_factory):
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     config = {"auth": {"enabled": False}, "name": APP, "families": ["zscore", "mad"], "mlflow_uri": mlflow.url,
               "state_uri": state, "use_gpus": False, "actor_resources": {"eyenet_head": 0.001},
-              "store": {"flush_s": 0.2, "max_backoff_s": 1.0},
+              "store": {"flush_s": 0.2, "max_backoff_s": 1.0, "write_behind_s": 0},  # no acknowledged point at risk
               "controller": {"poll_s": 0.5, "switch_delay_s": 0.1, "replica_ttl_s": 3.0, "check_rows": 1500,
                              "audit_uri": state, "retrain": {"enabled": False}},
               "router": {"num_cpus": 0.25, "resources": ON_WORKER,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -21,13 +22,14 @@ from eyenet.core.errors import (
     LifecycleError,
     NotEnoughDataError,
     NotServableError,
+    UnavailableError,
     UnknownNameError,
 )
 from eyenet.core.model import AnomalyModel
 from eyenet.lifecycle.registry import RegistryError
 from eyenet.monitoring.monitor import Outbox
 from eyenet.serving import http, schemas
-from eyenet.serving.pipeline import COMMIT_ATTEMPTS, AliasResolver, ModelCache, Pipeline
+from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline
 from eyenet.serving.settings import AppConfig
 from eyenet.serving.streams import StreamStore
 
@@ -165,45 +167,119 @@ def test_stream_state_carries_across_calls(model, values, tmp_path):
 class CountingStore(StreamStore):
     def __init__(self, state_uri: str) -> None:
         super().__init__(state_uri)
-        self.commits: list[tuple[str, int, bool]] = []
+        self.claims: list[tuple[str, list[str]]] = []
 
-    async def commit(self, key: str, version: int, state: Any) -> tuple[bool, int, Any]:
-        out = await super().commit(key, version, state)
-        self.commits.append((key, version, out[0]))
-        return out
+    async def claim(self, owner: str, keys: list[str], lease_s: float, wait_s: float) -> list[tuple[int, Any]]:
+        self.claims.append((owner, list(keys)))
+        return await super().claim(owner, keys, lease_s, wait_s)
 
 
-def test_a_conflicting_commit_is_scored_again_from_the_stores_newer_state(model, values, tmp_path):
-    """Two processes (router replicas) share one store: each one's cached copy goes stale when the
-    other moves the series on; the store refuses its commit and hands it the newer state."""
+def test_a_held_series_is_scored_without_a_store_call_and_written_behind(model, values, tmp_path):
+    store = CountingStore(str(tmp_path))
+
+    async def go():
+        p = make(model, store)
+        for i in range(0, 300, 50):
+            await p.stream(stream_req(values[i:i + 50]))
+        unwritten = store.streams.get("default/default/s")[1]
+        await p.owned.sync()
+        return unwritten, store.streams.get("default/default/s")
+
+    unwritten, (version, state) = run(go())
+    assert len(store.claims) == 1  # the first request claimed the series; the other five used the held copy
+    assert unwritten is None and version == 1 and state.seen == 300  # six requests, one write
+
+
+def test_a_series_moving_to_another_replica_carries_its_newest_state(model, values, tmp_path):
+    """Two processes (router replicas) share one store. The series' holder is asked for it and hands
+    its newest state over, unwritten points included, so the scores are those of one process."""
     store = CountingStore(str(tmp_path))
 
     async def go():
         a, b = make(model, store), make(model, store)
         one, _ = await a.stream(stream_req(values[:200], reset=True))
-        two, _ = await b.stream(stream_req(values[200:300]))  # b has no copy: refused once, then from a's state
-        three, _ = await a.stream(stream_req(values[300:400]))  # a's copy is stale now
-        return one, two, three
+        two, _ = await b.stream(stream_req(values[200:300]))  # a is asked for the series and hands it over
+        three, _ = await a.stream(stream_req(values[300:400]))  # and back
+        return one, two, three, a.owned.handed_over, b.owned.handed_over
 
-    one, two, three = run(go())
+    one, two, three, a_gave, b_gave = run(go())
     assert (one["seen"], two["seen"], three["seen"]) == (200, 300, 400)
-    assert [ok for _, _, ok in store.commits] == [True, False, True, False, True]
+    assert (a_gave, b_gave) == (1, 1)
     offline = model.score(values[:400]).score
     np.testing.assert_allclose(scores(two["points"]), offline[200:300], rtol=1e-12, equal_nan=True)
     np.testing.assert_allclose(scores(three["points"]), offline[300:400], rtol=1e-12, equal_nan=True)
 
 
-def test_a_series_that_keeps_moving_elsewhere_is_refused_with_a_4xx(model, values, tmp_path):
-    class Racing(StreamStore):
-        async def commit(self, key: str, version: int, state: Any) -> tuple[bool, int, Any]:
-            self.streams.delete(key)  # another writer always got there first
-            return await super().commit(key, version, state)
+def test_a_reset_on_another_replica_is_seen_by_the_series_holder(model, values, tmp_path):
+    store = StreamStore(str(tmp_path))
 
-    store = Racing(str(tmp_path))
-    with pytest.raises(InvalidInputError, match="being updated concurrently") as exc:
-        run(make(model, store).stream(stream_req(values[:50])))
-    assert store.streams.get("default/default/s")[0] == COMMIT_ATTEMPTS  # one refusal per attempt
-    assert http.error_status(exc.value)[0] == 422
+    async def go():
+        a, b = make(model, store), make(model, store)
+        await a.stream(stream_req(values[:100]))
+        await b.stream(stream_req(values[:20], reset=True))  # a hands the series over, then b resets it
+        out, _ = await a.stream(stream_req(values[20:30]))
+        return out["seen"]
+
+    assert run(go()) == 30
+
+
+FAST_LEASES = AppConfig(store={"write_behind_s": 0.05, "lease_s": 0.4})
+
+
+def test_a_dead_holders_series_continue_from_its_last_write_once_its_lease_lapses(model, values, tmp_path):
+    """The durability bound: a replica that dies loses the points it took since its last write behind."""
+    store = StreamStore(str(tmp_path))
+
+    async def go():
+        a, b = make(model, store, config=FAST_LEASES), make(model, store, config=FAST_LEASES)
+        await a.stream(stream_req(values[:100]))
+        await a.owned.sync()
+        await a.stream(stream_req(values[100:150]))  # acknowledged, not written behind yet
+        for t in a.owned._tasks:  # a dies: no more writes, no hand-over
+            t.cancel()
+        await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        out, _ = await b.stream(stream_req(values[150:160]))
+        return out["seen"], time.monotonic() - t0
+
+    seen, waited = run(go())
+    assert seen == 110  # a's last 50 points are lost; b goes on from a's last write
+    assert waited < 1.5  # one lease at most
+
+
+def test_with_write_behind_off_a_dead_holder_loses_no_acknowledged_point(model, values, tmp_path):
+    store = StreamStore(str(tmp_path))
+    cfg = AppConfig(store={"write_behind_s": 0, "lease_s": 0.4})
+
+    async def go():
+        a, b = make(model, store, config=cfg), make(model, store, config=cfg)
+        await a.stream(stream_req(values[:100]))
+        await asyncio.gather(*(a.stream(stream_req(values[100 + 10 * i:110 + 10 * i], series=f"s{i}"))
+                               for i in range(5)))
+        in_store = [store.streams.get(f"default/default/{k}")[1].seen for k in ("s", "s0", "s1", "s2", "s3", "s4")]
+        for t in a.owned._tasks:  # a dies right after answering
+            t.cancel()
+        await asyncio.sleep(0.01)
+        out, _ = await b.stream(stream_req(values[100:110]))
+        return in_store, out["seen"]
+
+    in_store, seen = run(go())
+    assert in_store == [100, 10, 10, 10, 10, 10] and seen == 110  # each answer came after its write
+
+
+def test_a_holder_that_renews_but_never_hands_over_is_a_503(model, values, tmp_path):
+    store = StreamStore(str(tmp_path))
+
+    async def go():
+        a, b = make(model, store, config=FAST_LEASES), make(model, store, config=FAST_LEASES)
+        await a.stream(stream_req(values[:100]))
+        a.owned._tasks[1].cancel()  # a's hand-over loop is gone; its writes still renew its lease
+        await asyncio.sleep(0.01)
+        await b.stream(stream_req(values[100:110]))
+
+    with pytest.raises(UnavailableError, match="did not hand it over") as exc:
+        run(go())
+    assert http.error_status(exc.value)[0] == 503
 
 
 def test_concurrent_requests_of_one_series_are_applied_in_order(model, values, tmp_path):
@@ -357,27 +433,3 @@ def test_bad_input_never_maps_to_5xx():
     assert http.error_body(_validation_error())["error"].startswith("values:")
 
 
-def test_a_refusal_that_expires_while_a_request_checks_the_store_is_still_a_429(model, values, tmp_path):
-    """A tenant's remembered refusal can be cleared by another request while one awaits the store;
-    the waiting request still answers 429 (found by a 200,000-id flood: it was a KeyError, a 500)."""
-    import time
-
-    from eyenet.core.errors import QuotaExceededError
-    from eyenet.serving.streams import Refusal
-
-    class SlowStore(StreamStore):
-        async def get(self, key: str) -> tuple[int, Any]:
-            await asyncio.sleep(0.2)
-            return await super().get(key)
-
-    async def go():
-        p = make(model, SlowStore(str(tmp_path)))
-        p._note_full(schemas.DEFAULT_TENANT, Refusal("at its quota", 0.05))
-        first = asyncio.create_task(p.stream(stream_req(values[:5], series="new-1")))
-        await asyncio.sleep(0.1)  # the refusal expires; the next request of the tenant clears it
-        second = await p.stream(stream_req(values[:5], series="new-2"))
-        with pytest.raises(QuotaExceededError, match="at its quota"):
-            await first
-        return second
-
-    assert run(go())[0]["seen"] == 5

@@ -110,3 +110,61 @@ def test_idle_states_expire_and_damaged_rows_or_files_do_not_stop_the_store(tmp_
         extra.unlink()
     fresh = Streams(tmp_path)
     assert fresh.count() == 0 and list(tmp_path.glob("streams.db.unreadable-*"))
+
+
+# -- leases: which router replica holds a series ---------------------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_held_series_is_not_given_to_another_replica_until_released_or_lapsed(model, tmp_path):
+    clock = Clock()
+    s = Streams(tmp_path, clock=clock)
+    s.renew("a", 2.0)
+    assert s.claim("t/g/x", "a") == (0, None) and s.holder("t/g/x") == "a"
+    state = model.new_state()
+    assert s.sync("a", [("t/g/x", 0, state.to_bytes())]) == [(True, 1, None)]
+    s.renew("b", 2.0)
+    assert s.holder("t/g/x") == "a"  # b must ask a for it
+    assert s.sync("b", [("t/g/x", 1, state.to_bytes())]) == [(False, 1, None)]  # b's write is refused
+    s.sync("a", [], released=["t/g/x"])
+    assert s.holder("t/g/x") is None and s.claim("t/g/x", "b")[0] == 1
+    clock.t += 2.5  # b stops renewing: its lease lapses and anyone may take the series
+    assert s.holder("t/g/x") is None
+    s.renew("a", 2.0)
+    version, blob = s.claim("t/g/x", "a")
+    assert version == 1 and StreamState.from_bytes(blob).seen == 0  # kept as the bytes it came in
+
+
+def test_a_reset_takes_the_series_from_its_holder(model, tmp_path):
+    s = Streams(tmp_path)
+    s.renew("a", 60)
+    s.renew("b", 60)
+    s.claim("t/g/x", "a")
+    s.sync("a", [("t/g/x", 0, model.new_state())])
+    base = s.delete("t/g/x", owner="b")
+    assert s.holder("t/g/x") == "b" and s.get("t/g/x") == (base, None)
+    assert s.sync("a", [("t/g/x", 1, model.new_state())])[0][0] is False  # a's copy predates the reset
+
+
+def test_claimed_new_series_count_against_the_quota_until_written_or_lapsed(model, tmp_path):
+    from eyenet.serving.settings import QuotaSettings
+    from eyenet.serving.streams import Refusal
+
+    clock = Clock()
+    s = Streams(tmp_path, clock=clock, quota=QuotaSettings(max_series_per_tenant=2))
+    s.renew("a", 2.0)
+    assert s.claim("t/g/1", "a") == (0, None) and s.claim("t/g/2", "a") == (0, None)
+    version, refusal = s.claim("t/g/3", "a")
+    assert version == -1 and isinstance(refusal, Refusal) and refusal.status == 429
+    s.sync("a", [("t/g/1", 0, model.new_state())])  # a reservation becomes a series: still 2 in all
+    assert s.claim("t/g/3", "a")[0] == -1 and s.stats()["reserved"] == 1
+    s.sync("a", [], released=["t/g/2"])  # let go unwritten: its place is free
+    assert s.claim("t/g/3", "a") == (0, None)
+    clock.t += 3  # a dies: its unwritten reservation (t/g/3) stops counting
+    s.renew("b", 2.0)
+    assert s.claim("t/g/4", "b") == (0, None)

@@ -22,7 +22,7 @@ class _FakeActor:
     """An actor handle whose calls hang, fail as an absent actor would, or raise an EyeNet error."""
 
     def __init__(self, behaviour):
-        self.get = self.commit = self.delete = self.count = _Method(behaviour)
+        self.claim = self.sync = self.wanted = self.delete = self.health = _Method(behaviour)
 
 
 def _hangs():
@@ -42,17 +42,18 @@ def test_a_store_call_slower_than_its_timeout_is_unavailable_with_retry_after():
 
     store = _StoreActor(_FakeActor(_hangs), timeout_s=0.05, retry_after_s=4)
     with pytest.raises(UnavailableError, match="stream store did not answer within 0.05 s") as err:
-        asyncio.run(store.get("t/g/s"))
+        asyncio.run(store.claim("r1", ["t/g/s"], 2.0, 0.0))
     assert err.value.retry_after_s == 4
     assert http.error_status(err.value) == (503, "unavailable")
     assert http.error_headers(503, err.value) == {"Retry-After": "4"}
 
 
-@pytest.mark.parametrize("method", ["get", "commit", "delete", "count"])
+@pytest.mark.parametrize("method", ["claim", "sync", "wanted", "delete", "health"])
 def test_an_absent_store_is_unavailable_and_its_own_errors_keep_their_status(method):
     from eyenet.serve.deployments import _StoreActor
 
-    args = {"get": ("k",), "commit": ("k", 1, None), "delete": ("k",), "count": ()}[method]
+    args = {"claim": ("r1", ["k"], 2.0, 1.0), "sync": ("r1", [], [], 2.0), "wanted": ("r1", 0.1),
+            "delete": ("k", "r1", 2.0), "health": ()}[method]
     away = _StoreActor(_FakeActor(_away_coro), timeout_s=1)
     with pytest.raises(UnavailableError, match="not available"):
         asyncio.run(getattr(away, method)(*args))

@@ -26,6 +26,10 @@ ERRORS = Counter("eyenet_errors_total", "Errors by kind (bad_input, unknown_name
                  ["kind"], registry=REGISTRY)
 DEGRADED = Counter("eyenet_degraded_responses_total", "Responses answered without some members", ["model"],
                    registry=REGISTRY)
+STATE_MOVES = Counter("eyenet_stream_state_moves_total", "Series states that left a router replica's keeping, by "
+                      "reason (handed_over: another replica asked for the series; released: the replica's cache was "
+                      "full or it shut down; lost: the store refused a written-behind state because the series had "
+                      "gone to another replica or been reset meanwhile)", ["reason"], registry=REGISTRY)
 EVICTIONS = Counter("eyenet_evictions_total", "Entries dropped from a bounded structure to stay within its cap, by "
                     "structure (store: stream states, store_reload: rows not reloaded after a restart, "
                     "router_streams / router_models: a router's caches, rate_buckets, outbox, monitor_series, "

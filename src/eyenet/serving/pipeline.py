@@ -1,11 +1,12 @@
 """The request path of the service, without Ray: request -> served version -> member scores ->
-combination -> response body; and the stream path (per-series lock, cached state, commit with a
-version, retry on conflict).
+combination -> response body; and the stream path (per-series lock, the state this replica holds,
+written behind).
 
 A ``POST /v1/stream`` request, from the HTTP handler in ``eyenet.serve.deployments``:
 
 1. :meth:`Pipeline.stream` validates the points, takes the series' lock (one request of a
-   series at a time in this process) and starts from its cached ``(version, state)``;
+   series at a time in this process) and starts from the state this replica holds, claimed
+   from the stream store on first use (:class:`~eyenet.serving.leases.OwnedStates`);
 2. :meth:`Pipeline.score` resolves the version that serves the model (``resolve``), loads it
    (:class:`ModelCache`), and gets every member's raw scores (:meth:`Pipeline._members_raw`):
    in this process (``AnomalyModel.member_inputs`` then each member detector's ``score``) for
@@ -13,9 +14,9 @@ A ``POST /v1/stream`` request, from the HTTP handler in ``eyenet.serve.deploymen
 3. ``AnomalyModel.finish_stream`` (:mod:`eyenet.core.model`) calibrates, ranks, combines and
    decides alarms (without the members that failed: the answer is ``degraded``), and
    :func:`eyenet.serving.schemas.result_body` makes the JSON;
-4. the new state is committed to the stream store with the version it was computed from; when
-   another process moved the series on meanwhile, the store answers with its newer state and
-   the points are scored again from that (at most :data:`COMMIT_ATTEMPTS` times).
+4. the new state is kept here and written behind to the store within ``store.write_behind_s``
+   (no store call on the request path); a series another replica asks for is handed over with
+   its newest state.
 
 ``/v1/detect`` is steps 2-3 for each series from a fresh state. Collaborators come in through
 the constructor, so the same code runs under Serve (the controller's serving table, the
@@ -25,10 +26,10 @@ no remote members, a :class:`~eyenet.serving.streams.StreamStore`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,24 +39,21 @@ from typing import Any, Protocol
 import numpy as np
 
 from eyenet.core import gaps
-from eyenet.core.errors import EyenetError, InvalidInputError, NotServableError, QuotaExceededError
+from eyenet.core.errors import EyenetError, NotServableError, QuotaExceededError, UnavailableError
 from eyenet.core.model import Scores
 from eyenet.lifecycle import registry as reg
 from eyenet.monitoring import metrics as m
 from eyenet.monitoring.monitor import Outbox
 from eyenet.serving import schemas
 from eyenet.serving.quota import RateLimits
+from eyenet.serving.leases import OwnedStates, StoreLike
 from eyenet.serving.settings import AppConfig
-from eyenet.serving.streams import Refusal, state_bytes
+from eyenet.serving.streams import Refusal
 
 log = logging.getLogger(__name__)
 
 #: ensemble models a process keeps loaded (least recently used dropped beyond this; ``AppConfig.models_cached``)
 MODELS_PER_ROUTER = 32
-#: series states a process caches between calls (the store stays the authority; ``AppConfig.streams_cached``)
-STREAMS_PER_ROUTER = 50_000
-#: scorings of one stream request before a series that keeps moving on elsewhere is refused
-COMMIT_ATTEMPTS = 3
 
 #: the version of a model that serves a request starting now
 Resolve = Callable[[str], Awaitable[int]]
@@ -69,17 +67,6 @@ def model_id(name: str, version: int) -> str:
 def parse_model_id(key: str) -> tuple[str, int]:
     name, _, version = key.rpartition("/")
     return name, int(version)
-
-
-class StreamStoreLike(Protocol):
-    """The stream states' authority (see :class:`eyenet.serving.streams.StreamStore`)."""
-
-    async def get(self, key: str) -> tuple[int, Any]: ...
-    async def get_many(self, keys: list[str]) -> list[tuple[int, Any]]: ...
-    async def commit(self, key: str, version: int, state: Any) -> tuple[bool, int, Any]: ...
-    async def commit_many(self, items: list[tuple[str, int, Any]]) -> list[tuple[bool, int, Any]]: ...
-    async def delete(self, key: str) -> int: ...
-    async def count(self) -> int: ...
 
 
 class RemoteMembers(Protocol):
@@ -202,32 +189,34 @@ class Pipeline:
     ``store`` keeps stream states; ``members`` (optional) scores members elsewhere: without it every
     member is scored in this process. ``outbox`` (optional) collects what was scored for the monitor.
 
+    ``owner`` names this process to the store (a router replica's id); the series it holds are
+    :attr:`owned`.
+
     Bounds: per-tenant request and point rates (:class:`~eyenet.serving.quota.RateLimits`, per
-    replica), the cached stream states (``streams_cached`` states and ``streams_cached_bytes``,
-    least recently used dropped and counted); a tenant the store refused a new series
-    (429) is refused new series here without scoring until its ``Retry-After`` has passed.
+    replica), the held stream states (``streams_cached`` states and ``streams_cached_bytes``,
+    least recently used released to the store and counted).
     """
 
-    def __init__(self, resolve: Resolve, models: ModelCache, store: StreamStoreLike, *,
+    def __init__(self, resolve: Resolve, models: ModelCache, store: StoreLike, *,
                  members: RemoteMembers | None = None, outbox: Outbox | None = None,
-                 config: AppConfig | None = None, streams_cached: int | None = None) -> None:
+                 config: AppConfig | None = None, streams_cached: int | None = None,
+                 owner: str | None = None) -> None:
         self.resolve = resolve
         self.models = models
         self.store = store
         self.members = members
         self.outbox = outbox
         self.config = config or AppConfig()
-        self.streams_cached = self.config.streams_cached if streams_cached is None else streams_cached
-        self.streams_cached_bytes = self.config.streams_cached_bytes
         self.rates = RateLimits(self.config.quota)
-        self._locks: dict[str, list[Any]] = {}  # series -> [lock, requests holding or awaiting it]
-        self._streams: OrderedDict[str, tuple[int, Any]] = OrderedDict()  # series -> (version, state)
-        self._streams_bytes = 0
-        self._full: dict[str, tuple[float, Refusal]] = {}  # tenant -> (refuse new series until, why)
+        self.owned = OwnedStates(store, owner or f"process-{uuid.uuid4().hex[:12]}", self.config.store,
+                                 max_states=self.config.streams_cached if streams_cached is None else streams_cached,
+                                 max_bytes=self.config.streams_cached_bytes)
         self._pool = ThreadPoolExecutor(self.config.score_threads, thread_name_prefix="eyenet-score")
         self.gap_policy = self.config.gaps.policy()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Write every held series behind (releasing it) and stop the scoring threads."""
+        await self.owned.close()
         self._pool.shutdown(wait=False)
 
     # -- requests --------------------------------------------------------------------------------
@@ -261,7 +250,7 @@ class Pipeline:
         tenant = req.tenant or schemas.DEFAULT_TENANT
         self.rates.check(tenant, len(s.values))
         key = f"{tenant}/{req.group}/{req.id}"
-        async with self._holding([key]):  # one request of a series at a time here: points apply in order
+        async with self.owned.holding([key]):  # one request of a series at a time here: points apply in order
             return await self._stream(tenant, req.group, s, key, req.reset)
 
     async def stream_many(self, req: schemas.StreamBatchRequest) -> dict[str, Any]:
@@ -280,184 +269,77 @@ class Pipeline:
         """:meth:`stream_many` of validated series (also the remote_write path): per series its body
         and the timestamps (epoch seconds) of its points, imputed ones included."""
         keys = [f"{tenant}/{group}/{s.id}" for s in data]
-        async with self._holding(keys):
+        async with self.owned.holding(keys):
             return await self._stream_many(tenant, group, data, keys)
 
     async def end_series(self, tenant: str, group: str, ids: Iterable[str]) -> None:
         """Forget series (a Prometheus stale marker: the target is gone); their next point starts afresh."""
         keys = [f"{tenant}/{group}/{i}" for i in ids]
-        async with self._holding(keys):
+        async with self.owned.holding(keys):
             for key in keys:
-                await self.store.delete(key)
-                self._uncache(key)
+                await self.owned.reset(key)
 
     async def _stream(self, tenant: str, group: str, s: schemas.SeriesData, key: str,
                       reset: bool) -> tuple[dict[str, Any], str]:
+        t0 = time.perf_counter()
         if reset:
-            version, state = await self.store.delete(key), None
-            self._uncache(key)
+            version, state = await self.owned.reset(key), None
         else:
-            version, state = self._streams.get(key, (0, None))
-            if state is None:
-                await self._refuse_if_full(tenant, key)
-        for _ in range(COMMIT_ATTEMPTS):
-            t0 = time.perf_counter()
-            name, version_m, model = await self.model(tenant, group)
-            plan = self._plan(model, s, state)
-            scored = await self._score_units(name, version_m, model, plan.units, len(s.values))
-            body, new_state, entries = self._assemble(name, version_m, plan, scored)
-            t1 = time.perf_counter()
-            if new_state is None:  # every point was dropped (at or before the last one applied)
-                return {"id": s.id, "seen": state.seen if state is not None else 0, **body}, \
-                    f"score;dur={1000 * (t1 - t0):.2f}"
-            ok, now, stored = await self.store.commit(key, version, new_state)
-            if isinstance(stored, Refusal):  # a new series over the tenant's quota, or the store full: 429
-                self._note_full(tenant, stored)
-                raise QuotaExceededError(stored.reason, retry_after_s=stored.retry_after_s)
-            if ok:
-                self._cache(key, now, new_state)
-                for entry in entries:
-                    self._to_outbox(entry)
-                # where the time went, for clients and load tests (the HTTP Server-Timing header)
-                timing = f"score;dur={1000 * (t1 - t0):.2f}, state;dur={1000 * (time.perf_counter() - t1):.2f}"
-                return {"id": s.id, "seen": new_state.seen, **body}, timing
-            version, state = now, stored
-        raise InvalidInputError(f"series {s.id!r} is being updated concurrently; send its points in order")
+            got = (await self.owned.acquire([key]))[key]
+            if isinstance(got, Refusal):  # a new series over the tenant's quota, the store full: 429
+                raise _refused(got)
+            version, state = got
+        t1 = time.perf_counter()
+        name, version_m, model = await self.model(tenant, group)
+        plan = self._plan(model, s, state)
+        scored = await self._score_units(name, version_m, model, plan.units, len(s.values))
+        body, new_state, entries = self._assemble(name, version_m, plan, scored)
+        # where the time went, for clients and load tests (the HTTP Server-Timing header)
+        timing = f"state;dur={1000 * (t1 - t0):.2f}, score;dur={1000 * (time.perf_counter() - t1):.2f}"
+        if new_state is None:  # every point was dropped (at or before the last one applied)
+            return {"id": s.id, "seen": state.seen if state is not None else 0, **body}, timing
+        self.owned.put(key, version, new_state)
+        await self.owned.written()  # at once, unless store.write_behind_s is 0
+        for entry in entries:
+            self._to_outbox(entry)
+        return {"id": s.id, "seen": new_state.seen, **body}, timing
 
     async def _stream_many(self, tenant: str, group: str, data: list[schemas.SeriesData],
                            keys: list[str]) -> list[SeriesResult]:
-        states: dict[int, tuple[int, Any]] = {}
-        unknown = []
-        for i, key in enumerate(keys):
-            hit = self._streams.get(key)
-            if hit is None:
-                unknown.append(i)
-            else:
-                states[i] = hit
-        if unknown:  # one store call for the series this process has not seen (or forgot)
-            for i, got in zip(unknown, await self.store.get_many([keys[i] for i in unknown])):
-                states[i] = got
+        held = await self.owned.acquire(keys)  # one store call for the series this replica does not hold
         results: list[SeriesResult | None] = [None] * len(data)
-        refusal = self._refusing(tenant)
         todo = []
-        for i in range(len(data)):
-            if refusal is not None and states[i][1] is None:
-                results[i] = _failed(data[i].id, 429, refusal.reason)
+        for i, key in enumerate(keys):
+            got = held[key]
+            if isinstance(got, Refusal):
+                results[i] = _failed(data[i].id, got.status, got.reason)
             else:
                 todo.append(i)
-        n_points = sum(len(data[i].values) for i in todo)
-        for _ in range(COMMIT_ATTEMPTS):
-            if not todo:
-                break
+        if todo:
             name, version_m, model = await self.model(tenant, group)
-            plans = [self._plan(model, data[i], states[i][1]) for i in todo]
-            scored = await self._score_units(name, version_m, model, [u for p in plans for u in p.units], n_points,
-                                             batch=True)
-            done, commits = {}, []
+            plans = [self._plan(model, data[i], held[keys[i]][1]) for i in todo]
+            scored = await self._score_units(name, version_m, model, [u for p in plans for u in p.units],
+                                             sum(len(data[i].values) for i in todo), batch=True)
             for i, plan in zip(todo, plans):
                 body, new_state, entries = self._assemble(name, version_m, plan, scored)
-                state = states[i][1]
-                seen = new_state.seen if new_state is not None else (state.seen if state is not None else 0)
-                done[i] = (SeriesResult({"id": data[i].id, "seen": seen, **body}, plan.timestamps), new_state, entries)
-                if new_state is None:
-                    results[i] = done[i][0]
-                else:
-                    commits.append(i)
-            answers = await self.store.commit_many([(keys[i], states[i][0], done[i][1]) for i in commits]) \
-                if commits else []
-            todo = []
-            for i, (ok, now, stored) in zip(commits, answers):
-                if isinstance(stored, Refusal):
-                    self._note_full(tenant, stored)
-                    results[i] = _failed(data[i].id, 429, stored.reason)
-                elif ok:
-                    result, new_state, entries = done[i]
-                    self._cache(keys[i], now, new_state)
+                version, state = held[keys[i]]
+                if new_state is not None:
+                    self.owned.put(keys[i], version, new_state)
                     for entry in entries:
                         self._to_outbox(entry)
-                    results[i] = result
-                else:
-                    states[i] = (now, stored)
-                    todo.append(i)
-        for i in todo:
-            results[i] = _failed(data[i].id, 409, f"series {data[i].id!r} is being updated concurrently; "
-                                                  f"send its points in order")
+                seen = new_state.seen if new_state is not None else (state.seen if state is not None else 0)
+                results[i] = SeriesResult({"id": data[i].id, "seen": seen, **body}, plan.timestamps)
+            await self.owned.written()
         return results  # type: ignore[return-value]
-
-    @contextlib.asynccontextmanager
-    async def _holding(self, keys: list[str]) -> Any:
-        """The locks of these series (in sorted order, so two requests never wait on each other)."""
-        entries, held = [], 0
-        try:
-            for key in sorted(set(keys)):
-                entry = self._locks.setdefault(key, [asyncio.Lock(), 0])  # [lock, requests holding or awaiting it]
-                entry[1] += 1
-                entries.append((key, entry))
-                await entry[0].acquire()
-                held += 1
-            yield
-        finally:
-            for n, (key, entry) in enumerate(entries):
-                if n < held:
-                    entry[0].release()
-                entry[1] -= 1
-                if entry[1] == 0:
-                    self._locks.pop(key, None)
-
-    def _refusing(self, tenant: str) -> Refusal | None:
-        """Why ``tenant`` may not start new series now (the store refused it one lately), or None."""
-        hit = self._full.get(tenant)
-        if hit is None:
-            return None
-        if time.monotonic() >= hit[0]:
-            del self._full[tenant]
-            return None
-        return hit[1]
-
-    def _note_full(self, tenant: str, refusal: Refusal) -> None:
-        self._full[tenant] = (time.monotonic() + refusal.retry_after_s, refusal)
-        if len(self._full) > self.config.quota.max_tenants:
-            self._full = {t: v for t, v in self._full.items() if v[0] > time.monotonic()}
-
-    async def _refuse_if_full(self, tenant: str, key: str) -> None:
-        """Refuse a series new to this process without scoring it while the store refuses ``tenant``
-        new series (until the refusal's Retry-After), unless the store holds the series already."""
-        refusal = self._refusing(tenant)
-        if refusal is None:
-            return
-        until = self._full[tenant][0]  # read before the await: another request may clear it meanwhile
-        if (await self.store.get(key))[1] is None:
-            raise QuotaExceededError(refusal.reason, retry_after_s=max(1.0, until - time.monotonic()))
 
     def _to_outbox(self, entry: tuple[tuple[Any, ...], dict[str, Any]], series: bool = True) -> None:
         if self.outbox is not None:
             args, kwargs = entry
             self.outbox.add(*(args if series else (*args[:4], None)), **kwargs)
 
-    def _cache(self, key: str, version: int, state: Any) -> None:
-        """Keep a series' state for its next request; least recently used dropped (and counted) beyond
-        ``streams_cached`` states or ``streams_cached_bytes``."""
-        old = self._streams.pop(key, None)
-        if old is not None:
-            self._streams_bytes -= state_bytes(key, old[1])
-        self._streams[key] = (version, state)
-        self._streams_bytes += state_bytes(key, state)
-        while len(self._streams) > 1 and (len(self._streams) > self.streams_cached
-                                          or self._streams_bytes > self.streams_cached_bytes):
-            k, (_, s) = self._streams.popitem(last=False)
-            self._streams_bytes -= state_bytes(k, s)
-            m.EVICTIONS.labels("router_streams").inc()
-
-    def _uncache(self, key: str) -> None:
-        old = self._streams.pop(key, None)
-        if old is not None:
-            self._streams_bytes -= state_bytes(key, old[1])
-
     def stats(self) -> dict[str, Any]:
         """Sizes of this replica's bounded structures (``/healthz``)."""
-        return {"streams_cached": len(self._streams), "max_streams_cached": self.streams_cached,
-                "streams_cached_bytes": self._streams_bytes, "max_streams_cached_bytes": self.streams_cached_bytes,
-                "models_cached": len(self.models), "max_models_cached": self.models.capacity,
+        return {"streams": self.owned.stats(), "models_cached": len(self.models), "max_models_cached": self.models.capacity,
                 "rate_limits": self.rates.stats()}
 
     # -- the model -------------------------------------------------------------------------------
@@ -694,6 +576,13 @@ class SeriesResult:
 
     body: dict[str, Any]
     timestamps: np.ndarray | None = None
+
+
+def _refused(refusal: Refusal) -> EyenetError:
+    """The error a store's :class:`Refusal` is over HTTP: 429 (quota, store full) or 503 (busy)."""
+    if refusal.status == 503:
+        return UnavailableError(refusal.reason, retry_after_s=refusal.retry_after_s)
+    return QuotaExceededError(refusal.reason, retry_after_s=refusal.retry_after_s)
 
 
 def _failed(series: str, status: int, message: str) -> SeriesResult:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from eyenet.serving.auth import AuthSettings
 
@@ -74,6 +74,19 @@ class StoreSettings(BaseModel):
     reload_max_series: int = Field(1_000_000, ge=0, description="series reloaded after a restart, newest first")
     reload_max_s: float = Field(30.0, ge=0, description="longest reload after a restart; older rows are dropped")
     open_timeout_s: float = Field(60.0, gt=0, description="how long a locked database is retried at start-up")
+    write_behind_s: float = Field(0.2, ge=0, le=10, description="how often a router replica writes the states of "
+                                  "its series behind to the store: a replica that dies loses at most this much of "
+                                  "acknowledged points per series; 0: a point is answered only once its state is in "
+                                  "the store (none lost, one store round trip per request)")
+    lease_s: float = Field(2.0, gt=0, description="a replica keeps its series this long after the store last heard "
+                           "from it; then another replica may take them over")
+
+    @model_validator(mode="after")
+    def _lease_outlasts_writes(self) -> "StoreSettings":
+        if self.lease_s < 4 * self.write_behind_s:
+            raise ValueError(f"store.lease_s ({self.lease_s:g}) must be at least 4 x store.write_behind_s "
+                             f"({self.write_behind_s:g}): every write renews the lease")
+        return self
 
 
 class Autoscaling(BaseModel):

@@ -1,4 +1,4 @@
-"""Per-series stream states with optimistic versions, written through to SQLite or PostgreSQL.
+"""Per-series stream states with optimistic versions and leases, persisted to SQLite or PostgreSQL.
 
 Versions make concurrent writers safe without locks: a writer ``commit``\\ s the
 state it computed from version ``v``. The store accepts it when its own version
@@ -8,6 +8,16 @@ accepted too: the store lost updates (it restarted from a snapshot a moment
 old) and the writer's copy descends from a newer state than anything it has.
 Deleting leaves a tombstone with a higher version, so a writer's stale copy
 cannot bring a reset stream back.
+
+**Leases** (:mod:`eyenet.serving.leases` is the other side): a router replica that serves a series
+``claim``\\ s it once and from then on scores it from its own copy, writing the states it changed
+behind in one ``sync`` call every ``write_behind_s`` (the call also renews the replica's lease for
+``lease_s``). A replica that is asked for a series another live replica holds waits here while the
+holder is told (``wanted``, a long poll each replica keeps open) and hands the series over with its
+newest state; a holder that stopped renewing loses its series when its lease lapses. A sync of a
+series that meanwhile went to another replica (or was reset) is refused, and the sender drops it.
+The store accepts states as :meth:`~eyenet.core.model.StreamState.to_bytes` and keeps them so:
+it never decodes a state it only stores and writes.
 
 The store keeps every state in memory and writes only the ones that changed,
 as compact binary rows (:meth:`eyenet.core.model.StreamState.to_bytes`), so a
@@ -60,10 +70,12 @@ log = logging.getLogger(__name__)
 STATE_OVERHEAD = 600
 
 
-def state_bytes(key: str, state: StreamState | None) -> int:
-    """Estimated memory of one stored state (its arrays and a fixed overhead)."""
+def state_bytes(key: str, state: StreamState | bytes | None) -> int:
+    """Estimated memory of one stored state (its arrays, or its encoding, and a fixed overhead)."""
     if state is None:
         return STATE_OVERHEAD // 2 + len(key)
+    if isinstance(state, bytes):
+        return STATE_OVERHEAD + len(key) + len(state)
     arrays = state.values.nbytes + state.ranks.nbytes + sum(h.nbytes for h in state.scores)
     return STATE_OVERHEAD + len(key) + arrays
 
@@ -74,10 +86,12 @@ def tenant_of(key: str) -> str:
 
 @dataclass(frozen=True)
 class Refusal:
-    """The store's answer to a commit it will not take (the third element of ``commit``'s tuple)."""
+    """The store's answer to a commit or claim it will not take: 429 (a tenant at its quota, the store
+    full) or 503 (another replica holds the series and did not hand it over in time)."""
 
     reason: str
     retry_after_s: float
+    status: int = 429
 
 
 class Streams:
@@ -103,6 +117,10 @@ class Streams:
         self.reload_dropped = 0  # rows not loaded at start-up (over reload_max_series / reload_max_s)
         self.moved_aside: str | None = None  # where a damaged SQLite file went at start-up
         self._prune_before: float | None = None  # rows older than this are dropped at the next write
+        self.owner_of: dict[str, str] = {}  # key -> the replica that holds it (while that one's lease lasts)
+        self.alive: dict[str, float] = {}  # replica -> when its lease lapses (clock time)
+        self.reserved: dict[str, str] = {}  # new series claimed, not written yet -> replica (counted in the caps)
+        self._reserved_per: dict[str, int] = {}  # tenant -> its reserved series
         self._load()
 
     # -- bookkeeping -------------------------------------------------------------------------------
@@ -119,6 +137,8 @@ class Streams:
             self._live(key, +1)
 
     def _forget(self, key: str) -> None:
+        self.owner_of.pop(key, None)
+        self._unreserve(key)
         _, state, _ = self.states.pop(key)
         self.bytes -= state_bytes(key, state)
         if state is not None:
@@ -208,6 +228,7 @@ class Streams:
         current, stored = (entry[0], entry[1]) if entry is not None else (0, None)
         if version < current:
             return False, current, stored
+        self._unreserve(key)  # its claim's reservation becomes the series
         if stored is None:  # a new live series (or one coming back from a reset)
             refusal = self._admit(key, entry is None, state)
             if refusal is not None:
@@ -226,18 +247,89 @@ class Streams:
         """:meth:`commit` of each ``(key, version, state)``, in order (one call for a batch of series)."""
         return [self.commit(k, v, st) for k, v, st in items]
 
-    def _admit(self, key: str, new_key: bool, state: StreamState) -> Refusal | None:
+    # -- leases (see the module docstring) ------------------------------------------------------------
+    def renew(self, owner: str, lease_s: float) -> None:
+        """``owner`` is alive for ``lease_s`` more seconds (every claim and sync renews it)."""
+        now = self.clock()
+        self.alive[owner] = now + lease_s
+        if len(self.alive) > 64:  # replicas come and go: forget those gone for long
+            self.alive = {o: t for o, t in self.alive.items() if t > now - 3600}
+
+    def holder(self, key: str) -> str | None:
+        """The replica holding ``key`` now: None when nobody does or its lease has lapsed."""
+        owner = self.owner_of.get(key)
+        if owner is None or self.alive.get(owner, 0.0) <= self.clock():
+            return None
+        return owner
+
+    def claim(self, key: str, owner: str) -> tuple[int, StreamState | bytes | Refusal | None]:
+        """Give ``key`` to ``owner`` (the caller checked nobody else holds it): ``(version, state)``, the
+        state None for a series not stored; a new series over a cap gets ``(-1, Refusal)`` instead."""
+        entry = self.states.get(key)
+        if (entry is None or entry[1] is None) and key not in self.reserved:
+            refusal = self._admit(key, entry is None, None)
+            if refusal is not None:
+                self.refused += 1
+                return -1, refusal
+            self.reserved[key] = owner  # until its first state is written, or it is let go
+            t = tenant_of(key)
+            self._reserved_per[t] = self._reserved_per.get(t, 0) + 1
+        elif key in self.reserved:
+            self.reserved[key] = owner
+        self.owner_of[key] = owner
+        return (entry[0], entry[1]) if entry is not None else (0, None)
+
+    def sync(self, owner: str, items: list[tuple[str, int, Any]], released: list[str] = ()) \
+            -> list[tuple[bool, int, Refusal | None]]:
+        """The states ``owner`` changed, each ``(key, version it was computed from, state)``:
+        committed unless another live replica holds the key now (it was handed over, or reset), and
+        ``released`` keys let go. Per item ``(accepted, version now, Refusal or None)``."""
+        out = []
+        for key, version, state in items:
+            other = self.holder(key)
+            if other is not None and other != owner:
+                out.append((False, self.states.get(key, (0, None, 0.0))[0], None))
+                continue
+            ok, now, stored = self.commit(key, version, state)
+            if ok:
+                self.owner_of[key] = owner
+            out.append((ok, now, stored if isinstance(stored, Refusal) else None))
+        for key in released:
+            if self.owner_of.get(key) == owner:
+                del self.owner_of[key]
+                self._unreserve(key)
+        return out
+
+    def _unreserve(self, key: str) -> None:
+        if self.reserved.pop(key, None) is not None:
+            t = tenant_of(key)
+            n = self._reserved_per[t] - 1
+            if n:
+                self._reserved_per[t] = n
+            else:
+                del self._reserved_per[t]
+
+    def _reservations(self, tenant: str | None = None) -> int:
+        """Reserved series (of ``tenant``), after dropping those of replicas whose leases lapsed."""
+        now = self.clock()
+        for key in [k for k, o in self.reserved.items() if self.alive.get(o, 0.0) <= now]:
+            self._unreserve(key)
+        return len(self.reserved) if tenant is None else self._reserved_per.get(tenant, 0)
+
+    def _admit(self, key: str, new_key: bool, state: StreamState | bytes | None) -> Refusal | None:
         """None when ``key`` may become a live series (evicting idle ones to make room), else why not."""
         tenant = tenant_of(key)
         cap = self.quota.of(tenant).max_series
-        if cap is not None and self.live.get(tenant, 0) >= cap:
+        if cap is not None and self.live.get(tenant, 0) + self._reserved_per.get(tenant, 0) >= cap \
+                and self.live.get(tenant, 0) + self._reservations(tenant) >= cap:
             m.QUOTA_REFUSED.labels("series").inc()
             return Refusal(f"tenant {tenant!r}: at its quota of {cap} live series; reset or let idle series "
                            f"expire before starting new ones", self.quota.retry_after_s)
         s = self.settings
         need = state_bytes(key, state)
-        if (len(self.states) + (1 if new_key else 0) > s.max_series or self.bytes + need > s.max_bytes) \
-                and not self._evict(keep=key, extra_series=1 if new_key else 0, extra_bytes=need):
+        extra = (1 if new_key else 0) + len(self.reserved)  # claimed new series count as stored ones
+        if (len(self.states) + extra > s.max_series or self.bytes + need > s.max_bytes) \
+                and not self._evict(keep=key, extra_series=extra, extra_bytes=need):
             m.QUOTA_REFUSED.labels("store_full").inc()
             return Refusal(f"the stream store is full ({len(self.states)} series, ~{self.bytes >> 20} MiB) of "
                            f"series active in the last {s.min_idle_s:g} s", max(self.quota.retry_after_s, 1.0))
@@ -258,11 +350,14 @@ class Streams:
             m.EVICTIONS.labels("store").inc()
         return True
 
-    def delete(self, key: str) -> int:
-        """Forget a stream's state; returns the tombstone's version (the next commit's base)."""
+    def delete(self, key: str, owner: str | None = None) -> int:
+        """Forget a stream's state; returns the tombstone's version (the next commit's base). With
+        ``owner``, that replica holds the series from now on (a holder before it loses it)."""
         current = self.states.get(key, (0, None, 0.0))[0]
         self._put(key, current + 1, None, self.clock())
         self.dirty.add(key)
+        if owner is not None:
+            self.owner_of[key] = owner
         return current + 1
 
     def count(self) -> int:
@@ -271,7 +366,8 @@ class Streams:
     def stats(self) -> dict[str, Any]:
         """Sizes and counters of the bounded structures (``/healthz``)."""
         s = self.settings
-        return {"series": self.count(), "entries": len(self.states), "max_series": s.max_series,
+        return {"series": self.count(), "entries": len(self.states), "reserved": len(self.reserved),
+                "holders": sum(1 for t in self.alive.values() if t > self.clock()), "max_series": s.max_series,
                 "bytes": self.bytes, "max_bytes": s.max_bytes, "tenants": len(self.live),
                 "evicted": self.evicted, "refused": self.refused, "reload_dropped": self.reload_dropped,
                 "unreadable": self.unreadable, "moved_aside": self.moved_aside, "backend": self.snapshots.where}
@@ -306,7 +402,8 @@ class Streams:
     def write(self, batch: list[tuple[str, int, float, StreamState | None]]) -> None:
         """Write a batch of :meth:`take_dirty` in one transaction: changed states and tombstones
         upserted, expired and evicted keys deleted, and the rows not reloaded after a restart pruned."""
-        rows = [(k, v, t, None if s is None else s.to_bytes()) for k, v, t, s in batch if v >= 0]
+        rows = [(k, v, t, None if s is None else s if isinstance(s, bytes) else s.to_bytes())
+                for k, v, t, s in batch if v >= 0]
         gone = [k for k, v, _, _ in batch if v < 0]
         self.snapshots.write(rows, gone, self._prune_before)
         self._prune_before = None
@@ -344,6 +441,9 @@ class StreamStore:
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self._closed = False
+        self._waiting: list[asyncio.Future] = []  # claims waiting for a holder to sync, release or lapse
+        self._wants: dict[str, set[str]] = {}  # replica -> keys other replicas wait for from it
+        self._asked: dict[str, list[asyncio.Future]] = {}  # replica -> its wanted() poll waiting
 
     def _start(self) -> None:
         if self._task is None and not self._closed:
@@ -402,19 +502,100 @@ class StreamStore:
         self._start()
         return self.streams.commit(key, version, state)
 
-    async def get_many(self, keys: list[str]) -> list[tuple[int, Any]]:
+    async def claim(self, owner: str, keys: list[str], lease_s: float, wait_s: float) -> list[tuple[int, Any]]:
+        """Give ``keys`` to replica ``owner`` (renewing its lease): per key ``(version, state)`` (a state
+        as stored: bytes or a :class:`StreamState`; None for a new series) or ``(-1, Refusal)``. A key
+        another live replica holds is asked of it (:meth:`wanted`) and waited for, at most ``wait_s``
+        (then a 503 :class:`Refusal`); a holder whose lease lapses meanwhile loses it."""
         self._start()
-        return self.streams.get_many(keys)
+        s = self.streams
+        s.renew(owner, lease_s)
+        deadline = time.monotonic() + wait_s
+        out: dict[str, tuple[int, Any]] = {}
+        todo = list(dict.fromkeys(keys))
+        while todo:
+            blocked: dict[str, str] = {}
+            for key in todo:
+                other = s.holder(key)
+                if other is None or other == owner:
+                    out[key] = s.claim(key, owner)
+                else:
+                    blocked[key] = other
+            todo = list(blocked)
+            if not todo:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                m.ERRORS.labels("handoff").inc()
+                for key, other in blocked.items():
+                    out[key] = (-1, Refusal(f"series {key.split('/', 2)[-1]!r} is held by another router replica "
+                                            f"that did not hand it over within {wait_s:g} s; retry shortly",
+                                            1.0, status=503))
+                break
+            for key, other in blocked.items():
+                self._want(other, key)
+            lapse = min(s.alive.get(o, 0.0) for o in blocked.values()) - s.clock()
+            # until a holder syncs or releases, or the first of their leases lapses
+            await self._until(self._waiting, max(0.001, min(left, lapse + 0.001)))
+        return [out[k] for k in keys]
 
-    async def commit_many(self, items: list[tuple[str, int, Any]]) -> list[tuple[bool, int, Any]]:
-        """:meth:`Streams.commit_many`; a state may come as :meth:`StreamState.to_bytes` (cheaper to send)."""
+    async def sync(self, owner: str, items: list[tuple[str, int, Any]], released: list[str],
+                   lease_s: float) -> list[tuple[bool, int, Any]]:
+        """:meth:`Streams.sync` (states as :meth:`StreamState.to_bytes`, kept as they come), renewing
+        ``owner``'s lease; wakes the claims waiting for a key it synced or released."""
         self._start()
-        return self.streams.commit_many([(k, v, StreamState.from_bytes(st) if isinstance(st, bytes) else st)
-                                         for k, v, st in items])
+        self.streams.renew(owner, lease_s)
+        answers = self.streams.sync(owner, items, released)
+        if released or items:
+            self._notify()
+        return answers
 
-    async def delete(self, key: str) -> int:
+    async def wanted(self, owner: str, timeout_s: float) -> list[str]:
+        """The keys other replicas wait for from ``owner`` (a long poll: answers at once when there are
+        some, else when one is asked for or after ``timeout_s`` with none)."""
+        if not self._wants.get(owner):
+            await self._until(self._asked.setdefault(owner, []), timeout_s)
+        return sorted(self._wants.pop(owner, ()))
+
+    def _want(self, owner: str, key: str) -> None:
+        self._wants.setdefault(owner, set()).add(key)
+        self._wake(self._asked.get(owner, []))
+        if len(self._wants) > 64:  # asks of replicas whose leases lapsed long ago
+            self._wants = {o: k for o, k in self._wants.items() if o in self.streams.alive}
+            self._asked = {o: w for o, w in self._asked.items() if o in self.streams.alive}
+
+    def _notify(self) -> None:
+        self._wake(self._waiting)
+
+    @staticmethod
+    async def _until(waiters: list[asyncio.Future], timeout_s: float) -> None:
+        """Wait for :meth:`_wake` of ``waiters`` or ``timeout_s``, whichever comes first."""
+        fut = asyncio.get_running_loop().create_future()
+        waiters.append(fut)
+        try:
+            await asyncio.wait_for(fut, timeout=timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            if fut in waiters:
+                waiters.remove(fut)
+
+    @staticmethod
+    def _wake(waiters: list[asyncio.Future]) -> None:
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+        waiters.clear()
+
+    async def delete(self, key: str, owner: str | None = None, lease_s: float | None = None) -> int:
+        """Reset a series (:meth:`Streams.delete`); with ``owner``, that replica holds it now (its lease
+        renewed for ``lease_s``)."""
         self._start()
-        return self.streams.delete(key)
+        if owner is not None and lease_s is not None:
+            self.streams.renew(owner, lease_s)
+        version = self.streams.delete(key, owner)
+        self._notify()
+        return version
 
     async def count(self) -> int:
         return self.streams.count()
