@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from ray import serve
 
 from eyenet.core.errors import (
@@ -42,6 +42,7 @@ from eyenet.monitoring import metrics as m
 from eyenet.monitoring.monitor import Outbox
 from eyenet.serve.actors import get_controller, get_monitor, get_store
 from eyenet.serving import http, schemas
+from eyenet.serving.http import JSONResponse
 from eyenet.serving.controller import settings_from
 from eyenet.serving.follower import Follower, unwrap
 from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline, model_id, parse_model_id
@@ -324,8 +325,8 @@ class Router:
         return self.follower.version(name)
 
     # -- HTTP ------------------------------------------------------------------------------------
-    # The HTTP routes return JSONResponse: the bodies are JSON-ready already, and FastAPI's generic
-    # encoder costs ~1 ms per 256 points. Handle callers (Ray jobs) call detect / stream for dicts.
+    # The scoring routes return http.JSONResponse (orjson): the bodies are JSON-ready already, and
+    # FastAPI's generic encoder costs ~1 ms per 256 points. Handle callers (Ray jobs) call detect / stream for dicts.
     @app.post("/v1/detect", responses=http.responses(401, 403, 404, 413, 422, 429, 503))
     async def http_detect(self, req: schemas.DetectRequest) -> JSONResponse:
         """Score windows of one or many series, each from a fresh stream (no stored state). ``detectors``

@@ -25,8 +25,9 @@ import math
 import time
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from eyenet.core.errors import (
     ArtifactError,
@@ -115,6 +116,16 @@ def error_headers(status: int, exc: BaseException | None = None) -> dict[str, st
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="eyenet"'
     return headers
+
+
+class JSONResponse(Response):
+    """A JSON body rendered by orjson: a 1,000-series batch answer took 6 % of a router's CPU with
+    the standard library's encoder (py-spy, bench.batch). Bodies are JSON-ready (no NaN: null)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def error_response(exc: BaseException, status: int | None = None, kind: str | None = None) -> JSONResponse:

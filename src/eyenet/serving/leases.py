@@ -19,6 +19,8 @@ on one. When another replica asks for it (a client without the header, a scale-u
 the store tells this one (:meth:`OwnedStates._wanted_loop`, a long poll): it takes the series'
 lock, so a request in progress finishes first, then hands the newest state over in a sync. The
 asker waits for that (a few milliseconds) and continues from it, so the points apply in order.
+A series not handed over within ``lease_s + 1`` s (its holder stuck, or two batch requests on two
+replicas each waiting for a series the other holds) is answered 503 with ``Retry-After``.
 
 **Not reaching the store.** The replica goes on scoring the series it holds until its lease would
 lapse (``lease_s`` after the last call the store answered; the store counts from when it got that
@@ -37,6 +39,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+from eyenet.core.model import StreamState
 from eyenet.lifecycle.database import describe
 from eyenet.monitoring import metrics as m
 from eyenet.serving.settings import StoreSettings
@@ -75,6 +78,7 @@ class OwnedStates:
         self.max_states = max_states
         self.max_bytes = max_bytes
         self.states: OrderedDict[str, tuple[int, Any]] = OrderedDict()  # key -> (store version, state or None)
+        self.sizes: dict[str, int] = {}  # key -> state_bytes of its held state (counted once)
         self.bytes = 0
         self.dirty: set[str] = set()  # changed since the last sync
         self.unconfirmed: set[str] = set()  # held before the lease lapsed: claimed again before use
@@ -147,8 +151,6 @@ class OwnedStates:
                 continue
             state = got
             if isinstance(got, bytes):
-                from eyenet.core.model import StreamState
-
                 try:
                     state = StreamState.from_bytes(got)
                 except (ValueError, KeyError, TypeError):
@@ -187,10 +189,11 @@ class OwnedStates:
     # -- bookkeeping --------------------------------------------------------------------------------
     def _keep(self, key: str, version: int, state: Any) -> None:
         self.states[key] = (version, state)
-        self.bytes += state_bytes(key, state)
+        size = self.sizes[key] = state_bytes(key, state)
+        self.bytes += size
         while len(self.states) > 1 and (len(self.states) > self.max_states or self.bytes > self.max_bytes):
             old, (v, st) = self.states.popitem(last=False)
-            self.bytes -= state_bytes(old, st)
+            self.bytes -= self.sizes.pop(old)
             self.leaving[old] = (v, st, old in self.dirty)
             self.dirty.discard(old)
             self.unconfirmed.discard(old)
@@ -206,7 +209,7 @@ class OwnedStates:
         self.dirty.discard(key)
         if old is None:
             return None
-        self.bytes -= state_bytes(key, old[1])
+        self.bytes -= self.sizes.pop(key)
         return old[0], old[1], changed
 
     # -- writing behind ------------------------------------------------------------------------------
