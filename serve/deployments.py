@@ -53,6 +53,7 @@ from eyenet.serving.settings import AppConfig
 from eyenet.serving.ingest import RemoteWriteIngest
 from eyenet.serving.snapshots import default_uri as default_state_uri
 from eyenet.serving.writeback import ScoreWriter
+from eyenet.serving.alerts import AlertSender
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,10 @@ class Router:
                                  outbox=self.outbox if self.config.monitor.enabled else None, config=self.config,
                                  owner=self.replica_id)
         self.writer = ScoreWriter(self.config.writeback) if self.config.writeback.url else None
+        self.alerts = AlertSender(self.config.alerts) if self.config.alerts.receivers else None
+        self._resender: asyncio.Task | None = None
+        if self.alerts is not None:
+            self.pipeline.alerts_out = self.alerts.send
         self.ingest = RemoteWriteIngest(self.config.remote_write, self.pipeline, self.writer)
         self._controller_handle: Any = None
         self.follower = Follower(self._controller, self.replica_id, self.models.get)
@@ -277,16 +282,28 @@ class Router:
         """A graceful shutdown (scale-down, redeploy, ``eyenet down``): the held series' states go to
         the store first, so no acknowledged point is lost."""
         await self.pipeline.close()
+        if self.alerts is not None:
+            await self.alerts.close()
 
     def _background(self) -> None:
         """Keep the controller follower, the monitor push and the stream states' write-behind running
         (started lazily: on a loop)."""
         self.follower.start()
         self.pipeline.owned.start()
+        if self.alerts is not None:
+            self.alerts.start()
+            if self._resender is None or self._resender.done():
+                self._resender = asyncio.get_running_loop().create_task(self._resend_loop())
         if self.writer is not None:
             self.writer.start()
         if self.config.monitor.enabled and (self._pusher is None or self._pusher.done()):
             self._pusher = asyncio.get_running_loop().create_task(self._push_loop())
+
+    async def _resend_loop(self) -> None:
+        """Firing alerts are posted again every ``alerts.resend_s`` while their incidents last."""
+        while True:
+            await asyncio.sleep(min(10.0, self.config.alerts.resend_s / 4))
+            self.alerts.send(self.pipeline.incidents.due())
 
     async def _push_loop(self) -> None:
         """Every ``monitor.push_s``: what this replica scored, and its metrics, to the app's monitor."""
@@ -497,12 +514,17 @@ class Router:
                             f"waiting): {held.error}")
         if self.writer is not None and self.writer.error is not None:
             problems.append(f"score write-back: {self.writer.error}")
+        for r in self.alerts.stats() if self.alerts is not None else ():
+            if r["error"] is not None and r["queued"]:
+                problems.append(f"alerts to {r['url']} waiting ({r['queued']}): {r['error']}")
         return {"status": "degraded" if problems else "ok", "problems": problems,
                 "auth": "on" if self.auth.enabled else "off (auth.enabled is false: every caller is an admin)",
                 "families": sorted(self.scorers),
                 "streams": streams, "replica": self.replica_id, "serving": self.follower.serving(),
                 "controller": ctl, "store": store, "monitor": monitor,
                 "writeback": None if self.writer is None else self.writer.stats(),
+                "alerts": None if self.alerts is None else {"receivers": self.alerts.stats(),
+                                                            "incidents": len(self.pipeline.incidents.open)},
                 "bounds": {**self.pipeline.stats(), "inflight": _ReplicaAuth.inflight.stats()}}
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=http.responses(401, 403))

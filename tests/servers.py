@@ -17,6 +17,7 @@ temporary folder owned by that user; otherwise as this user.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import re
@@ -197,33 +198,23 @@ def _system_user() -> str:
     raise RuntimeError("running as root and neither a 'postgres' nor a 'nobody' user exists to run PostgreSQL as")
 
 
-class PrometheusServer:
-    """A Prometheus server on 127.0.0.1:``port`` with ``config`` (a dict, written as YAML) and its
-    TSDB in a temporary folder. ``remote_write=True`` accepts remote_write at ``/api/v1/write``;
-    ``flags`` are more command-line flags (``--query.lookback-delta=1m``)."""
+class _ReadyServer:
+    """A server binary run from a temporary folder (``root``) on 127.0.0.1:``port``, ready once
+    ``/-/ready`` answers 200 (Prometheus and Alertmanager); subclasses set ``command``, ``name``."""
 
-    def __init__(self, config: dict[str, Any] | None = None, *, remote_write: bool = False,
-                 flags: tuple[str, ...] = ()) -> None:
-        import yaml
-
-        binary = shutil.which("prometheus")
-        if binary is None:
-            raise FileNotFoundError(PROMETHEUS_MISSING)
-        self.root = Path(tempfile.mkdtemp(prefix="eyenet-prometheus-"))
-        (self.root / "prometheus.yml").write_text(yaml.safe_dump(config or {"global": {"scrape_interval": "15s"}}))
-        self.port = free_port()
-        self.log = self.root / "server.log"
-        self.command = [binary, f"--config.file={self.root / 'prometheus.yml'}",
-                        f"--storage.tsdb.path={self.root / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-                        *(["--web.enable-remote-write-receiver"] if remote_write else []), *flags]
-        self.proc: subprocess.Popen[bytes] | None = None
+    name = "server"
+    root: Path
+    port: int
+    log: Path
+    command: list[str]
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> PrometheusServer:
-        """Start the server and wait until ``/-/ready`` answers 200."""
+    def start(self, timeout: float = 60.0) -> Any:
+        """Start the server and wait until ``/-/ready`` answers 200 (again after :meth:`stop`: same port)."""
         import requests
 
         with self.log.open("ab") as log:
@@ -231,14 +222,14 @@ class PrometheusServer:
 
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited ({self.proc.returncode}): {self.log.read_text()[-3000:]}")
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}): {self.log.read_text()[-3000:]}")
             try:
                 return requests.get(f"{self.url}/-/ready", timeout=2).status_code == 200
             except requests.RequestException:
                 return False
 
         try:
-            wait_until("prometheus to be ready", ready, timeout=timeout, every=0.2)
+            wait_until(f"{self.name} to be ready", ready, timeout=timeout, every=0.2)
         except BaseException:
             self.stop()
             raise
@@ -263,11 +254,35 @@ class PrometheusServer:
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> PrometheusServer:
+    def __enter__(self) -> Any:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.cleanup()
+
+
+class PrometheusServer(_ReadyServer):
+    """A Prometheus server on 127.0.0.1:``port`` with ``config`` (a dict, written as YAML) and its
+    TSDB in a temporary folder. ``remote_write=True`` accepts remote_write at ``/api/v1/write``;
+    ``flags`` are more command-line flags (``--query.lookback-delta=1m``)."""
+
+    name = "prometheus"
+
+    def __init__(self, config: dict[str, Any] | None = None, *, remote_write: bool = False,
+                 flags: tuple[str, ...] = ()) -> None:
+        import yaml
+
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise FileNotFoundError(PROMETHEUS_MISSING)
+        self.root = Path(tempfile.mkdtemp(prefix="eyenet-prometheus-"))
+        (self.root / "prometheus.yml").write_text(yaml.safe_dump(config or {"global": {"scrape_interval": "15s"}}))
+        self.port = free_port()
+        self.log = self.root / "server.log"
+        self.command = [binary, f"--config.file={self.root / 'prometheus.yml'}",
+                        f"--storage.tsdb.path={self.root / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                        *(["--web.enable-remote-write-receiver"] if remote_write else []), *flags]
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def reconfigure(self, config: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         """Load ``config`` into the running server (SIGHUP) and wait until it serves it; returns the
@@ -300,3 +315,82 @@ class PrometheusServer:
         answer = requests.get(f"{self.url}/api/v1/query", params=params, timeout=30)
         answer.raise_for_status()
         return answer.json()["data"]["result"]
+
+
+ALERTMANAGER_MISSING = ("Debian's prometheus-alertmanager package is not installed (no prometheus-alertmanager on PATH; "
+                        "see .ci/install-packages)")
+
+
+class AlertmanagerServer(_ReadyServer):
+    """An Alertmanager on 127.0.0.1:``port`` (Debian's ``prometheus-alertmanager``), routing every
+    alert to the webhook at ``webhook_url`` at once (no grouping wait), resolved ones included; its
+    state in a temporary folder. :meth:`stop` and :meth:`start` again keep the port."""
+
+    name = "alertmanager"
+
+    def __init__(self, webhook_url: str) -> None:
+        import yaml
+
+        binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+        if binary is None:
+            raise FileNotFoundError(ALERTMANAGER_MISSING)
+        self.root = Path(tempfile.mkdtemp(prefix="eyenet-alertmanager-"))
+        config = {"route": {"receiver": "test", "group_by": ["..."], "group_wait": "0s", "group_interval": "1s",
+                            "repeat_interval": "1h"},
+                  "receivers": [{"name": "test", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}]}
+        (self.root / "alertmanager.yml").write_text(yaml.safe_dump(config))
+        self.port = free_port()
+        self.log = self.root / "server.log"
+        self.command = [binary, f"--config.file={self.root / 'alertmanager.yml'}",
+                        f"--storage.path={self.root / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                        "--cluster.listen-address="]  # no gossip: one instance, no port of its own
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The alerts it holds now (``GET /api/v2/alerts``, active and resolved within its retention)."""
+        import requests
+
+        return requests.get(f"{self.url}/api/v2/alerts", timeout=10).json()
+
+
+class WebhookSink:
+    """An HTTP server on 127.0.0.1 that records every POSTed JSON body with its headers; with
+    ``secret`` it answers 401 to a body whose EyeNet signature does not verify (and records it
+    under ``refused``)."""
+
+    def __init__(self, secret: bytes | None = None) -> None:
+        import http.server
+        import threading
+
+        from eyenet.serving.alerts import SIGNATURE, TIMESTAMP, verify
+
+        self.received: list[dict[str, Any]] = []
+        self.refused: list[bytes] = []
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if secret is not None and not verify(secret, body, self.headers.get(TIMESTAMP),
+                                                     self.headers.get(SIGNATURE)):
+                    sink.refused.append(body)
+                    self.send_response(401)
+                else:
+                    sink.received.append(json.loads(body))
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

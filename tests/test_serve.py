@@ -373,3 +373,63 @@ def test_autoscaling_adds_replicas_under_load(served, values, mlflow_store, tmp_
     finally:
         stop.set()
         serve.delete("scale")
+
+
+def test_an_anomaly_streamed_becomes_one_alert_in_alertmanager_that_resolves(served, values, mlflow_store, tmp_path):
+    """Acceptance of alarms out: a real Alertmanager routing to a webhook of the test. Alertmanager is
+    stopped for a while: scoring goes on, and the alert raised meanwhile arrives once it is back."""
+    import shutil
+
+    from ray import serve
+
+    from servers import ALERTMANAGER_MISSING, AlertmanagerServer, WebhookSink, wait_until
+
+    if shutil.which("prometheus-alertmanager") is None and shutil.which("alertmanager") is None:
+        pytest.skip(ALERTMANAGER_MISSING)
+    config = presets.model_config("ensemble", {"members": [{"family": "zscore", "params": {}}]})
+    config["alarm"] = {"threshold": 0.5}
+    trained = training.train_and_register(config, values[:600], registry=mlflow_store, group="alerting")
+    mlflow_store.set_alias(trained.version.name, "champion", trained.version.version)
+    sink = WebhookSink()
+    am = AlertmanagerServer(sink.url).start()
+    alerts = {"resolve_after": 3, "max_backoff_s": 0.5, "receivers": {"default": {"alertmanager": [am.url]}}}
+    _deploy("alerting", "/alerting", {"families": ["zscore"], "use_gpus": False, "alerts": alerts}, mlflow_store, tmp_path)
+    url = f"{served['url']}/alerting"
+    spike = float(values[600:700].mean() + 40 * values[600:700].std())
+
+    def stream(series: str, xs: list[float]) -> dict:
+        r = requests.post(f"{url}/v1/stream", json={"id": series, "group": "alerting", "values": xs},
+                          headers={"X-EyeNet-Series": series}, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def notes(status: str, series: str) -> list[dict]:
+        return [a for n in sink.received for a in n["alerts"] if a["status"] == status and a["labels"]["series"] == series]
+
+    try:
+        stream("cpu", values[600:700].tolist())
+        assert stream("cpu", [spike])["points"][0]["alarm"]
+        stream("cpu", [spike])  # a second alarm of the same incident: still one alert
+        wait_until("the firing alert", lambda: notes("firing", "cpu"), timeout=60)
+        (held,) = [a for a in am.alerts() if a["labels"]["series"] == "cpu"]
+        assert held["labels"]["severity"] in ("warning", "critical") and held["labels"]["tenant"] == "default"
+        assert held["labels"]["model"] == "default.alerting.ensemble" and held["labels"]["alertname"] == "EyeNetAnomaly"
+        assert float(held["annotations"]["value"]) == pytest.approx(spike, rel=1e-5)
+        assert held["annotations"]["detectors"].startswith("zscore") and held["annotations"]["score"]
+
+        stream("cpu", values[700:710].tolist())  # back to normal: the incident ends
+        wait_until("the resolution", lambda: notes("resolved", "cpu"), timeout=60)
+        assert len(notes("firing", "cpu")) == 1
+
+        am.stop()  # scoring goes on; the alert of another series waits for Alertmanager
+        stream("disk", values[600:700].tolist())
+        assert stream("disk", [spike])["points"][0]["alarm"]
+        time.sleep(1.5)
+        am.start()
+        wait_until("the alert raised while Alertmanager was down", lambda: notes("firing", "disk"), timeout=60)
+        health = requests.get(f"{url}/healthz", headers={"X-EyeNet-Series": "disk"}, timeout=30).json()
+        assert health["alerts"]["incidents"] == 1  # disk's is still open, on the replica that holds disk
+    finally:
+        serve.delete("alerting")
+        am.cleanup()
+        sink.close()

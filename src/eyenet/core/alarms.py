@@ -17,13 +17,20 @@ from eyenet.core.errors import InvalidParameterError
 class AlarmState:
     recent: list[bool] = field(default_factory=list)  # last n-1 "over threshold" flags
     cooldown: int = 0  # points still suppressed after the last alarm
+    # the series' open incident, if any (JSON-ready; kept and read by eyenet.serving.alerts), so that
+    # it travels with the series' state from one server process to another
+    incident: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"recent": list(self.recent), "cooldown": self.cooldown}
+        out = {"recent": list(self.recent), "cooldown": self.cooldown}
+        if self.incident is not None:
+            out["incident"] = self.incident
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "AlarmState":
-        return cls(recent=[bool(b) for b in d.get("recent", [])], cooldown=int(d.get("cooldown", 0)))
+        return cls(recent=[bool(b) for b in d.get("recent", [])], cooldown=int(d.get("cooldown", 0)),
+                   incident=d.get("incident"))
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class AlarmPolicy:
 
     def decide(self, scores: np.ndarray, state: AlarmState | None = None) -> tuple[np.ndarray, AlarmState]:
         """Alarm flags for ``scores`` (NaN = not ready = no alarm) and the state after them."""
-        st = AlarmState(list(state.recent), state.cooldown) if state else AlarmState()
+        st = AlarmState(list(state.recent), state.cooldown, state.incident) if state else AlarmState()
         s = np.asarray(scores, dtype=float)
         with np.errstate(invalid="ignore"):
             over = (s >= self.threshold).tolist()

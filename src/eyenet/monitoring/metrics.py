@@ -30,6 +30,11 @@ STATE_MOVES = Counter("eyenet_stream_state_moves_total", "Series states that lef
                       "reason (handed_over: another replica asked for the series; released: the replica's cache was "
                       "full or it shut down; lost: the store refused a written-behind state because the series had "
                       "gone to another replica or been reset meanwhile)", ["reason"], registry=REGISTRY)
+ALERTS = Counter("eyenet_alerts_total", "Alert transitions of series incidents (firing, resolved, resent)",
+                 ["transition"], registry=REGISTRY)
+ALERT_DELIVERIES = Counter("eyenet_alert_deliveries_total", "Alert deliveries by receiver kind and outcome (sent, "
+                           "retried, dead_letter: given up after max_attempts or refused for good, dropped: over "
+                           "the queue's bound)", ["receiver", "outcome"], registry=REGISTRY)
 EVICTIONS = Counter("eyenet_evictions_total", "Entries dropped from a bounded structure to stay within its cap, by "
                     "structure (store: stream states, store_reload: rows not reloaded after a restart, "
                     "router_streams / router_models: a router's caches, rate_buckets, outbox, monitor_series, "

@@ -121,7 +121,7 @@ class RemoteWriteIngest:
     async def _score(self, tenant: str, group: str, taken: list[_Taken], counts: Counter[str]) -> None:
         data = [schemas.SeriesData(t.id, t.values, t.timestamps_ms.astype("datetime64[ms]").astype("datetime64[ns]"))
                 for t in taken]
-        results = await self.pipeline.stream_series(tenant, group, data)
+        results = await self.pipeline.stream_series(tenant, group, data, [t.labels for t in taken])
         for t, r in zip(taken, results):
             body = r.body
             if "error" in body:

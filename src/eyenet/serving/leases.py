@@ -68,7 +68,7 @@ class OwnedStates:
     them over. Every key is ``tenant/group/series``."""
 
     def __init__(self, store: StoreLike, owner: str, settings: StoreSettings | None = None, *,
-                 max_states: int = 50_000, max_bytes: int = 1 << 30) -> None:
+                 max_states: int = 50_000, max_bytes: int = 1 << 30, on_leave: Any = None) -> None:
         s = settings or StoreSettings()
         self.store = store
         self.owner = owner
@@ -77,6 +77,7 @@ class OwnedStates:
         self.interval_s = s.write_behind_s or s.lease_s / 4  # between syncs (they renew the lease too)
         self.max_states = max_states
         self.max_bytes = max_bytes
+        self.on_leave = on_leave  # called with a key that leaves this replica (released, handed over, lost)
         self.states: OrderedDict[str, tuple[int, Any]] = OrderedDict()  # key -> (store version, state or None)
         self.sizes: dict[str, int] = {}  # key -> state_bytes of its held state (counted once)
         self.bytes = 0
@@ -199,8 +200,13 @@ class OwnedStates:
             self.unconfirmed.discard(old)
             m.EVICTIONS.labels("router_streams").inc()
             m.STATE_MOVES.labels("released").inc()
+            self._left(old)
         if len(self.leaving) >= LEAVING_KICK and self._kick is not None:
             self._kick.set()
+
+    def _left(self, key: str) -> None:
+        if self.on_leave is not None:
+            self.on_leave(key)
 
     def _drop(self, key: str) -> tuple[int, Any, bool] | None:
         """Stop holding ``key`` here: its ``(version, state, changed since the last sync)``, or None."""
@@ -264,6 +270,7 @@ class OwnedStates:
                 self._drop(key)
                 self.lost += 1
                 m.STATE_MOVES.labels("lost").inc()
+                self._left(key)
                 log.info("stream state of %s not written behind (%s); dropped here", key,
                          refusal.reason if refusal is not None else "held elsewhere now")
         self.synced += len(items)
@@ -317,6 +324,7 @@ class OwnedStates:
                         self.leaving[key] = held  # its newest state goes with it when it changed
                         self.handed_over += 1
                         m.STATE_MOVES.labels("handed_over").inc()
+                        self._left(key)
                     elif key not in self.leaving:
                         self.leaving[key] = (0, None, False)  # not held: just let go
                     self.unconfirmed.discard(key)

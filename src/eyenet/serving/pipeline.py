@@ -46,6 +46,7 @@ from eyenet.monitoring import metrics as m
 from eyenet.monitoring.monitor import Outbox
 from eyenet.serving import schemas
 from eyenet.serving.quota import RateLimits
+from eyenet.serving.alerts import Incidents
 from eyenet.serving.leases import OwnedStates, StoreLike
 from eyenet.serving.settings import AppConfig
 from eyenet.serving.streams import Refusal
@@ -208,9 +209,13 @@ class Pipeline:
         self.outbox = outbox
         self.config = config or AppConfig()
         self.rates = RateLimits(self.config.quota)
+        # alarms out: the incidents of the series scored here; the router sets alerts_out (AlertSender.send)
+        self.incidents = Incidents(self.config.alerts) if self.config.alerts.receivers else None
+        self.alerts_out: Callable[[list[tuple[str, dict[str, Any]]]], None] | None = None
         self.owned = OwnedStates(store, owner or f"process-{uuid.uuid4().hex[:12]}", self.config.store,
                                  max_states=self.config.streams_cached if streams_cached is None else streams_cached,
-                                 max_bytes=self.config.streams_cached_bytes)
+                                 max_bytes=self.config.streams_cached_bytes,
+                                 on_leave=None if self.incidents is None else self._left)
         self._pool = ThreadPoolExecutor(self.config.score_threads, thread_name_prefix="eyenet-score")
         self.gap_policy = self.config.gaps.policy()
 
@@ -265,12 +270,14 @@ class Pipeline:
         results = await self.stream_series(tenant, req.group, data)
         return {"results": [r.body for r in results]}
 
-    async def stream_series(self, tenant: str, group: str, data: list[schemas.SeriesData]) -> list[SeriesResult]:
-        """:meth:`stream_many` of validated series (also the remote_write path): per series its body
-        and the timestamps (epoch seconds) of its points, imputed ones included."""
+    async def stream_series(self, tenant: str, group: str, data: list[schemas.SeriesData],
+                            labels: list[dict[str, str]] | None = None) -> list[SeriesResult]:
+        """:meth:`stream_many` of validated series (also the remote_write path, which passes each
+        series' ``labels`` for its alerts): per series its body and the timestamps (epoch seconds)
+        of its points, imputed ones included."""
         keys = [f"{tenant}/{group}/{s.id}" for s in data]
         async with self.owned.holding(keys):
-            return await self._stream_many(tenant, group, data, keys)
+            return await self._stream_many(tenant, group, data, keys, labels)
 
     async def end_series(self, tenant: str, group: str, ids: Iterable[str]) -> None:
         """Forget series (a Prometheus stale marker: the target is gone); their next point starts afresh."""
@@ -298,6 +305,7 @@ class Pipeline:
         timing = f"state;dur={1000 * (t1 - t0):.2f}, score;dur={1000 * (time.perf_counter() - t1):.2f}"
         if new_state is None:  # every point was dropped (at or before the last one applied)
             return {"id": s.id, "seen": state.seen if state is not None else 0, **body}, timing
+        self._alert(tenant, group, s.id, None, version_m, model, name, plan, body, new_state)
         self.owned.put(key, version, new_state)
         await self.owned.written()  # at once, unless store.write_behind_s is 0
         for entry in entries:
@@ -305,7 +313,7 @@ class Pipeline:
         return {"id": s.id, "seen": new_state.seen, **body}, timing
 
     async def _stream_many(self, tenant: str, group: str, data: list[schemas.SeriesData],
-                           keys: list[str]) -> list[SeriesResult]:
+                           keys: list[str], labels: list[dict[str, str]] | None = None) -> list[SeriesResult]:
         held = await self.owned.acquire(keys)  # one store call for the series this replica does not hold
         results: list[SeriesResult | None] = [None] * len(data)
         todo = []
@@ -324,6 +332,8 @@ class Pipeline:
                 body, new_state, entries = self._assemble(name, version_m, plan, scored)
                 version, state = held[keys[i]]
                 if new_state is not None:
+                    self._alert(tenant, group, data[i].id, None if labels is None else labels[i], version_m, model,
+                                name, plan, body, new_state)
                     self.owned.put(keys[i], version, new_state)
                     for entry in entries:
                         self._to_outbox(entry)
@@ -331,6 +341,28 @@ class Pipeline:
                 results[i] = SeriesResult({"id": data[i].id, "seen": seen, **body}, plan.timestamps)
             await self.owned.written()
         return results  # type: ignore[return-value]
+
+    def _alert(self, tenant: str, group: str, series: str, labels: dict[str, str] | None, version: int, model: Any,
+               name: str, plan: Plan, body: dict[str, Any], state: Any) -> None:
+        """The series' incident transitions to the alert sender (no I/O here); the open incident is
+        kept in the series' new ``state`` (before it is held), so it moves with the series."""
+        if self.incidents is None or self.alerts_out is None or not plan.units \
+                or tenant not in self.config.alerts.receivers:  # nowhere to send this tenant's alerts
+            return
+        values = np.concatenate([u.values for u in plan.units]).tolist()
+        points = body["points"]
+        if len(values) != len(points):
+            return
+        stamps = plan.timestamps.tolist() if plan.timestamps is not None else [time.time()] * len(points)
+        items = self.incidents.observe(tenant, group, series, labels, name, version, model.alarm.threshold,
+                                       values, stamps, points, state.alarm)
+        if items:
+            self.alerts_out(items)
+
+    def _left(self, key: str) -> None:
+        """A series this process held went elsewhere: its open incident (in its state) is not resent here."""
+        tenant, group, series = key.split("/", 2)
+        self.incidents.forget(tenant, group, series)
 
     def _to_outbox(self, entry: tuple[tuple[Any, ...], dict[str, Any]], series: bool = True) -> None:
         if self.outbox is not None:

@@ -225,6 +225,53 @@ class WritebackSettings(BaseModel):
     max_backoff_s: float = Field(30.0, gt=0, description="retries of a failed batch wait up to this long")
 
 
+class WebhookSettings(BaseModel):
+    """A webhook receiver: JSON bodies signed with HMAC-SHA256 (``X-EyeNet-Signature``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="where alerts are POSTed")
+    secret_env: str | None = Field(None, description="environment variable holding the signing secret")
+    secret_file: str | None = Field(None, description="file holding the signing secret (one line)")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> "WebhookSettings":
+        if (self.secret_env is None) == (self.secret_file is None):
+            raise ValueError(f"webhook {self.url}: give exactly one of secret_env and secret_file")
+        return self
+
+
+class ReceiverSettings(BaseModel):
+    """Where one tenant's alerts go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alertmanager: list[str] = Field(default_factory=list, description="Alertmanager base URLs, e.g. "
+                                    "http://alertmanager:9093 (alerts go to /api/v2/alerts of each)")
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
+
+
+class AlertSettings(BaseModel):
+    """Alarms out (:mod:`eyenet.serving.alerts`): one alert per series incident, to the receivers of
+    the series' tenant only; a tenant without receivers gets none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    receivers: dict[str, ReceiverSettings] = Field(default_factory=dict, description="tenant -> its receivers")
+    critical: float = Field(0.95, gt=0, le=1, description="an alarm whose score reaches this is critical, "
+                            "else warning")
+    resolve_after: int = Field(5, ge=1, description="consecutive scored points below the alarm threshold that "
+                               "end an incident (its alert resolves)")
+    resend_s: float = Field(60.0, gt=0, description="a firing alert is posted again this often (keep it well under "
+                            "Alertmanager's resolve_timeout, 5 min by default)")
+    max_incidents: int = Field(100_000, ge=1, description="open incidents a router replica tracks (oldest "
+                               "resolved beyond it, counted)")
+    max_queue: int = Field(10_000, ge=1, description="deliveries waiting per receiver (oldest dropped, counted)")
+    max_attempts: int = Field(10, ge=1, description="tries of one delivery before it is dead-lettered (counted)")
+    max_backoff_s: float = Field(30.0, gt=0, description="retries wait up to this long")
+    timeout_s: float = Field(5.0, gt=0, description="one request")
+
+
 class AppConfig(BaseModel):
     """The whole application: which families are deployed and how."""
 
@@ -264,6 +311,7 @@ class AppConfig(BaseModel):
     gaps: GapSettings = GapSettings()
     remote_write: RemoteWriteSettings = RemoteWriteSettings()
     writeback: WritebackSettings = WritebackSettings()
+    alerts: AlertSettings = AlertSettings()
     streams_cached: int = Field(50_000, ge=1, description="stream states a router replica caches (LRU, counted)")
     streams_cached_bytes: int = Field(256 << 20, ge=1024, description="estimated bytes of those states at most")
     models_cached: int = Field(32, ge=1, description="ensemble versions a router replica keeps loaded (LRU, counted)")
