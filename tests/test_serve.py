@@ -237,9 +237,16 @@ def test_overload_gets_503_with_retry_after(served, values, mlflow_store, tmp_pa
 
     tight = {"num_cpus": 0.1, "max_ongoing_requests": 1, "max_queued_requests": 1, "retry_after_s": 2,
              "autoscaling": {"min_replicas": 1, "max_replicas": 1}}
-    _deploy("tight", "/tight", {"families": ["zscore", "mad", "cnn"], "router": tight, "use_gpus": False}, mlflow_store, tmp_path)
+    _deploy("tight", "/tight", {"families": ["zscore", "mad", "cnn"], "router": tight, "use_gpus": False,
+                                "member_timeout_s": 10}, mlflow_store, tmp_path)
     try:
         body = {"series": [{"id": f"s{i}", "values": values[:1500].tolist()} for i in range(4)], "group": "served"}
+        # one request alone first: the member replicas load the model (a cold load under a busy test
+        # session can outlast a member timeout, and then every answer is a 503 for another reason)
+        from servers import wait_until
+
+        wait_until("the tight app to answer", lambda: requests.post(f"{served['url']}/tight/v1/detect", json=body,
+                                                                  timeout=120).status_code == 200, timeout=180, every=1)
         with cf.ThreadPoolExecutor(16) as pool:
             codes = list(pool.map(lambda _: requests.post(f"{served['url']}/tight/v1/detect", json=body, timeout=120),
                                   range(16)))
