@@ -270,9 +270,8 @@ class _Receiver:
                     break
                 if status is not None:
                     self.error = f"HTTP {status} from {self.endpoint}"
-                    if status != 429 and status < 500:  # the receiver will never take it
-                        attempt = s.max_attempts
-                if attempt >= s.max_attempts:
+                refused = status is not None and status != 429 and status < 500  # the receiver will never take it
+                if refused or attempt >= s.max_attempts:
                     self.dead += len(batch)
                     m.ALERT_DELIVERIES.labels(self.kind, "dead_letter").inc(len(batch))
                     log.warning("alerts to %s dead-lettered (%d): %s", self.endpoint, len(batch), self.error)
