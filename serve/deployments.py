@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -49,7 +50,7 @@ from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline, model_i
 from eyenet.serving import auth, views
 from eyenet.serving.auth import AUTH_OFF, Authenticator, AuthMiddleware, AuthSettings, Identity, KeyStore
 from eyenet.serving.quota import Admission, InFlight
-from eyenet.serving.settings import AppConfig
+from eyenet.serving.settings import TORCH_FAMILIES, AppConfig
 from eyenet.serving.ingest import RemoteWriteIngest
 from eyenet.serving.snapshots import default_uri as default_state_uri
 from eyenet.serving.writeback import ScoreWriter
@@ -67,9 +68,10 @@ class FamilyScorer:
     """Raw scores of one family's detectors, for any registered model holding such a detector."""
 
     def __init__(self, family: str, mlflow_uri: str | None, max_batch_size: int, batch_wait_timeout_s: float) -> None:
-        import torch
+        if family in TORCH_FAMILIES:  # a z-score replica never imports torch
+            import torch
 
-        torch.set_num_threads(1)  # tiny networks: one thread is fastest and steadiest
+            torch.set_num_threads(1)  # tiny networks: one thread is fastest and steadiest
         self.family = family
         self.registry = reg.Registry(mlflow_uri)
         self.score_batch.set_max_batch_size(max_batch_size)
@@ -189,11 +191,20 @@ class _StoreActor:
 
 
 class _FamilyDeployments:
-    """The family deployments as the pipeline's remote members (multiplexed by model version)."""
+    """The family deployments as the pipeline's remote members (multiplexed by model version).
 
-    def __init__(self, scorers: dict[str, Any], gpu_families: Iterable[str]) -> None:
+    A family deployment may have scaled to zero (``family.autoscaling.min_replicas: 0``): a call
+    would wait for a replica to start. So a family scored here too is called only while ``up`` (it
+    answered within its idle timeout); otherwise the router scores it and ``wake`` starts the
+    deployment for the next big request. A family only its deployment may score (it holds a GPU)
+    is woken when a version that uses it is loaded, and waited for."""
+
+    def __init__(self, scorers: dict[str, Any], gpu_families: Iterable[str], config: AppConfig) -> None:
         self.scorers = scorers
         self.remote_only = set(gpu_families)  # their replicas hold a GPU; the router does not
+        self.config = config
+        self._answered: dict[str, float] = {}  # family -> when its deployment last answered (monotonic)
+        self._waking: dict[str, asyncio.Task] = {}
 
     def deployed(self, family: str) -> bool:
         return family in self.scorers
@@ -201,14 +212,50 @@ class _FamilyDeployments:
     def local(self, family: str) -> bool:
         return family not in self.remote_only
 
-    def raw(self, family: str, key: str, member: int, inputs: np.ndarray, n_new: int) -> Any:
-        return self.scorers[family].options(multiplexed_model_id=key).raw.remote(member, inputs, n_new)
+    def up(self, family: str) -> bool:
+        last = self._answered.get(family)
+        if last is None:
+            return False
+        a = self.config.settings(family).autoscaling
+        if a.min_replicas > 0:
+            return True
+        idle_s = a.downscale_to_zero_delay_s or a.downscale_delay_s
+        return time.monotonic() - last < 0.8 * idle_s  # well before the autoscaler may stop it
+
+    async def raw(self, family: str, key: str, member: int, inputs: np.ndarray, n_new: int) -> Any:
+        try:
+            out = await self.scorers[family].options(multiplexed_model_id=key).raw.remote(member, inputs, n_new)
+        except BaseException:  # a failed or timed-out call: score it here until the deployment answers again
+            self._answered.pop(family, None)
+            raise
+        self._answered[family] = time.monotonic()
+        return out
+
+    async def _warm(self, family: str, key: str) -> None:
+        await asyncio.wait_for(self.scorers[family].options(multiplexed_model_id=key).warm.remote(), timeout=120)
+        self._answered[family] = time.monotonic()
+
+    def wake(self, family: str, key: str) -> None:
+        if family not in self.scorers or family in self._waking:
+            return
+
+        async def waking() -> None:
+            try:
+                await self._warm(family, key)
+            except Exception as exc:  # noqa: BLE001 - the router goes on scoring it; the next big request retries
+                log.warning("family %s did not start: %r", family, exc)
+            finally:
+                self._waking.pop(family, None)
+
+        self._waking[family] = asyncio.get_running_loop().create_task(waking())
 
     async def warm(self, key: str, model: Any) -> None:
-        """Load the version into the member deployments before it answers requests."""
-        calls = [self.scorers[f].options(multiplexed_model_id=key).warm.remote()
-                 for f in set(model.member_families) if f in self.scorers]
-        await asyncio.gather(*(asyncio.wait_for(c, timeout=120) for c in calls), return_exceptions=True)
+        """Load the version into the member deployments it will call before it answers requests: the
+        families only a deployment may score, and every family when ``inline_max_points`` is 0."""
+        every = self.config.inline_max_points == 0
+        families = [f for f in set(model.member_families)
+                    if f in self.scorers and (every or f in self.remote_only)]
+        await asyncio.gather(*(self._warm(f, key) for f in families), return_exceptions=True)
 
 
 # module helpers above the class: a Serve replica sees only the names defined before the ingress class
@@ -230,7 +277,7 @@ class Router:
         keys = KeyStore.for_settings(a, reg.home()) if a.enabled else None
         self.auth = _ReplicaAuth.authenticator = Authenticator(a, keys)
         _ReplicaAuth.inflight = InFlight(self.config.quota)
-        members = _FamilyDeployments(scorers, gpu_families or ())
+        members = _FamilyDeployments(scorers, gpu_families or (), self.config)
         self.models = ModelCache(self.registry, capacity=self.config.models_cached, prepare=members.warm)
         self._here = AliasResolver(self.registry, self.config.alias, self.config.alias_ttl_s)
         self.outbox = Outbox(self.config.monitor.recent_points)
@@ -280,10 +327,12 @@ class Router:
 
     async def __del__(self) -> None:
         """A graceful shutdown (scale-down, redeploy, ``eyenet down``): the held series' states go to
-        the store first, so no acknowledged point is lost."""
-        await self.pipeline.close()
-        if self.alerts is not None:
-            await self.alerts.close()
+        the store first, so no acknowledged point is lost (a replica that failed to start has neither)."""
+        pipeline, alerts = getattr(self, "pipeline", None), getattr(self, "alerts", None)
+        if pipeline is not None:
+            await pipeline.close()
+        if alerts is not None:
+            await alerts.close()
 
     def _background(self) -> None:
         """Keep the controller follower, the monitor push and the stream states' write-behind running

@@ -26,7 +26,10 @@ class Clock:
 
 
 def point(score: float | None, alarm: bool = False, expected: float | None = 40.0) -> dict[str, Any]:
-    return {"score": score, "alarm": alarm, "expected": expected, "detectors": {"seasonal": 0.9, "lstm": 0.3}}
+    severity = None if score is None else "normal" if not alarm else "critical" if score >= 0.95 else "warning"
+    return {"score": score, "alarm": alarm, "severity": severity, "expected": expected, "band": [35.0, 45.0],
+            "detectors": {"seasonal": 0.9, "lstm": 0.3}, "shares": {"seasonal": 0.75, "lstm": 0.25},
+            "agreement": 0.5}
 
 
 def observe(inc: Incidents, scores: list[tuple[float, bool]], start: int = 0, series: str = "cpu") -> list:
@@ -46,7 +49,7 @@ def test_an_incident_fires_once_and_resolves_after_calm_points():
     assert alert["startsAt"].startswith("2026-09-21T") and alert["startsAt"].endswith("Z")
     a = alert["annotations"]
     assert a["score"] == "0.8" and a["value"] == "50" and a["expected"] == "40" and a["version"] == "3"
-    assert a["detectors"] == "seasonal 0.90 (75 %), lstm 0.30 (25 %)"
+    assert a["detectors"] == "seasonal 75 %, lstm 25 %" and a["band"] == "35 to 45" and a["agreement"] == "0.5"
     assert observe(inc, [(0.2, False), (0.75, False), (0.1, False), (0.2, False)], start=4) == []  # calm reset by 0.75
     (_, resolved), = observe(inc, [(0.1, False)], start=8)
     assert resolved["labels"] == alert["labels"] and resolved["startsAt"] == alert["startsAt"] and "endsAt" in resolved
@@ -55,7 +58,7 @@ def test_an_incident_fires_once_and_resolves_after_calm_points():
 
 def test_an_incident_escalates_to_critical_and_is_resent_while_it_lasts():
     clock = Clock()
-    inc = Incidents(AlertSettings(critical=0.95, resend_s=60), clock=clock)
+    inc = Incidents(AlertSettings(resend_s=60), clock=clock)
     observe(inc, [(0.8, True)])
     warn_end, crit = observe(inc, [(0.99, True)], start=1)
     assert warn_end[1]["labels"]["severity"] == "warning" and "endsAt" in warn_end[1]

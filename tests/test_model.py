@@ -264,3 +264,42 @@ def test_ensemble_model_fits_members_on_the_whole_fit_part() -> None:
     held = alone.score(x[700 - 16 :])[16:]
     np.testing.assert_allclose(np.sort(member.reference), np.sort(held[np.isfinite(held)]))
     np.testing.assert_allclose(model.reference_[0], held[np.isfinite(held)])
+
+
+@pytest.mark.parametrize("level", [0.3, 0.7, 0.95])
+def test_raw_at_inverts_the_calibration(calibrator: TailCalibrator, level: float) -> None:
+    raw = calibrator.raw_at(level)
+    assert calibrator.transform_one(raw) >= level > calibrator.transform_one(raw - 1e-6 * max(1.0, abs(raw)))
+
+
+@pytest.mark.parametrize("combine", ["mean", "weighted", "max", "vote"])
+def test_member_shares_sum_to_one_and_follow_the_combination(combine: str) -> None:
+    ens = Ensemble(members=[{"family": "zscore"}, {"family": "mad"}, {"family": "iqr"}], combine=combine,
+                   weights=[2.0, 1.0, 1.0], vote_threshold=0.5)
+    s = np.array([[0.9, 0.3, 0.6], [0.2, np.nan, 0.2], [0.0, 0.0, 0.0], [np.nan] * 3])
+    sh = ens.shares(s)
+    np.testing.assert_allclose(np.nansum(sh[:3], axis=1), 1.0)
+    assert np.isnan(sh[1, 1]) and np.isnan(sh[3]).all()  # a member left out shares nothing
+    np.testing.assert_allclose(sh[2], [1 / 3] * 3)  # nothing to share: equal parts
+    want = {"mean": [0.5, 1 / 6, 1 / 3], "weighted": [0.9 / 1.35, 0.15 / 1.35, 0.3 / 1.35],
+            "max": [1.0, 0.0, 0.0], "vote": [0.5, 0.0, 0.5]}[combine]
+    np.testing.assert_allclose(sh[0], want)
+    np.testing.assert_allclose(sh[1, [0, 2]], [0.5, 0.5])  # the rest's plain mean
+
+
+def test_the_band_holds_the_stated_share_of_held_out_points_around_the_expected_value() -> None:
+    from eyenet.core import synthetic
+    from eyenet.core.model import BAND_COVERAGE
+
+    _, v, _ = synthetic.series("cpu_pct", n=1500, seed=3)
+    v = np.asarray(v, dtype=float)
+    model = AnomalyModel.from_dict({"detector": {"family": "ensemble", "params": {"members": [
+        {"family": "zscore", "params": {}}, {"family": "seasonal", "params": {}}]}}}).fit(v[:1000])
+    h = model.expected_halfwidth
+    assert model.expected_member == 1 and h is not None and 0 < h < np.ptp(v)
+    # the held-out points (the last 300 of the fit data): BAND_COVERAGE of them inside expected +- h
+    e = model.members[1]._expected(v[:1000])[-300:]
+    inside = np.abs(v[700:1000] - e) <= h
+    assert len(model.reference_[1]) == 300 and inside.mean() == pytest.approx(BAND_COVERAGE, abs=0.004)
+    no_band = AnomalyModel.from_dict({"detector": {"family": "zscore", "params": {}}}).fit(v[:1000])
+    assert no_band.expected_halfwidth is None

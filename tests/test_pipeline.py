@@ -321,9 +321,17 @@ class FakeDeployments:
     """Remote members in the same process: ``families`` answer (``slow`` ones never in time)."""
 
     def __init__(self, model: AnomalyModel, families: set[str], slow: set[str] = frozenset(),
-                 local: set[str] = frozenset()) -> None:
+                 local: set[str] = frozenset(), up: set[str] | None = None) -> None:
         self.model, self.families, self.slow, self._local = model, families, slow, local
         self.calls: list[str] = []
+        self.running = set(families) if up is None else set(up)  # deployments with a replica
+        self.woken: list[str] = []
+
+    def up(self, family: str) -> bool:
+        return family in self.running
+
+    def wake(self, family: str, key: str) -> None:
+        self.woken.append(family)
 
     def deployed(self, family: str) -> bool:
         return family in self.families
@@ -376,6 +384,22 @@ def test_requests_over_inline_max_points_go_to_the_remote_members(model, values,
                                equal_nan=True)
     np.testing.assert_allclose(scores(small["results"][0]["points"]), model.score(values[:100]).score, rtol=1e-12,
                                equal_nan=True)
+
+
+def test_a_big_request_is_scored_here_while_its_family_deployment_is_scaled_to_zero(model, values, tmp_path):
+    """A family scaled to zero would keep a big request waiting for a replica to start: the router
+    scores it and wakes the deployment; once the deployment is up, big requests go to it."""
+    remote = FakeDeployments(model, {"zscore", "mad"}, local={"zscore", "mad"}, up=set())
+    p = make(model, StreamStore(str(tmp_path)), members=remote, config=AppConfig(inline_max_points=100))
+    cold = run(p.detect(detect_req(values[:300])))
+    assert remote.calls == [] and sorted(remote.woken) == ["mad", "zscore"]
+    remote.running = {"mad"}
+    warm = run(p.detect(detect_req(values[:300])))
+    assert remote.calls == ["mad"]
+    for out in (cold, warm):
+        assert out["results"][0]["degraded"] is False
+        np.testing.assert_allclose(scores(out["results"][0]["points"]), model.score(values[:300]).score,
+                                   rtol=1e-12, equal_nan=True)
 
 
 # -- models ------------------------------------------------------------------------------------------
@@ -433,3 +457,31 @@ def test_bad_input_never_maps_to_5xx():
     assert http.error_body(_validation_error())["error"].startswith("values:")
 
 
+
+
+def test_every_point_says_its_severity_band_and_each_members_share(values, tmp_path):
+    members = [{"family": "seasonal", "params": {}}, {"family": "zscore", "params": {}}]
+    model = AnomalyModel.from_dict(presets.model_config("ensemble", {"members": members})).fit(values[:600])
+    x = values[:1000].copy()
+    x[900] += 40 * np.std(values[:600])  # a spike
+    cfg = AppConfig(critical_score=0.9)
+    body = run(make(model, StreamStore(str(tmp_path)), config=cfg).detect(detect_req(x)))
+    points = body["results"][0]["points"]
+    h = model.expected_halfwidth
+    assert h is not None and h > 0
+    alarms = 0
+    for p in points:
+        if not p["ready"]:
+            assert p["severity"] is None and p["shares"] == {} and p["agreement"] is None
+            continue
+        want = "normal" if not p["alarm"] else "critical" if p["score"] >= 0.9 else "warning"
+        assert p["severity"] == want
+        alarms += p["alarm"]
+        assert set(p["shares"]) == {"seasonal", "zscore"} and sum(p["shares"].values()) == pytest.approx(1, abs=1e-3)
+        assert p["agreement"] in (0.0, 0.5, 1.0)
+        if p["expected"] is not None:
+            lo, hi = p["band"]
+            assert lo == pytest.approx(p["expected"] - h) and hi == pytest.approx(p["expected"] + h)
+    spike = points[900]
+    assert spike["alarm"] and spike["severity"] in ("warning", "critical") and alarms >= 1
+    assert not spike["band"][0] <= x[900] <= spike["band"][1]  # far outside what was expected

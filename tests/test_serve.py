@@ -261,8 +261,11 @@ def test_overload_gets_503_with_retry_after(served, values, mlflow_store, tmp_pa
         serve.delete("tight")
 
 
-def test_torch_replicas_take_gpu_fractions_when_the_cluster_has_gpus(ray_cluster, mlflow_store, tmp_path):
-    """Four torch deployments at 0.25 GPU each fit on the one logical GPU of the test cluster."""
+def test_torch_replicas_take_gpu_fractions_when_the_cluster_has_gpus(served, ray_cluster, values, mlflow_store,
+                                                                    tmp_path):
+    """Torch deployments take a quarter of the test cluster's one logical GPU each, and only while a
+    served model uses them: none runs until a request needs one; the served model's cnn member
+    then starts its replica (scaled up from zero) and answers from it."""
     import ray
     from ray import serve
 
@@ -273,11 +276,21 @@ def test_torch_replicas_take_gpu_fractions_when_the_cluster_has_gpus(ray_cluster
     assert "num_gpus" not in cfg.deployment_options("zscore", cluster_gpus=1)["ray_actor_options"]
     assert "num_gpus" not in cfg.deployment_options("cnn", cluster_gpus=0)["ray_actor_options"]
     before = ray.available_resources().get("GPU", 0)
-    _deploy("gpus", "/gpus", {"families": ["lstm", "gru", "cnn", "transformer"]}, mlflow_store, tmp_path)
+    _deploy("gpus", "/gpus", {"families": ["lstm", "gru", "cnn", "transformer"], "member_timeout_s": 30},
+            mlflow_store, tmp_path)
     try:
         status = serve.status().applications["gpus"]
         assert status.status == "RUNNING"
-        assert before - ray.available_resources().get("GPU", 0) == pytest.approx(1.0)
+        assert ray.available_resources().get("GPU", 0) == pytest.approx(before)  # nothing used, nothing runs
+        body = {"series": [{"id": "g", "values": values[:300].tolist()}], "group": "served"}
+        resp = requests.post(f"{served['url']}/gpus/v1/detect", json=body, timeout=180)
+        assert resp.status_code == 200, resp.text
+        res = resp.json()["results"][0]
+        assert res["missing"] == ["mad", "zscore"]  # not deployed in this app; cnn answered from its GPU replica
+        running = {n: d.replica_states.get("RUNNING", 0)
+                   for n, d in serve.status().applications["gpus"].deployments.items()}
+        assert running["family-cnn"] == 1 and running["family-lstm"] == 0, running
+        assert before - ray.available_resources().get("GPU", 0) == pytest.approx(0.25)
     finally:
         serve.delete("gpus")
 

@@ -123,6 +123,22 @@ class TailCalibrator:
         p = min(max(p, 1e-300), 1.0)
         return min(max(float(-np.log10(p)) / DECADES, 0.0), 1.0)
 
+    def raw_at(self, level: float) -> float:
+        """The smallest raw score whose calibrated score reaches ``level`` (in (0, 1]): the inverse of
+        :meth:`transform`, which is non-decreasing, found by bisection."""
+        p = 10.0 ** (-level * DECADES)
+        q = 1.0 - self.tail_quantile
+        hi = self.threshold_ + self.tail_scale_ * math.log(q / p) if p < q else float(self.body_[-1])
+        lo = float(self.body_[0])
+        hi = max(hi, lo)
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            if self.transform_one(mid) >= level:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
     def state(self) -> dict[str, np.ndarray]:
         return {
             "body": self.body_,

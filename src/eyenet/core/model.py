@@ -21,6 +21,10 @@ from eyenet.core.detectors.base import Detector, as_series, load_npz
 from eyenet.core.errors import ArtifactError, InvalidParameterError, NotFittedError
 
 
+#: the share of held-out points inside the band a response draws around the expected value
+BAND_COVERAGE = 0.99
+
+
 @dataclass
 class Scores:
     """Per-point output. NaN in ``score`` means the model is not ready yet."""
@@ -29,6 +33,9 @@ class Scores:
     calibrated: np.ndarray
     score: np.ndarray
     alarm: np.ndarray
+    #: (points, members): what the combination took from each member (its rank, or its calibrated
+    #: score without ranks; NaN: left out), for each member's share of the score
+    members: np.ndarray | None = None
 
     @property
     def ready(self) -> np.ndarray:
@@ -291,6 +298,20 @@ class AnomalyModel:
         return self.members[j].expected_many([i[j] for i in inputs], n_new)
 
     @property
+    def expected_halfwidth(self) -> float | None:
+        """Half the width of the band around the expected value, in the series' units (None without
+        an expecting member, :attr:`expected_member`): the distance from it within which
+        ``BAND_COVERAGE`` of the held-out points fell (that member's raw score grows with the distance)."""
+        hit = self.__dict__.get("_halfwidth")
+        if hit is None:
+            j = self.expected_member
+            unit = None if j is None else self.members[j].raw_unit
+            ref = self.reference_[j] if unit is not None and j < len(self.reference_) else np.empty(0)
+            hit = (float(np.quantile(ref, BAND_COVERAGE)) * unit,) if len(ref) >= 10 else (None,)
+            self._halfwidth = hit
+        return hit[0]
+
+    @property
     def member_families(self) -> list[str]:
         return [d.family for d in self.members]
 
@@ -320,6 +341,7 @@ class AnomalyModel:
         else:
             raw = det.combine_raw(member_raw)
             cal = self.calibrator_.transform(raw)
+        parts = None
         if self.rank:
             # ranks need only the order of scores: rank raw ones, which never saturate
             ranks, new_hist = [], []
@@ -332,7 +354,7 @@ class AnomalyModel:
                 r, _ = self.rank.rank(new, self._rank_history(j, hist))
                 ranks.append(r)
                 new_hist.append(np.concatenate((hist, new[np.isfinite(new)]))[-self.rank.history :])
-            stacked = np.column_stack(ranks)
+            stacked = parts = np.column_stack(ranks)
             if missing:
                 sub = stacked[:, present]
                 combined = np.where(np.isfinite(sub).all(axis=1), sub.mean(axis=1), np.nan)
@@ -355,7 +377,10 @@ class AnomalyModel:
             step=st.step,
             last_value=st.last_value,
         )
-        return Scores(raw=raw, calibrated=cal, score=score, alarm=alarm), new_state
+        if parts is None:
+            parts = self.member_calibrated(member_raw)
+            parts[:, list(missing)] = np.nan
+        return Scores(raw=raw, calibrated=cal, score=score, alarm=alarm, members=parts), new_state
 
     def finish_many(self, member_raw: np.ndarray, values: np.ndarray,
                     states: list[StreamState]) -> tuple[Scores, list[StreamState]]:
@@ -400,6 +425,7 @@ class AnomalyModel:
         else:
             score, new_ranks = cal, [np.empty(0)] * n
             hists = [[np.empty(0) for _ in st.scores] for st in states]
+            ranks = self.member_calibrated(member_raw)
         alarm = np.zeros(n, dtype=bool)
         keep = max(det.context, det.min_history) - 1
         out = []
@@ -410,7 +436,7 @@ class AnomalyModel:
             out.append(StreamState(values=ctx[max(len(ctx) - keep, 0) :] if keep else np.empty(0), scores=hists[i],
                                    ranks=new_ranks[i], alarm=alarm_state, seen=st.seen + 1, model=st.model,
                                    last_ts=st.last_ts, step=st.step, last_value=st.last_value))
-        return Scores(raw=raw, calibrated=cal, score=score, alarm=alarm), out
+        return Scores(raw=raw, calibrated=cal, score=score, alarm=alarm, members=ranks), out
 
     def score(self, values: Any) -> Scores:
         """Score a whole series from a fresh stream."""

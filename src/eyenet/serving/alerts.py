@@ -5,15 +5,16 @@ more alarms of the series keep the same alert (Alertmanager deduplicates by labe
 label set of an incident does not change); ``resolve_after`` consecutive scored points below the
 model's alarm threshold close it, and the alert resolves with ``endsAt`` at the point that closed
 it. While it lasts the alert is posted again every ``resend_s``, so Alertmanager never resolves it
-on its own (``resolve_timeout``). An alarm whose score reaches ``critical`` escalates the incident
-to ``critical``: the ``warning`` alert resolves and a ``critical`` one fires (an incident never
-goes back down).
+on its own (``resolve_timeout``). An alarm of severity ``critical`` (its score reaches
+``critical_score``) escalates the incident: the ``warning`` alert resolves and a ``critical`` one
+fires (an incident never goes back down).
 
 Labels: ``alertname="EyeNetAnomaly"``, ``tenant``, ``group``, ``model`` (the model's name), the
 series' own labels (remote_write series) or ``series`` (its id), and ``severity``. Annotations:
-``value``, ``expected`` (what the model expected there, when it says), ``score``, ``detectors``
-(each member's calibrated score and share of the sum, largest first), ``version`` and a
-``summary`` line.
+``value``, ``expected`` (what the model expected there, when it says) and ``band`` (the range
+around it its expecting member finds normal), ``score``, ``detectors`` (each member's share of the
+score, largest first), ``agreement`` (the fraction of members on the ensemble's side of the
+threshold), ``version`` and a ``summary`` line: the newest alarm of the incident.
 
 **Delivery** (:class:`AlertSender`): a tenant's alerts go only to that tenant's receivers
 (``alerts.receivers``). Each receiver has a bounded queue (``max_queue``, oldest dropped and
@@ -95,11 +96,14 @@ def _num(v: Any) -> str:
     return "" if v is None else f"{float(v):.6g}"
 
 
-def _drivers(detectors: dict[str, float | None]) -> str:
-    scored = sorted(((f, s) for f, s in detectors.items() if s is not None and math.isfinite(s)),
-                    key=lambda fs: -fs[1])
-    total = sum(s for _, s in scored) or 1.0
-    return ", ".join(f"{f} {s:.2f} ({100 * s / total:.0f} %)" for f, s in scored)
+def _drivers(shares: dict[str, float | None]) -> str:
+    """The members by their share of the score, largest first: ``seasonal 72 %, lstm 28 %``."""
+    scored = sorted(((f, s) for f, s in shares.items() if s is not None and math.isfinite(s)), key=lambda fs: -fs[1])
+    return ", ".join(f"{f} {100 * s:.0f} %" for f, s in scored)
+
+
+def _band(band: list[float] | None) -> str:
+    return "" if not band else f"{_num(band[0])} to {_num(band[1])}"
 
 
 class Incidents:
@@ -140,7 +144,7 @@ class Incidents:
                 continue
             inc = self.open.get(key)
             if p.get("alarm"):
-                severity = "critical" if score >= s.critical else "warning"
+                severity = p.get("severity") or "warning"
                 if inc is not None and inc.labels["severity"] == "warning" and severity == "critical":
                     out.append((tenant, inc.alert(ends_at=ts)))  # escalated: the warning alert ends here
                     m.ALERTS.labels("resolved").inc()
@@ -154,7 +158,8 @@ class Incidents:
                 inc.calm = 0
                 inc.annotations = {
                     "value": _num(value), "expected": _num(p.get("expected")), "score": _num(score),
-                    "detectors": _drivers(p.get("detectors") or {}), "version": str(version),
+                    "band": _band(p.get("band")), "detectors": _drivers(p.get("shares") or {}),
+                    "agreement": _num(p.get("agreement")), "version": str(version),
                     "summary": f"{series}: {_num(value)}, expected {_num(p.get('expected')) or 'n/a'} "
                                f"(score {score:.2f}, {severity})"}
                 self.open.move_to_end(key)

@@ -79,6 +79,13 @@ class RemoteMembers(Protocol):
     def local(self, family: str) -> bool:
         """Whether this process may score ``family`` itself (False: e.g. its deployment holds a GPU)."""
 
+    def up(self, family: str) -> bool:
+        """Whether ``family``'s deployment has answered lately, so a call does not wait for a replica to start."""
+
+    def wake(self, family: str, key: str) -> None:
+        """Start ``family``'s deployment (if it has scaled to zero) and load model ``key`` into it, in
+        the background."""
+
     def raw(self, family: str, key: str, member: int, inputs: np.ndarray,
             n_new: int) -> Awaitable[tuple[np.ndarray, int]]:
         """Send member ``member`` of model ``key`` its inputs now; the awaitable gives the raw scores of
@@ -419,7 +426,7 @@ class Pipeline:
             if self.members is not None and not self.members.deployed(fam):
                 for gone in missing:
                     gone.add(fam)
-            elif self._inline(fam, n_points, batch):
+            elif self._inline(fam, key, n_points, batch):
                 here.append(j)
             else:
                 there.append(j)
@@ -452,7 +459,7 @@ class Pipeline:
         if any(len(gone) == len(families) for gone in missing):
             raise NotServableError(f"{name} v{version}: no member answered (members: {families})")
         out = await self._off_loop(n_points, self._finish_units, name, version, model, raw, units, missing, report,
-                                   inputs)
+                                   inputs, self.config.critical_score)
         alarms = sum(a for _, _, _, a in out)
         m.POINTS.labels(name).inc(sum(len(u.values) for u in units))
         m.ANOMALIES.labels(name).inc(alarms)
@@ -491,10 +498,17 @@ class Pipeline:
         return body, new_state, entries
 
     # -- members ---------------------------------------------------------------------------------
-    def _inline(self, family: str, n_points: int, batch: bool = False) -> bool:
+    def _inline(self, family: str, key: str, n_points: int, batch: bool = False) -> bool:
+        """Whether member ``family`` is scored in this process: small requests and batches (the hop
+        costs more than the compute), and big ones while the family's deployment is not up."""
         if self.members is None:
             return True
-        return self.members.local(family) and (batch or n_points <= self.config.inline_max_points)
+        if not self.members.local(family) or batch or n_points <= self.config.inline_max_points:
+            return self.members.local(family)
+        if self.members.up(family):
+            return False
+        self.members.wake(family, key)  # scored here this time; the next big request goes to the deployment
+        return True
 
     async def _off_loop(self, n_points: int, fn: Any, *args: Any) -> Any:
         """Run ``fn`` here for small requests; on the scoring threads for big ones, so the event
@@ -523,16 +537,22 @@ class Pipeline:
         return done
 
     @staticmethod
+    def _explained(model: Any, scores: Scores, critical: float) -> dict[str, Any]:
+        """What a response explains beyond the scores (see :func:`eyenet.serving.schemas.result_body`)."""
+        return {"shares": None if scores.members is None else model.detector.shares(scores.members),
+                "halfwidth": model.expected_halfwidth, "threshold": model.alarm.threshold, "critical": critical}
+
+    @staticmethod
     def _finish_units(name: str, version: int, model: Any, raw: list[np.ndarray], units: list[Unit],
                       missing: list[set[str]], report: set[str] | None,
-                      inputs: list[list[np.ndarray]]) -> list[tuple[Any, ...]]:
+                      inputs: list[list[np.ndarray]], critical: float = 1.0) -> list[tuple[Any, ...]]:
         """Calibration, ranks, combination and alarms of every unit, and what the model expected;
         imputed points are answered with ``imputed: true``, no score and no alarm."""
         families = model.member_families
         expected = model.expected_many(inputs, [len(u.values) for u in units])
         if len(units) > 1 and not any(missing) and all(len(u.values) == 1 and u.imputed is None for u in units):
             return Pipeline._finish_points(name, version, model, raw, units, report,
-                                           None if expected is None else np.concatenate(expected))
+                                           None if expected is None else np.concatenate(expected), critical)
         out = []
         for k, u in enumerate(units):
             gone = sorted(missing[k])
@@ -540,9 +560,11 @@ class Pipeline:
             scores, new_state = model.finish_stream(raw[k], u.values, u.state, missing=idx)
             if u.imputed is not None:
                 scores = Scores(raw=scores.raw, calibrated=scores.calibrated,
-                                score=np.where(u.imputed, np.nan, scores.score), alarm=scores.alarm & ~u.imputed)
+                                score=np.where(u.imputed, np.nan, scores.score), alarm=scores.alarm & ~u.imputed,
+                                members=scores.members)
             body = schemas.result_body(name, version, families, gone, scores, model.member_calibrated(raw[k]), report,
-                                       imputed=u.imputed, expected=None if expected is None else expected[k])
+                                       imputed=u.imputed, expected=None if expected is None else expected[k],
+                                       **Pipeline._explained(model, scores, critical))
             u.slot = k
             out.append((body, new_state, scores, int(scores.alarm.sum())))
         return out
@@ -550,14 +572,16 @@ class Pipeline:
 
     @staticmethod
     def _finish_points(name: str, version: int, model: Any, raw: list[np.ndarray], units: list[Unit],
-                       report: set[str] | None, expected: np.ndarray | None) -> list[tuple[Any, ...]]:
+                       report: set[str] | None, expected: np.ndarray | None,
+                       critical: float = 1.0) -> list[tuple[Any, ...]]:
         """:meth:`_finish_units` of units of one point each, every member answering (the batch stream
         of one new point per series): one :meth:`~eyenet.core.model.AnomalyModel.finish_many` and
         one response body over all of them, then split per unit (the same numbers)."""
         member_raw = np.vstack(raw)
         scores, states = model.finish_many(member_raw, np.array([u.values[0] for u in units]), [u.state for u in units])
         body = schemas.result_body(name, version, model.member_families, [], scores,
-                                   model.member_calibrated(member_raw), report, expected=expected)
+                                   model.member_calibrated(member_raw), report, expected=expected,
+                                   **Pipeline._explained(model, scores, critical))
         out = []
         for k, (u, point, state) in enumerate(zip(units, body["points"], states)):
             u.slot = k

@@ -369,25 +369,54 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
 
 def result_body(name: str, version: int, families: list[str], missing: list[str], scores: Any,
                 member_calibrated: np.ndarray, report: set[str] | None = None,
-                imputed: np.ndarray | None = None, expected: np.ndarray | None = None) -> dict[str, Any]:
-    """The JSON of one scored series: per point the ensemble score, alarm, each answering member's
-    score (of the members in ``report`` only, when given) and the value the model ``expected``
-    (None where it has none); ``imputed`` points (filled in for a missing value or timestamp) say
-    so and carry no score."""
+                imputed: np.ndarray | None = None, expected: np.ndarray | None = None, *,
+                shares: np.ndarray | None = None, halfwidth: float | None = None, threshold: float = 1.0,
+                critical: float = 1.0) -> dict[str, Any]:
+    """The JSON of one scored series. Per point: the ensemble ``score`` and ``alarm``; its
+    ``severity`` (``warning``, ``critical`` at ``critical`` and above, ``normal`` without an alarm,
+    None before the model is ready); each answering member's score under ``detectors`` (of the
+    members in ``report`` only, when given) and its ``shares`` of the ensemble score; ``agreement``,
+    the fraction of answering members on the ensemble's side of the alarm ``threshold``; the value
+    the model ``expected`` and the ``band`` around it (± ``halfwidth``) that its expecting member
+    finds normal (None where it has none). ``imputed`` points (filled in for a missing value or
+    timestamp) say so and carry no score."""
 
     def nums(a: np.ndarray) -> list[float | None]:
         return [v if v == v and abs(v) != np.inf else None for v in np.asarray(a, dtype=float).tolist()]
 
-    score, calibrated, alarm = nums(scores.score), nums(scores.calibrated), np.asarray(scores.alarm).tolist()
-    answered = [(f, nums(member_calibrated[:, j])) for j, f in enumerate(families)
-                if f not in missing and (report is None or f in report)]
-    exp = nums(expected) if expected is not None else [None] * len(score)
+    n = len(scores.score)
+    score_a = np.asarray(scores.score, dtype=float)
+    ready_a = np.isfinite(score_a)
+    alarm_a = np.asarray(scores.alarm, dtype=bool)
+    score, calibrated, alarm = nums(score_a), nums(scores.calibrated), alarm_a.tolist()
+    shown = [j for j, f in enumerate(families) if f not in missing and (report is None or f in report)]
+    names = [families[j] for j in shown]
+    cal = np.asarray(member_calibrated, dtype=float)
+    detectors = [dict(zip(names, row)) for row in zip(*(nums(cal[:, j]) for j in shown))] if shown else None
+    parts = [dict(zip(names, row)) for row in zip(*(nums(np.round(shares[:, j], 4)) for j in shown))] \
+        if shown and shares is not None else None
+    severity = np.where(alarm_a, np.where(score_a >= critical, "critical", "warning"), "normal").tolist()
+    here = [j for j, f in enumerate(families) if f not in missing]
+    agree = nums(np.round(((cal[:, here] >= threshold) == (score_a >= threshold)[:, None]).mean(axis=1), 4)) \
+        if here else [None] * n
+    if expected is not None:
+        e_a = np.asarray(expected, dtype=float)
+        exp = nums(e_a)
+        lo, hi = (nums(e_a - halfwidth), nums(e_a + halfwidth)) if halfwidth is not None else ([None] * n,) * 2
+    else:
+        exp = lo = hi = [None] * n
+    ready = ready_a.tolist()
     points = [
-        {"score": score[i], "calibrated": calibrated[i], "alarm": bool(alarm[i]), "ready": score[i] is not None,
-         "expected": exp[i], "detectors": {f: col[i] for f, col in answered}}
-        for i in range(len(score))
+        {"score": score[i], "calibrated": calibrated[i], "alarm": alarm[i], "ready": ready[i],
+         "severity": severity[i] if ready[i] else None, "expected": exp[i],
+         "band": None if lo[i] is None else [lo[i], hi[i]],
+         "detectors": detectors[i] if detectors is not None else {},
+         "shares": parts[i] if parts is not None and ready[i] else {},
+         "agreement": agree[i] if ready[i] else None}
+        for i in range(n)
     ]
     if imputed is not None:
         for i in np.flatnonzero(imputed).tolist():
-            points[i].update(imputed=True, ready=False, calibrated=None, detectors={})
+            points[i].update(imputed=True, ready=False, calibrated=None, detectors={}, shares={}, severity=None,
+                             agreement=None)
     return {"model": name, "version": version, "degraded": bool(missing), "missing": sorted(missing), "points": points}

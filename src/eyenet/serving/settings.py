@@ -97,6 +97,9 @@ class Autoscaling(BaseModel):
     target_ongoing_requests: float = Field(4.0, gt=0)
     upscale_delay_s: float = 2.0
     downscale_delay_s: float = 30.0
+    downscale_to_zero_delay_s: float | None = Field(
+        None, gt=0, description="with min_replicas 0: idle this long before the last replica stops "
+        "(default: downscale_delay_s)")
 
 
 class DeploymentSettings(BaseModel):
@@ -258,8 +261,6 @@ class AlertSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     receivers: dict[str, ReceiverSettings] = Field(default_factory=dict, description="tenant -> its receivers")
-    critical: float = Field(0.95, gt=0, le=1, description="an alarm whose score reaches this is critical, "
-                            "else warning")
     resolve_after: int = Field(5, ge=1, description="consecutive scored points below the alarm threshold that "
                                "end an incident (its alert resolves)")
     resend_s: float = Field(60.0, gt=0, description="a firing alert is posted again this often (keep it well under "
@@ -291,6 +292,8 @@ class AppConfig(BaseModel):
     thread_min_points: int = Field(64, ge=1, description="requests of this many points or more are scored on the "
                                    "router's scoring threads (torch releases the GIL), smaller ones on its event loop")
     score_threads: int = Field(2, ge=1, description="scoring threads per router replica")
+    critical_score: float = Field(0.95, gt=0, le=1, description="an alarm whose score reaches this is critical, "
+                                  "else a warning (each point's severity, and its alert's)")
     alias: str = "champion"
     alias_ttl_s: float = Field(2.0, ge=0, description="how long a resolved alias is reused")
     gpu_fraction: float = Field(0.25, gt=0, le=1, description="GPU share of a torch replica when GPUs exist")
@@ -300,7 +303,10 @@ class AppConfig(BaseModel):
         # two from the start: one replica's crash or restart never interrupts the API, and each
         # replica process has a core's worth of Python (GIL) to itself
         autoscaling=Autoscaling(min_replicas=2, max_replicas=4))
-    family: DeploymentSettings = DeploymentSettings()
+    family: DeploymentSettings = DeploymentSettings(
+        # only what is used runs: a family's first replica starts when a request needs it (a served
+        # model's GPU member, a request over inline_max_points) and stops after 10 idle minutes
+        autoscaling=Autoscaling(min_replicas=0, max_replicas=2, downscale_to_zero_delay_s=600.0))
     overrides: dict[str, DeploymentSettings] = Field(default_factory=dict, description="per-family settings")
     controller: ControllerSettings = ControllerSettings()
     monitor: MonitorSettings = MonitorSettings()
@@ -335,7 +341,7 @@ class AppConfig(BaseModel):
             "max_ongoing_requests": s.max_ongoing_requests,
             "max_queued_requests": s.max_queued_requests,
             "backpressure_config": {"status_code": 503, "retry_after_s": s.retry_after_s},
-            "autoscaling_config": s.autoscaling.model_dump(),
+            "autoscaling_config": s.autoscaling.model_dump(exclude_none=True),
         }
 
     def router_options(self) -> dict[str, Any]:
@@ -346,5 +352,5 @@ class AppConfig(BaseModel):
             "max_ongoing_requests": r.max_ongoing_requests,
             "max_queued_requests": r.max_queued_requests,
             "backpressure_config": {"status_code": 503, "retry_after_s": r.retry_after_s},
-            "autoscaling_config": r.autoscaling.model_dump(),
+            "autoscaling_config": r.autoscaling.model_dump(exclude_none=True),
         }

@@ -169,6 +169,12 @@ class Detector:
         or a family without an expected value: ``expects`` False)."""
         return [np.full(n, np.nan) for n in n_new]
 
+    @property
+    def raw_unit(self) -> float | None:
+        """How far from the expected value, in the series' units, a raw score of 1 lies (raw scores
+        of an expecting detector grow with that distance), or None: no expected value."""
+        return None
+
     def score_last(self, window: Any) -> float:
         """Raw score of the last point of ``window`` (the real-time path). NaN if not ready."""
         if not self.is_fitted:
@@ -204,6 +210,11 @@ class Detector:
     def combine_row(self, s: list[float]) -> float:
         """:meth:`combine_scores` of one row, without arrays (the real-time path)."""
         return s[0]
+
+    def shares(self, s: np.ndarray) -> np.ndarray:
+        """Each member's share of the combination of the rows of ``s`` (points, members; NaN: a
+        member left out), rows summing to 1 (NaN where nothing is ready)."""
+        return np.where(np.isfinite(s), 1.0, np.nan)
 
     def _fit(self, x: np.ndarray) -> None:
         raise NotImplementedError

@@ -186,6 +186,34 @@ class Ensemble(Detector):
             return (s * np.asarray(w)).sum(axis=1)
         return s.mean(axis=1)
 
+    def shares(self, s: np.ndarray) -> np.ndarray:
+        """Each member's share of :meth:`combine_scores`: of a (weighted) mean, its weighted score over
+        the sum; of a max, the members at the max; of a vote, the members that vote. Members left out
+        (NaN) share nothing and the others' plain mean is what was combined (as in
+        :meth:`eyenet.core.model.AnomalyModel.finish_stream`)."""
+        s = np.asarray(s, dtype=float)
+        out = np.full(s.shape, np.nan)
+        if not s.size:
+            return out
+        present = np.isfinite(s)
+        full = present.all(axis=1)
+        z = np.where(present, s, 0.0)
+        if self.combine == "max":
+            part = (present & (z >= np.nanmax(np.where(present, s, -np.inf), axis=1, keepdims=True))).astype(float)
+        elif self.combine == "vote":
+            part = (present & (z >= self.vote_threshold)).astype(float)
+        else:
+            w = self._unit_weights() if self.combine == "weighted" else np.asarray(
+                self._mean_weights(s.shape[1]) or np.ones(s.shape[1]))
+            part = np.where(full[:, None], z * w, z)  # a member left out: the plain mean of the rest
+        total = part.sum(axis=1, keepdims=True)
+        even = present / np.maximum(present.sum(axis=1, keepdims=True), 1)  # all zero: equal shares
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(total > 0, part / np.where(total > 0, total, 1.0), even)
+        out[~present] = np.nan
+        out[~present.any(axis=1)] = np.nan
+        return out
+
     def _mean_weights(self, n: int) -> list[float] | None:
         """The members' weights in ``mean``, summing to 1, or None when they are all equal (a plain
         mean); cached, as it runs for every point scored."""

@@ -115,6 +115,11 @@ class TorchForecaster(TorchDetector):
             return super().expected_many(windows, n_new)
         return [self.forecast(w)[len(w) - n :] for w, n in zip(windows, n_new)]
 
+    @property
+    def raw_unit(self) -> float | None:
+        """Raw scores are absolute errors in normalised units over the validation RMS error."""
+        return float(self.score_scale_ * self.norm_.scale) if self.is_fitted else None
+
     def forecast_next(self, window_values: Any) -> float:
         """Forecast of the value after ``window_values`` (its last ``window`` points are used)."""
         self._check_fitted("forecast_next")

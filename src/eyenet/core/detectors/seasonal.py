@@ -147,6 +147,10 @@ class Seasonal(Detector):
         floor = max(1e-3 * spread, 1e-6 * abs(self.center_), _TINY)
         self.scale_ = max(float(miss.mean()) if len(miss) else 0.0, floor)
 
+    @property
+    def raw_unit(self) -> float | None:
+        return float(self.scale_) if self.is_fitted else None
+
     def _score(self, x: np.ndarray) -> np.ndarray:
         raw = np.abs(x - self._expected(x)) / self.scale_
         return raw[self.min_history - 1 :]
