@@ -12,8 +12,8 @@ only counts. ``quiet`` has no receiver, so its alarms are scored and decided but
 
 Load: each tenant has ``--series`` series with a long history (not timed). Every 1 / ``--hz`` s
 each tenant sends one ``/v1/stream/batch`` request with the next point of each of its series, on
-two threads (one per tenant), so the app takes 2 x series x hz points a second (1,000 at the
-defaults). Every ``--spike-every`` s the next series in turn gets a spike (the level plus 30 times
+two threads (one per tenant, half a period apart, so neither waits behind the other's request),
+so the app takes 2 x series x hz points a second (1,000 at the defaults). Every ``--spike-every`` s the next series in turn gets a spike (the level plus 30 times
 the series' spread) in the same request of both tenants, then returns to normal, so each spike
 raises one alarm and opens one incident, which resolves after ``alerts.resolve_after`` calm points.
 
@@ -34,7 +34,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -67,10 +66,11 @@ class Load(threading.Thread):
         self.alarmed: dict[int, bool] = {}
         self.errors = 0
         self.start_at = 0.0
+        self.offset = 0.0  # the tenants take turns: each request has the app to itself as far as the load goes
 
     def run(self) -> None:
         for tick in range(self.ticks):
-            due = self.start_at + tick / self.hz
+            due = self.start_at + self.offset + tick / self.hz
             time.sleep(max(0.0, due - time.time()))
             col = self.values[:, HISTORY + tick].copy()
             j = self.spikes.get(tick)
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         watcher.start()
         loads = [Load(url, t, ids[t], values, args.hz, ticks, spikes, size) for t in TENANTS]
         start = time.time() + 0.5
-        for load in loads:
-            load.start_at = start
+        for k, load in enumerate(loads):
+            load.start_at, load.offset = start, k / (2 * args.hz)
             load.start()
         for load in loads:
             load.join()

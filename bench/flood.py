@@ -9,7 +9,9 @@ The calm tenant streams its few series at ``--calm-rps`` (one request at a time,
 measured per request), first alone for ``--calm-alone-s`` seconds (its baseline), then while the
 flooding tenant sends ``--ids`` distinct series ids, one point each, as fast as ``--connections``
 connections allow, ignoring Retry-After (a misbehaving client). The flood runs in ``wrk``
-(bench/flood.lua), so the load generator takes little of the CPU the app needs. Each tenant is
+(bench/flood.lua), so the load generator takes little of the CPU the app needs; with ``--batch N``
+it is ``/v1/stream/batch`` requests of N new ids each instead (a cardinality explosion as a
+batching sender makes it), from ``--connections`` threads. Each tenant is
 whoever its key belongs to (the tenant comes from the credential).
 
 Reports the flood's status codes (429 with Retry-After past its live-series quota,
@@ -29,6 +31,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import requests
@@ -83,31 +86,97 @@ class Calm:
         return {"p50": pct(50), "p99": pct(99), "n": len(self.ms), "statuses": {str(k): v for k, v in self.statuses.items()}}
 
 
+class BatchFlood:
+    """``--batch``: the flood as ``/v1/stream/batch`` requests of ``batch`` new series ids each (one
+    point each), from ``connections`` threads, each sending its next request as soon as the last is
+    answered (Retry-After ignored): a cardinality explosion as a remote_write sender or a batching
+    agent would send it. Counts requests by status and series by their per-series status."""
+
+    def __init__(self, url: str, key: str, group: str, ids: int, batch: int, connections: int) -> None:
+        self.url, self.group, self.ids, self.batch, self.connections = url, group, ids, batch, connections
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.requests: collections.Counter = collections.Counter()
+        self.series: collections.Counter = collections.Counter()
+        self.ms: list[float] = []
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def _take(self) -> range | None:
+        with self._lock:
+            if self._next >= self.ids:
+                return None
+            r = range(self._next, min(self._next + self.batch, self.ids))
+            self._next = r.stop
+            return r
+
+    def _run(self) -> None:
+        with requests.Session() as s:
+            while (ids := self._take()) is not None:
+                body = {"group": self.group, "series": [{"id": f"flood-{i}", "values": [1.0]} for i in ids]}
+                t0 = time.perf_counter()
+                try:
+                    r = s.post(f"{self.url}/v1/stream/batch", json=body, headers=self.headers, timeout=60)
+                except requests.RequestException as exc:
+                    self.requests[type(exc).__name__] += 1
+                    continue
+                self.ms.append(1000 * (time.perf_counter() - t0))
+                self.requests[r.status_code] += 1
+                if r.status_code == 200:
+                    for res in r.json()["results"]:
+                        self.series[res.get("status", 200)] += 1
+                else:
+                    self.series[r.status_code] += len(ids)
+
+    def run(self) -> dict:
+        threads = [threading.Thread(target=self._run, daemon=True) for _ in range(self.connections)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        pct = (lambda q: round(float(np.percentile(self.ms, q)), 1) if self.ms else None)
+        return {"requests": sum(self.requests.values()), "by_status": {str(k): v for k, v in self.requests.items()},
+                "series_by_status": {str(k): v for k, v in self.series.items()}, "request_p50_ms": pct(50),
+                "request_p99_ms": pct(99)}
+
+
 def flood(args: argparse.Namespace) -> dict:
+    if args.batch:
+        return _measure(args, lambda: BatchFlood(args.url, args.flood_key, args.group, args.ids, args.batch,
+                                                 args.connections).run())
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("bench.flood: wrk not found (Debian's package 'wrk')")
     threads = 2
     env = {**os.environ, "FLOOD_IDS": str(args.ids), "FLOOD_THREADS": str(threads), "FLOOD_KEY": args.flood_key,
            "FLOOD_GROUP": args.group}
+
+    def run_wrk() -> dict:
+        out = subprocess.run([wrk, f"-t{threads}", f"-c{args.connections}", "-d3600s", "--timeout", "30s",
+                              "-s", str(Path(__file__).with_name("flood.lua")), args.url],
+                             env=env, capture_output=True, text=True, check=False)
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("FLOOD ")), None)
+        if line is None:
+            raise SystemExit(f"bench.flood: wrk failed: {out.stdout[-500:]} {out.stderr[-500:]}")
+        return json.loads(line[len("FLOOD "):])
+
+    return _measure(args, run_wrk)
+
+
+def _measure(args: argparse.Namespace, run_flood: Any) -> dict:
+    """The calm tenant alone, then during ``run_flood()``; the figures of both and /healthz after."""
     calm = Calm(args.url, args.calm_key, args.group, args.calm_rps)
     calm.run_for(args.calm_alone_s)
     alone = calm.summary()
     calm = Calm(args.url, args.calm_key, args.group, args.calm_rps)
     calm.start()
     t0 = time.perf_counter()
-    out = subprocess.run([wrk, f"-t{threads}", f"-c{args.connections}", "-d3600s", "--timeout", "30s",
-                          "-s", str(Path(__file__).with_name("flood.lua")), args.url],
-                         env=env, capture_output=True, text=True, check=False)
+    result = run_flood()
     took = time.perf_counter() - t0
     calm.stop()
     during = calm.summary()
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("FLOOD ")), None)
-    if line is None:
-        raise SystemExit(f"bench.flood: wrk failed: {out.stdout[-500:]} {out.stderr[-500:]}")
-    result = json.loads(line[len("FLOOD "):])
-    health = requests.get(f"{args.url}/healthz", timeout=30).json()
-    return {"ids": args.ids, "connections": args.connections, "seconds": round(took, 1),
+    health = requests.get(f"{args.url}/healthz", timeout=30,
+                          headers={"Authorization": f"Bearer {args.calm_key}"} if args.calm_key else {}).json()
+    return {"ids": args.ids, "connections": args.connections, "batch": args.batch, "seconds": round(took, 1),
             "flood_rps": round(result["requests"] / took, 1), "flood": result,
             "calm_alone_ms": alone, "calm_during_flood_ms": during,
             "calm_p99_ratio": round(during["p99"] / alone["p99"], 2) if during["p99"] and alone["p99"] else None,
@@ -125,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calm-key", default="", help="the calm tenant's API key")
     p.add_argument("--calm-alone-s", type=float, default=30.0, help="seconds the calm tenant streams alone first")
     p.add_argument("--calm-rps", type=float, default=20.0, help="the calm tenant's requests a second")
+    p.add_argument("--batch", type=int, default=0, help="send the flood as /v1/stream/batch requests of this many "
+                   "new ids each (Python threads, one per connection) instead of one id per request (wrk)")
     args = p.parse_args(argv)
     print(json.dumps(flood(args), indent=2))
 

@@ -47,7 +47,7 @@ from eyenet.serving.http import JSONResponse
 from eyenet.serving.controller import settings_from
 from eyenet.serving.follower import Follower, unwrap
 from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline, model_id, parse_model_id
-from eyenet.serving import auth, views
+from eyenet.serving import auth, console, views
 from eyenet.serving.auth import AUTH_OFF, Authenticator, AuthMiddleware, AuthSettings, Identity, KeyStore
 from eyenet.serving.quota import Admission, InFlight
 from eyenet.serving.settings import TORCH_FAMILIES, AppConfig
@@ -258,6 +258,20 @@ class _FamilyDeployments:
         await asyncio.gather(*(self._warm(f, key) for f in families), return_exceptions=True)
 
 
+#: what a console file may do in the browser: load from this origin only, no framing
+CONSOLE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+                   "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' "
+                                              "'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'"}
+
+
+def _console_file(path: str) -> Response:
+    found = console.asset(path)
+    if found is None:
+        raise UnknownNameError(f"{path!r}: no such file of the console")
+    body, kind = found
+    return Response(body, media_type=kind, headers=CONSOLE_HEADERS)
+
+
 # module helpers above the class: a Serve replica sees only the names defined before the ingress class
 @serve.ingress(app)
 class Router:
@@ -280,7 +294,7 @@ class Router:
         members = _FamilyDeployments(scorers, gpu_families or (), self.config)
         self.models = ModelCache(self.registry, capacity=self.config.models_cached, prepare=members.warm)
         self._here = AliasResolver(self.registry, self.config.alias, self.config.alias_ttl_s)
-        self.outbox = Outbox(self.config.monitor.recent_points)
+        self.outbox = Outbox(self.config.monitor.recent_points, view_points=self.config.monitor.history_points)
         store = _StoreActor(get_store(self.config.state_uri or default_state_uri(),
                                       self.config.store.model_dump(), self.config.quota.model_dump(),
                                       self.config.actor_resources),
@@ -292,7 +306,7 @@ class Router:
         self.alerts = AlertSender(self.config.alerts) if self.config.alerts.receivers else None
         self._resender: asyncio.Task | None = None
         if self.alerts is not None:
-            self.pipeline.alerts_out = self.alerts.send
+            self.pipeline.alerts_out = self._alerts_out
         self.ingest = RemoteWriteIngest(self.config.remote_write, self.pipeline, self.writer)
         self._controller_handle: Any = None
         self.follower = Follower(self._controller, self.replica_id, self.models.get)
@@ -352,16 +366,22 @@ class Router:
         """Firing alerts are posted again every ``alerts.resend_s`` while their incidents last."""
         while True:
             await asyncio.sleep(min(10.0, self.config.alerts.resend_s / 4))
-            self.alerts.send(self.pipeline.incidents.due())
+            self.alerts.send(self.pipeline.incidents.due())  # re-sends: not new transitions
+
+    def _alerts_out(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Alerts to their receivers, and to the monitor's recent-alerts list (the console's)."""
+        self.alerts.send(items)
+        if self.config.monitor.enabled:
+            self.outbox.alert(items)
 
     async def _push_loop(self) -> None:
         """Every ``monitor.push_s``: what this replica scored, and its metrics, to the app's monitor."""
         while True:
             await asyncio.sleep(self.config.monitor.push_s)
-            batch = self.outbox.take()
+            batch, alerts = self.outbox.take(), self.outbox.take_alerts()
             try:
-                await asyncio.wait_for(self._monitor().push.remote(self.replica_id, batch, m.exposition().decode()),
-                                       timeout=10)
+                await asyncio.wait_for(self._monitor().push.remote(self.replica_id, batch, m.exposition().decode(),
+                                                                   alerts), timeout=10)
             except Exception as exc:  # noqa: BLE001 - monitor away: these points are missing from drift windows
                 m.ERRORS.labels("monitor").inc()
                 log.debug("monitor push failed: %s", unwrap(exc))
@@ -590,6 +610,65 @@ class Router:
             text = own
         return PlainTextResponse(views.metrics_text(text, auth.current()), media_type="text/plain; version=0.0.4")
 
+    # -- the web console (static files; its API calls carry the key) --------------------------------
+    @app.get("/", include_in_schema=False)
+    async def console_page(self) -> Response:
+        return _console_file(console.INDEX)
+
+    @app.get("/console.{ext}", include_in_schema=False)
+    async def console_file(self, ext: str) -> Response:
+        return _console_file(f"console.{ext}")
+
+    @app.get("/vendor/{name}", include_in_schema=False)
+    async def console_vendor(self, name: str) -> Response:
+        return _console_file(f"vendor/{name}")
+
+    @app.get("/v1/me", responses=http.responses(401))
+    async def me(self) -> dict[str, Any]:
+        """Who the credential is: its name, tenant and role (with the roles it includes)."""
+        who = auth.current()
+        return {"name": who.name, "tenant": who.tenant, "role": who.role,
+                "roles": [r for r in auth.ROLES if who.allows(r)]}
+
+    async def _from_monitor(self, method: str, *args: Any) -> Any:
+        try:
+            return await asyncio.wait_for(getattr(self._monitor(), method).remote(*args),
+                                          timeout=self.config.timeouts.monitor_s)
+        except Exception as exc:  # noqa: BLE001
+            raise UnavailableError("the monitor is not available, retry shortly",
+                                   retry_after_s=self.config.timeouts.retry_after_s) from unwrap(exc)
+
+    @app.get("/v1/alerts", responses=http.responses(401, 403, 422, 503))
+    async def recent_alerts(self, limit: schemas.SeriesLimit = 20) -> dict[str, Any]:
+        """The newest alerts raised and resolved (of the caller's tenant; an admin's: all), newest
+        first; empty unless ``alerts.receivers`` are configured."""
+        who = auth.current()
+        return {"alerts": await self._from_monitor("recent_alerts", None if who.is_admin else [who.tenant], limit)}
+
+    @app.get("/v1/series", responses=http.responses(401, 403, 422, 503))
+    async def series(self, match: schemas.SeriesMatch = "", limit: schemas.SeriesLimit = 100) -> dict[str, Any]:
+        """Live series with scored points kept (of the caller's tenant; an admin's: all), most recently
+        scored first: per series its model and version, points kept, alarms among them, last score."""
+        who = auth.current()
+        return {"series": await self._from_monitor("series", None if who.is_admin else [who.tenant], match, limit)}
+
+    @app.get("/v1/series/{id:path}/points", responses=http.responses(401, 403, 404, 422, 503))
+    async def series_points(self, id: schemas.SeriesId, group: schemas.GroupQuery = "default",
+                            tenant: schemas.TenantQuery = None, limit: schemas.PointsLimit = 10_000) -> dict[str, Any]:
+        """A live series' last scored points, oldest first, as they were answered: time, position,
+        value, score, alarm, severity, expected value and band, each member's score."""
+        who = auth.current()
+        name = reg.model_name("ensemble", group=group, tenant=who.tenant_for(tenant))
+        got = await self._from_monitor("series_points", name, id, limit)
+        if got is None:
+            raise UnknownNameError(f"series {id!r} of {name}: no scored points kept (stream it first; the monitor "
+                                   f"keeps the last monitor.history_points of each live series)")
+        try:  # the alarm threshold the points were judged against, to draw
+            threshold = (await self.models.get(name, got["version"])).alarm.threshold
+        except Exception:  # noqa: BLE001 - a version no longer loadable: the points still show
+            threshold = None
+        return {**got, "threshold": threshold}
+
     @app.post("/v1/feedback", responses=http.responses(401, 403, 404, 413, 422, 429, 503))
     async def feedback(self, req: schemas.FeedbackRequest) -> dict[str, Any]:
         """An operator's verdict on points a model scored (true anomaly, false alarm, missed anomaly);
@@ -613,5 +692,8 @@ class Router:
         m.count_feedback(fb)
         await self._ask("record", "FEEDBACK", fb.model, fb.version, actor=who.name, metrics={fb.label: fb.points},
                         reason=f"{fb.label} on {fb.points} points of series {fb.series}")
-        return {"recorded": fb.to_dict(), "model": fb.model, **counts}
+        labels = ("true_anomaly", "false_alarm", "missed_anomaly")
+        total = counts.get("total") or {}
+        return {"recorded": fb.to_dict(), "model": fb.model, **counts,
+                "counts": {label: int(total.get(label, 0)) for label in labels}}
 

@@ -28,6 +28,8 @@ def _routes(app) -> list[tuple[str, str, dict | None, str]]:
         ("GET", "/v1/controller", None, "reader"),
         ("GET", f"/v1/models/{model}/history", None, "reader"),
         ("GET", "/metrics", None, "reader"),
+        ("GET", "/v1/me", None, "reader"),
+        ("GET", "/v1/series?match=m-", None, "reader"),
         ("POST", "/v1/detect", {"series": [{"id": "m-1", "values": window}], "group": "web"}, "writer"),
         ("POST", "/v1/stream", {"id": "m-2", "values": window, "group": "web"}, "writer"),
         ("POST", "/v1/stream/batch", {"series": [{"id": "m-3", "values": window}], "group": "web"}, "writer"),
@@ -92,11 +94,15 @@ def test_a_tenant_sees_and_changes_only_its_own(secured_app) -> None:
         ("POST", "/v1/stream", {"id": "x", "values": [1.0], "tenant": "acme", "group": "web"}),
         ("POST", "/v1/stream/batch", {"series": [{"id": "x", "values": [1.0]}], "tenant": "acme", "group": "web"}),
         ("POST", "/v1/feedback", {"id": "x", "label": "false_alarm", "indices": [0], "tenant": "acme", "group": "web"}),
+        ("GET", "/v1/series/m-2/points?tenant=acme&group=web", None),
     ]:
         key = "globex-operator" if "/models/" in path else "globex-writer"
         r = _call(secured_app, method, path, key, body)
         assert r.status_code == 403, (method, path, r.status_code, r.text)
         assert "tenant" in r.json()["error"]
+    assert all(s["tenant"] == "globex" for s in _call(secured_app, "GET", "/v1/series", "globex-writer").json()["series"])
+    me = _call(secured_app, "GET", "/v1/me", "globex-writer").json()
+    assert me["tenant"] == "globex" and me["role"] == "writer" and me["roles"] == ["reader", "writer"]
     metrics = _call(secured_app, "GET", "/metrics", "globex-writer").text
     assert f'model="{acme}"' not in metrics
 

@@ -96,3 +96,19 @@ def test_merged_exposition_labels_each_replica_and_keeps_the_monitors_own_series
     assert samples[("eyenet_points_scored_total", (("model", "m"), ("replica", "r2")))] == 4
     assert samples[("eyenet_feedback_total", (("model", "m"),))] == 2
     assert "_created" not in merged
+
+
+def test_alert_transitions_are_kept_newest_first_per_tenant_and_bounded(tmp_path):
+    box = Outbox()
+    firing = {"labels": {"series": "cpu", "model": "acme.web.ensemble", "severity": "warning"},
+              "annotations": {"summary": "cpu: 90"}, "startsAt": "2026-11-30T00:00:00Z"}
+    box.alert([("acme", firing), ("globex", {**firing, "labels": {**firing["labels"], "series": "disk"}})])
+    box.alert([("acme", {**firing, "endsAt": "2026-11-30T00:05:00Z"})])
+    mon = Monitor(None, {"recent_alerts": 2, "feedback_path": str(tmp_path / "fb.jsonl")})
+    asyncio.run(mon.push("r1", box.take(), None, box.take_alerts()))
+    assert box.take_alerts() == []
+    every = asyncio.run(mon.recent_alerts(None))
+    assert [(a["tenant"], a["series"], a["state"]) for a in every] == [("acme", "cpu", "resolved"),
+                                                                        ("globex", "disk", "firing")]  # bounded: 2
+    (acme,) = asyncio.run(mon.recent_alerts(["acme"]))
+    assert acme["severity"] == "warning" and acme["ends_at"] == "2026-11-30T00:05:00Z" and acme["summary"] == "cpu: 90"

@@ -485,3 +485,75 @@ def test_every_point_says_its_severity_band_and_each_members_share(values, tmp_p
     spike = points[900]
     assert spike["alarm"] and spike["severity"] in ("warning", "critical") and alarms >= 1
     assert not spike["band"][0] <= x[900] <= spike["band"][1]  # far outside what was expected
+
+
+def test_a_series_warming_up_says_how_many_more_points_its_first_score_needs(model, values, tmp_path):
+    p = make(model, StreamStore(str(tmp_path)))
+    need = model.detector.min_history
+    assert need > 20
+    first = run(p.stream(stream_req(values[:10], series="new")))[0]
+    assert not first["points"][-1]["ready"] and first["points_needed"] == need - 10
+    almost = run(p.stream(stream_req(values[10:need - 1], series="new")))[0]
+    assert not almost["points"][-1]["ready"] and almost["points_needed"] == 1
+    ready = run(p.stream(stream_req(values[need - 1:need], series="new")))[0]
+    assert ready["points"][-1]["ready"] and ready["points_needed"] == 0
+    (short,) = run(p.detect(detect_req(values[:need - 5])))["results"]
+    assert short["points_needed"] == 5 and not any(pt["ready"] for pt in short["points"])
+
+
+def test_the_console_sees_a_live_series_as_it_was_answered(values, tmp_path, mlflow_store):
+    """What a stream answered reaches the monitor's series history (through the outbox, as a router
+    replica pushes it): per point its time, position, value, score, alarm, severity, expected value
+    and band and members' scores; bounded per series and in all; detect windows are not live series."""
+    from eyenet.monitoring.monitor import Monitor, Outbox
+
+    members = [{"family": "seasonal", "params": {}}, {"family": "zscore", "params": {}}]
+    model = AnomalyModel.from_dict(presets.model_config("ensemble", {"members": members})).fit(values[:600])
+    box = Outbox(4096, view_points=500)
+    p = make(model, StreamStore(str(tmp_path)), outbox=box)
+    x = values[:700].copy()
+    x[650] += 40 * np.std(values[:600])
+    stamps = (np.datetime64("2026-11-30T00:00:00") + np.arange(700) * np.timedelta64(60, "s")).astype(str).tolist()
+    answered = run(p.stream(stream_req(x[:600], series="web-1", timestamps=stamps[:600])))[0]
+    answered2 = run(p.stream(stream_req(x[600:], series="web-1", timestamps=stamps[600:])))[0]
+    run(p.detect(detect_req(x[:300])))
+    mon = Monitor(mlflow_store.uri, {"history_points": 400, "max_history_points": 10_000,
+                                     "feedback_path": str(tmp_path / "fb.jsonl")})
+
+    async def go():
+        await mon.push("r1", box.take())
+        return await mon.series(None), await mon.series(["other"]), await mon.series(None, match="WEB"), \
+            await mon.series_points(NAME, "web-1", 10_000), await mon.series_points(NAME, "nope")
+
+    listed, other, found, view, missing = run(go())
+    assert [s["id"] for s in listed] == ["web-1"] and other == [] and found == listed  # detect's "web-1" is no live series
+    (row,) = listed
+    assert row["tenant"] == "default" and row["model"] == NAME and row["points"] == 400 and row["alarms"] >= 1
+    assert missing is None and view["tenant"] == "default" and len(view["points"]) == 400
+    pts, want = view["points"], (answered["points"] + answered2["points"])[-400:]
+    assert [q["index"] for q in pts] == list(range(300, 700))
+    assert pts[-1]["t"] == pytest.approx(np.datetime64(stamps[-1], "s").astype("int64"))
+    for got, sent, v in zip(pts, want, x[300:]):
+        assert got["value"] == pytest.approx(v) and got["alarm"] == sent["alarm"] and got["severity"] == sent["severity"]
+        assert got["score"] == (None if sent["score"] is None else pytest.approx(sent["score"]))
+        assert got["expected"] == (None if sent["expected"] is None else pytest.approx(sent["expected"]))
+        assert set(got["detectors"]) == {"seasonal", "zscore"}
+    spike = next(q for q in pts if q["index"] == 650)
+    assert spike["alarm"] and spike["band"] is not None and not spike["band"][0] <= spike["value"] <= spike["band"][1]
+    assert mon.stats()["history_points"] == 400
+
+
+def test_iso_timestamps_mean_the_same_instants_as_epoch_seconds(model, values, tmp_path):
+    """ISO 8601 strings (pandas keeps their own resolution) and epoch seconds are the same instants:
+    the same gap filled at the same time, the same answers."""
+    base = np.datetime64("2026-11-30T00:00:00", "s")
+    minutes = [0, 1, 2, 4, 5]  # a missing point at minute 3
+    iso = [str(base + np.timedelta64(60 * m, "s")) for m in minutes]
+    epoch = [float((base + np.timedelta64(60 * m, "s")).astype("int64")) for m in minutes]
+    answers = []
+    for k, stamps in enumerate((iso, epoch)):
+        p = make(model, StreamStore(str(tmp_path / str(k))))
+        answers.append(run(p.stream(stream_req(values[:5], series="t", timestamps=stamps)))[0])
+    a, b = answers
+    assert [q["timestamp"] for q in a["points"]] == [q["timestamp"] for q in b["points"]]
+    assert a["points"][3]["imputed"] and a["points"][3]["timestamp"] == epoch[2] + 60

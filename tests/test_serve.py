@@ -441,6 +441,13 @@ def test_an_anomaly_streamed_becomes_one_alert_in_alertmanager_that_resolves(ser
         wait_until("the resolution", lambda: notes("resolved", "cpu"), timeout=60)
         assert len(notes("firing", "cpu")) == 1
 
+        def listed() -> list:  # the console's recent alerts: the transitions, newest first
+            got = requests.get(f"{url}/v1/alerts", timeout=30).json()["alerts"]
+            return [(a["series"], a["state"]) for a in got if a["series"] == "cpu"]
+
+        assert wait_until("the recent alerts", lambda: len(listed()) >= 2 and listed(), timeout=30)[:2] == [
+            ("cpu", "resolved"), ("cpu", "firing")]
+
         am.stop()  # scoring goes on; the alert of another series waits for Alertmanager
         stream("disk", values[600:700].tolist())
         assert stream("disk", [spike])["points"][0]["alarm"]
@@ -453,3 +460,33 @@ def test_an_anomaly_streamed_becomes_one_alert_in_alertmanager_that_resolves(ser
         serve.delete("alerting")
         am.cleanup()
         sink.close()
+
+
+def test_a_streamed_series_can_be_looked_at_with_its_scores_and_alarms(served, values):
+    """What the console draws: the series list, and a series' points as they were answered."""
+    from servers import wait_until
+
+    url = served["url"]
+    me = requests.get(f"{url}/v1/me", timeout=30).json()
+    assert me["role"] == "admin" and me["roles"] == ["reader", "writer", "operator", "admin"]  # auth off
+    x = values[:700].copy()
+    x[680] += 40 * np.std(values[:600])
+    sid = "console/web-1"  # ids may hold a slash
+    r = requests.post(f"{url}/v1/stream", json={"id": sid, "values": x.tolist(), "group": "served"}, timeout=60)
+    assert r.status_code == 200 and r.json()["points"][680]["alarm"], r.text
+    listed = wait_until("the series to be listed", lambda: [
+        s for s in requests.get(f"{url}/v1/series", params={"match": "console/"}, timeout=30).json()["series"]
+        if s["id"] == sid], timeout=30)
+    assert listed[0]["group"] == "served" and listed[0]["points"] == 700 and listed[0]["alarms"] >= 1
+    view = requests.get(f"{url}/v1/series/{requests.utils.quote(sid, safe='')}/points",
+                        params={"group": "served", "limit": 100}, timeout=30)
+    assert view.status_code == 200, view.text
+    body = view.json()
+    assert body["id"] == sid and len(body["points"]) == 100 and body["threshold"] == pytest.approx(0.7)
+    spike = next(p for p in body["points"] if p["index"] == 680)
+    assert spike["alarm"] and spike["severity"] in ("warning", "critical") and spike["value"] == pytest.approx(x[680])
+    assert set(spike["detectors"]) == {"zscore", "mad", "cnn"}
+    gone = requests.get(f"{url}/v1/series/nope/points", params={"group": "served"}, timeout=30)
+    assert gone.status_code == 404 and "nope" in gone.json()["error"]
+    bad = requests.get(f"{url}/v1/series", params={"limit": 0}, timeout=30)
+    assert bad.status_code == 422

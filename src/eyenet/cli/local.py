@@ -62,11 +62,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     res = resp.json()["results"][0]
     last = res["points"][-1]
     print(f"scores of the spiked point ({res['model']} version {res['version']}):")
+    shares = last.get("shares") or {}
     for fam, v in sorted(last["detectors"].items()):
-        print(f"  {fam:<12} {v:.3f}" if v is not None else f"  {fam:<12} not ready")
+        share = f"  ({100 * shares[fam]:.0f} % of the score)" if shares.get(fam) is not None else ""
+        print(f"  {fam:<12} {v:.3f}{share}" if v is not None else f"  {fam:<12} not ready")
     score = last["score"]
-    print(f"  {'ensemble':<12} {score:.3f}  alarm: {'YES' if last['alarm'] else 'no'}" if score is not None
-          else "  ensemble     not ready")
+    if score is not None:
+        print(f"  {'ensemble':<12} {score:.3f}  alarm: {'YES, ' + last['severity'] if last['alarm'] else 'no'}")
+        if last.get("band"):
+            lo, hi = last["band"]
+            print(f"  expected     {last['expected']:.2f} (normal from {lo:.2f} to {hi:.2f})")
+    else:
+        print(f"  ensemble     not ready: {res.get('points_needed', '?')} more points needed")
     if s.dashboard:
         print(f"Ray dashboard and job API: {s.dashboard}  (e.g. ray job submit --address {s.dashboard} ...)")
     print("stop everything with: eyenet down")

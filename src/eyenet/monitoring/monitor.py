@@ -25,6 +25,7 @@ import numpy as np
 from eyenet.core.errors import InvalidInputError
 from eyenet.core.reference import FEATURES
 from eyenet.monitoring import drift as dr
+from eyenet.monitoring import history
 from eyenet.monitoring import metrics as m
 from eyenet.lifecycle.registry import Registry
 from eyenet.monitoring.feedback import Feedback, FeedbackTracker, default_path
@@ -45,25 +46,29 @@ class Outbox:
     count but their series are left out (counted in ``dropped`` and
     ``eyenet_evictions_total{structure="outbox"}``)."""
 
-    def __init__(self, max_series_points: int = 4096, max_series: int = 20_000) -> None:
+    def __init__(self, max_series_points: int = 4096, max_series: int = 20_000, view_points: int = 10_000) -> None:
         self.max_series_points = max_series_points
         self.max_series = max_series
+        self.view_points = view_points  # points of a series the console may draw (its last ones)
+        self.alerts: deque[dict[str, Any]] = deque(maxlen=1000)  # alert transitions since the last push
         self.dropped = 0
         self._series = 0
         self._batch: dict[tuple[str, int], dict[str, Any]] = {}
 
     def add(self, name: str, version: int, values: np.ndarray, scores: Any, series: str | None = None, *,
-            first: int = 0, timestamps: np.ndarray | None = None, scored: str | None = None) -> None:
+            first: int = 0, timestamps: np.ndarray | None = None, scored: str | None = None,
+            view: tuple[list[dict[str, Any]], np.ndarray, list[str]] | None = None) -> None:
         """Points of ``series`` (its live values, for retraining) scored by ``name`` v``version``:
         ``first`` is the stream position of the first one (its ``seen`` before), ``timestamps`` theirs
         (datetime64, if sent). ``scored``: the series they are recorded under for feedback when they
-        are not a live series' values (``/v1/detect``)."""
+        are not a live series' values (``/v1/detect``). ``view``: the points as answered, their
+        stream positions and the model's members (a live series' history for the console)."""
         b = self._batch.get((name, version))
         if b is None:
             keep = self.max_series_points  # a series' last values: a deque drops the oldest at no cost
             b = self._batch[(name, version)] = {"value": [], "calibrated": [], "score": [], "points": 0, "alarms": 0,
                                                 "series": defaultdict(lambda: deque(maxlen=keep)), "scored": {},
-                                                "last": 0.0}
+                                                "views": defaultdict(list), "last": 0.0}
         b["value"].append(np.asarray(values, dtype=float))
         b["calibrated"].append(np.asarray(scores.calibrated, dtype=float))
         b["score"].append(np.asarray(scores.score, dtype=float))
@@ -91,6 +96,26 @@ class Outbox:
                 del record["timestamps"][: len(record["timestamps"]) - self.max_series_points]
         if series is not None:
             b["series"][series].extend(np.asarray(values, dtype=float)[-self.max_series_points:].tolist())
+            if view is not None:  # made columns at the push, off the request path
+                points, index, families = view
+                k = self.view_points
+                b["views"][series].append((points[-k:], np.asarray(values, dtype=float)[-k:], index[-k:],
+                                           None if timestamps is None else timestamps[-k:], families))
+
+    def alert(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Alert transitions (``(tenant, alert)``, as :class:`eyenet.serving.alerts.AlertSender` sends
+        them) for the app's recent-alerts list."""
+        for tenant, a in items:
+            labels, notes = a.get("labels", {}), a.get("annotations", {})
+            self.alerts.append({"tenant": tenant, "series": labels.get("series", ""), "model": labels.get("model"),
+                                "severity": labels.get("severity"), "state": "resolved" if "endsAt" in a else "firing",
+                                "starts_at": a.get("startsAt"), "ends_at": a.get("endsAt"),
+                                "summary": notes.get("summary"), "at": time.time()})
+
+    def take_alerts(self) -> list[dict[str, Any]]:
+        out = list(self.alerts)
+        self.alerts.clear()
+        return out
 
     def take(self) -> list[dict[str, Any]]:
         """The batch since the last call, oldest (model, version) first, arrays joined."""
@@ -99,7 +124,9 @@ class Outbox:
         for (name, version), b in sorted(batch.items(), key=lambda kv: kv[1]["last"]):
             out.append({"model": name, "version": version, "points": b["points"], "alarms": b["alarms"],
                         **{f: np.concatenate(b[f]) for f in ("value", "calibrated", "score")},
-                        "series": {k: list(v) for k, v in b["series"].items()}, "scored": b["scored"]})
+                        "series": {k: list(v) for k, v in b["series"].items()}, "scored": b["scored"],
+                        "views": {sid: [history.columns(*chunk) for chunk in chunks]
+                                  for sid, chunks in b["views"].items()}})
         return out
 
 
@@ -168,6 +195,8 @@ class Monitor:
         self.recent_total = 0  # values kept in `recent`, all series
         self._models: OrderedDict[str, None] = OrderedDict()
         self.evicted = {"series": 0, "models": 0}
+        self.history = history.SeriesHistory(s.history_points)  # what the console draws
+        self.alerts: deque[dict[str, Any]] = deque(maxlen=s.recent_alerts)  # the newest alert transitions
 
     async def _reference(self, name: str, version: int) -> bool:
         """Point the drift windows of ``name`` at ``version``'s reference (loaded once)."""
@@ -192,9 +221,11 @@ class Monitor:
             self.versions[name] = version
             return True
 
-    async def push(self, replica: str, batch: list[dict[str, Any]], metrics_text: str | None = None) -> None:
-        """A router replica's scored points since its last push, and its metrics."""
+    async def push(self, replica: str, batch: list[dict[str, Any]], metrics_text: str | None = None,
+                   alerts: list[dict[str, Any]] | None = None) -> None:
+        """A router replica's scored points since its last push, its metrics and its alert transitions."""
         self.pushes += 1
+        self.alerts.extend(alerts or ())
         if metrics_text is not None:
             self.metrics_text[replica] = (time.time(), metrics_text)
         s = self.settings
@@ -213,6 +244,10 @@ class Monitor:
                 self.recent_total += len(kept) - before
                 self.recent_at[name][sid].extend([time.time()] * len(values))
                 self.recent_seen[name][sid] = time.time()
+            for sid, chunks in b.get("views", {}).items():
+                self._touch(name, sid)
+                for cols in chunks:
+                    self.history.add(name, sid, version, cols)
             for sid, record in b.get("scored", {}).items():
                 self._touch(name, sid)
                 sc = self.scored.get((name, sid))
@@ -262,11 +297,13 @@ class Monitor:
             self.recent_total -= len(kept)
         self.recent_at.get(name, {}).pop(sid, None)
         self.recent_seen.get(name, {}).pop(sid, None)
+        self.history.forget(name, sid)
 
     def _evict_series(self) -> None:
         """Least recently pushed series out until ``max_series`` and ``max_recent_points`` hold."""
         s = self.settings
-        while self._series and (len(self._series) > s.max_series or self.recent_total > s.max_recent_points):
+        while self._series and (len(self._series) > s.max_series or self.recent_total > s.max_recent_points
+                                or self.history.total > s.max_history_points):
             key = next(iter(self._series))
             self._forget_series(key)
             self.evicted["series"] += 1
@@ -278,6 +315,7 @@ class Monitor:
         return {"series": len(self._series), "max_series": s.max_series, "recent_points": self.recent_total,
                 "max_recent_points": s.max_recent_points, "models": len(self._models), "max_models": s.max_models,
                 "scored_bytes": sum(sc.nbytes for sc in self.scored.values()),
+                "history_points": self.history.total, "max_history_points": s.max_history_points,
                 "evicted_series": self.evicted["series"], "evicted_models": self.evicted["models"]}
 
     async def health(self) -> dict[str, Any]:
@@ -351,6 +389,36 @@ class Monitor:
             return None
         return best[2], best[0]
 
+    async def recent_alerts(self, tenants: list[str] | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest alert transitions (fired, resolved) first, of ``tenants`` only (None: all)."""
+        out = [a for a in reversed(self.alerts) if tenants is None or a["tenant"] in tenants]
+        return out[:limit]
+
+    # -- the console's series ----------------------------------------------------------------------
+    async def series(self, tenants: list[str] | None = None, match: str = "", limit: int = 100) -> list[dict[str, Any]]:
+        """Live series with kept points, most recently pushed first: of ``tenants`` only (None: all),
+        whose id contains ``match`` (case-insensitive); at most ``limit``."""
+        needle = match.lower()
+        out = []
+        for name, sid in reversed(self.history.keys()):
+            tenant, group, family = _parts(name)
+            if (tenants is not None and tenant not in tenants) or needle not in sid.lower():
+                continue
+            out.append({"tenant": tenant, "group": group, "id": sid, "model": name,
+                        **self.history.summary(name, sid)})
+            if len(out) >= limit:
+                break
+        return out
+
+    async def series_points(self, name: str, sid: str, limit: int = 10_000) -> dict[str, Any] | None:
+        """The last ``limit`` points of series ``sid`` as ``name`` scored them, oldest first (None: not kept)."""
+        points = self.history.points(name, sid, limit)
+        if points is None:
+            return None
+        tenant, group, _ = _parts(name)
+        return {"id": sid, "tenant": tenant, "group": group, "model": name,
+                **{k: v for k, v in self.history.summary(name, sid).items() if k == "version"}, "points": points}
+
     async def metrics(self, replica: str | None = None, text: str | None = None) -> str:
         """The app's Prometheus exposition: every replica's series (label ``replica``) and the app-wide ones
         (``replica``/``text``: the asking replica's metrics as of now)."""
@@ -364,6 +432,12 @@ class Monitor:
 
     async def ping(self) -> int:
         return self.pushes
+
+
+def _parts(name: str) -> tuple[str, str, str]:
+    """``tenant, group, family`` of a registered-model name ``<tenant>.<group>.<family>``."""
+    tenant, group, family = (name.split(".", 2) + ["", ""])[:3]
+    return tenant, group, family
 
 
 def _ns(timestamp: str) -> int:

@@ -21,6 +21,11 @@ class MonitorSettings(BaseModel):
                             "the least recently pushed dropped beyond this (counted)")
     max_recent_points: int = Field(2_000_000, ge=1, description="recent values kept in all, all series; the least "
                                    "recently pushed series dropped beyond this (counted)")
+    history_points: int = Field(10_000, ge=100, description="scored points kept per live series for the console "
+                                "(time, value, score, alarm, severity, expected value and band, member scores)")
+    max_history_points: int = Field(1_000_000, ge=100, description="those points in all, all series; the least "
+                                    "recently pushed series dropped beyond this (counted)")
+    recent_alerts: int = Field(1000, ge=1, description="alert transitions (fired, resolved) kept for the console")
     max_models: int = Field(1000, ge=1, description="models watched (drift windows); the least recently pushed "
                             "dropped beyond this (counted)")
     scored_ranges: int = Field(64, ge=1, description="runs of scored stream positions kept per series (feedback "

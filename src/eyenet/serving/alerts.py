@@ -12,7 +12,7 @@ fires (an incident never goes back down).
 Labels: ``alertname="EyeNetAnomaly"``, ``tenant``, ``group``, ``model`` (the model's name), the
 series' own labels (remote_write series) or ``series`` (its id), and ``severity``. Annotations:
 ``value``, ``expected`` (what the model expected there, when it says) and ``band`` (the range
-around it its expecting member finds normal), ``score``, ``detectors`` (each member's share of the
+around it that held 99 % of the held-out points), ``score``, ``detectors`` (each member's share of the
 score, largest first), ``agreement`` (the fraction of members on the ensemble's side of the
 threshold), ``version`` and a ``summary`` line: the newest alarm of the incident.
 

@@ -131,6 +131,9 @@ class AuthSettings(BaseModel):
                            "key stops working within this")
     public_metrics: bool = Field(False, description="serve /metrics without a credential (for a Prometheus "
                                  "that cannot send one)")
+    public_console: bool = Field(True, description="serve the web console's page, script and style sheet at / "
+                                 "without a credential (a browser loads them before the key is entered; every "
+                                 "API call the console makes sends the key)")
     oidc: OidcSettings | None = None
 
 
@@ -456,6 +459,8 @@ def policy(settings: AuthSettings) -> list[Rule]:
     return [
         _rule("GET", "/healthz", None),
         _rule("GET", "/metrics", None if settings.public_metrics else "reader"),
+        *(_rule("GET", path, None if settings.public_console else "reader")
+          for path in ("/", "/console.{ext}", "/vendor/{name}")),
         _rule("GET", "/docs", None), _rule("GET", "/docs/oauth2-redirect", None), _rule("GET", "/openapi.json", None),
         _rule("POST", "/v1/detect", "writer"),
         _rule("POST", "/v1/stream", "writer"),

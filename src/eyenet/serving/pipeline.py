@@ -245,7 +245,7 @@ class Pipeline:
                                          report=report)
         out = []
         for s, plan in zip(data, plans):
-            body, _, entries = self._assemble(name, version, plan, scored)
+            body, _, entries = self._assemble(name, version, model, plan, scored)
             for args, kwargs in entries:
                 kwargs.update(scored=s.id)
                 self._to_outbox((args, kwargs), series=False)
@@ -307,7 +307,7 @@ class Pipeline:
         name, version_m, model = await self.model(tenant, group)
         plan = self._plan(model, s, state)
         scored = await self._score_units(name, version_m, model, plan.units, len(s.values))
-        body, new_state, entries = self._assemble(name, version_m, plan, scored)
+        body, new_state, entries = self._assemble(name, version_m, model, plan, scored)
         # where the time went, for clients and load tests (the HTTP Server-Timing header)
         timing = f"state;dur={1000 * (t1 - t0):.2f}, score;dur={1000 * (time.perf_counter() - t1):.2f}"
         if new_state is None:  # every point was dropped (at or before the last one applied)
@@ -336,7 +336,7 @@ class Pipeline:
             scored = await self._score_units(name, version_m, model, [u for p in plans for u in p.units],
                                              sum(len(data[i].values) for i in todo), batch=True)
             for i, plan in zip(todo, plans):
-                body, new_state, entries = self._assemble(name, version_m, plan, scored)
+                body, new_state, entries = self._assemble(name, version_m, model, plan, scored)
                 version, state = held[keys[i]]
                 if new_state is not None:
                     self._alert(tenant, group, data[i].id, None if labels is None else labels[i], version_m, model,
@@ -469,7 +469,7 @@ class Pipeline:
             m.MODEL_VERSION.labels(name, f).set(version)
         return [(body, new_state, scores) for body, new_state, scores, _ in out]
 
-    def _assemble(self, name: str, version: int, plan: Plan,
+    def _assemble(self, name: str, version: int, model: Any, plan: Plan,
                   scored: list[tuple[Any, ...]]) -> tuple[dict[str, Any], Any, list[tuple[Any, ...]]]:
         """One series' body (its units' points in order), its new state (None: nothing was scored) and
         its outbox entries, from the results of :meth:`_score_units` (looked up by unit)."""
@@ -485,7 +485,11 @@ class Pipeline:
             kept = Scores(raw=scores.raw[real], calibrated=scores.calibrated[real], score=scores.score[real],
                           alarm=scores.alarm[real])
             if len(x):
-                entries.append(((name, version, x, kept, plan.series), {"first": first, "timestamps": ts}))
+                # what the console draws of a live series: the real points as answered, where they sit
+                pts = b["points"] if u.imputed is None else [p for p, r in zip(b["points"], real.tolist()) if r]
+                index = np.arange(first, first + len(u.values))[real]
+                entries.append(((name, version, x, kept, plan.series), {
+                    "first": first, "timestamps": ts, "view": (pts, index, model.member_families)}))
         body["degraded"], body["missing"] = bool(missing), sorted(missing)
         if plan.timestamps is not None:  # points no longer line up with the values sent: say when each is
             for point, t in zip(body["points"], plan.timestamps.tolist()):
@@ -495,6 +499,9 @@ class Pipeline:
             body["dropped"] = f.dropped
         if new_state is not None:
             new_state = replace(new_state, last_ts=f.last_ts, step=f.step, last_value=f.last_value)
+            # a series still warming up says how many more points its first score needs
+            warm = not body["points"] or body["points"][-1]["ready"] or body["points"][-1].get("imputed")
+            body["points_needed"] = 0 if warm else max(model.detector.min_history - len(new_state.values), 1)
         return body, new_state, entries
 
     # -- members ---------------------------------------------------------------------------------

@@ -73,6 +73,13 @@ RemoteWriteBody = Annotated[bytes, Body(media_type="application/x-protobuf",
 ModelName = Annotated[str, Path(pattern=MODEL_NAME, max_length=191,
                                 description="registered model, <tenant>.<group>.<family>")]
 #: the ``limit`` of ``/v1/models/{name}/history``
+SeriesMatch = Annotated[str, Query(max_length=200, description="only series whose id contains this (any case)")]
+SeriesLimit = Annotated[int, Query(ge=1, le=10_000, description="series at most")]
+SeriesId = Annotated[str, Path(min_length=1, max_length=200, description="series id, as streamed")]
+GroupQuery = Annotated[str, Query(pattern=NAME_PART, max_length=63, description="the series' group")]
+TenantQuery = Annotated[str | None, Query(pattern=NAME_PART, max_length=63, description="the series' tenant "
+                                          "(default: the credential's; another: admins only)")]
+PointsLimit = Annotated[int, Query(ge=1, le=100_000, description="the last this many points")]
 HistoryLimit = Annotated[int | None, Query(ge=1, le=100_000, description="the last this many events (default: all)")]
 
 
@@ -246,7 +253,8 @@ def _timestamps(ts: list[Any] | None, n: int, where: str) -> np.ndarray | None:
         else:
             import pandas as pd
 
-            out = pd.to_datetime(pd.Series([str(t) for t in ts]), utc=True, format="ISO8601").dt.tz_localize(None).to_numpy()
+            out = pd.to_datetime(pd.Series([str(t) for t in ts]), utc=True, format="ISO8601").dt.tz_localize(None) \
+                .to_numpy().astype("datetime64[ns]")  # pandas 3 keeps the strings' resolution (seconds, µs)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInputError(f"{where}: not parseable as timestamps ({exc})") from None
     d = np.diff(out.astype("int64"))
@@ -377,8 +385,8 @@ def result_body(name: str, version: int, families: list[str], missing: list[str]
     None before the model is ready); each answering member's score under ``detectors`` (of the
     members in ``report`` only, when given) and its ``shares`` of the ensemble score; ``agreement``,
     the fraction of answering members on the ensemble's side of the alarm ``threshold``; the value
-    the model ``expected`` and the ``band`` around it (± ``halfwidth``) that its expecting member
-    finds normal (None where it has none). ``imputed`` points (filled in for a missing value or
+    the model ``expected`` and the ``band`` around it (± ``halfwidth``, which held
+    :data:`eyenet.core.model.BAND_COVERAGE` of the held-out points; None where it has none). ``imputed`` points (filled in for a missing value or
     timestamp) say so and carry no score."""
 
     def nums(a: np.ndarray) -> list[float | None]:
