@@ -167,7 +167,12 @@ def test_a_scraped_anomaly_comes_back_as_an_alarm_and_as_a_score_series(stack):
         and _metric(url, headers, "eyenet_remote_write_samples_total", outcome="unselected") > 30
         and _metric(url, headers, "eyenet_anomalies_flagged_total", model=stack["model"]) >= 1), timeout=30)
     health = requests.get(f"{url}/healthz", timeout=30).json()
-    assert health["writeback"]["sent"] > 0 and health["writeback"]["error"] is None
+    wb = health["writeback"]
+    assert wb["sent"] > 0 and wb["dropped"] == 0, wb
+    # Prometheus refuses a sample it already holds with another value: a point scored again because its
+    # series moved to another router replica before its newest state was written (a replica starved
+    # of CPU losing its lease). The writer drops such a sample, counts it and says so; a few at most.
+    assert wb["error"] is None or ("refused" in wb["error"] and wb["rejected"] <= max(3, wb["sent"] // 100)), wb
 
 
 def _write(stack: dict[str, Any], body: bytes) -> requests.Response:

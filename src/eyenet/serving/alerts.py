@@ -221,8 +221,9 @@ def _secret(hook: WebhookSettings) -> bytes:
 class _Receiver:
     """One receiver's bounded queue and its delivery task."""
 
-    def __init__(self, kind: str, url: str, tenant: str, settings: AlertSettings, secret: bytes | None = None) -> None:
-        self.kind, self.url, self.tenant, self.settings, self.secret = kind, url, tenant, settings, secret
+    def __init__(self, kind: str, url: str, tenant: str, settings: AlertSettings,
+                 hook: WebhookSettings | None = None) -> None:
+        self.kind, self.url, self.tenant, self.settings, self.hook = kind, url, tenant, settings, hook
         self.endpoint = url.rstrip("/") + "/api/v2/alerts" if kind == "alertmanager" else url
         self.queue: deque[dict[str, Any]] = deque()
         self.wake = asyncio.Event()
@@ -244,7 +245,8 @@ class _Receiver:
         alerts = [{**a, "status": "resolved" if "endsAt" in a else "firing"} for a in batch]  # firing: no end yet
         body = json.dumps({"version": "1", "tenant": self.tenant, "alerts": alerts}).encode()
         ts = int(time.time())
-        headers.update({TIMESTAMP: str(ts), SIGNATURE: sign(self.secret or b"", body, ts)})
+        # read at every delivery: a secret rotated (or mounted late) is used from the next one on
+        headers.update({TIMESTAMP: str(ts), SIGNATURE: sign(_secret(self.hook), body, ts)})
         return body, headers
 
     def _post(self, body: bytes, headers: dict[str, str]) -> int:
@@ -263,9 +265,11 @@ class _Receiver:
                 await self.wake.wait()
             batch = [self.queue.popleft() for _ in range(min(MAX_BATCH, len(self.queue)))]
             for attempt in range(1, s.max_attempts + 1):
-                body, headers = self._body(batch)
                 try:
+                    body, headers = self._body(batch)
                     status = await asyncio.to_thread(self._post, body, headers)
+                except ValueError as exc:  # no signing secret (yet): never sent unsigned
+                    status, self.error = None, str(exc)
                 except OSError as exc:  # unreachable, refused, timed out
                     status, self.error = None, f"{type(exc).__name__}: {exc}"
                 if status is not None and 200 <= status < 300:
@@ -291,15 +295,25 @@ class _Receiver:
 
 
 class AlertSender:
-    """The receivers of every tenant in ``settings.receivers`` and their delivery tasks. Secrets are
-    read once, here (a missing one is a ``ValueError`` naming the webhook, never the secret)."""
+    """The receivers of every tenant in ``settings.receivers`` and their delivery tasks. A webhook's
+    secret is read at each delivery; while it cannot be (an unset variable, a missing file) its
+    deliveries fail as an unreachable receiver's do (retried, then dead-lettered, the error naming
+    the webhook and where its secret should be, never the secret), and the replica keeps serving."""
 
     def __init__(self, settings: AlertSettings) -> None:
         self.settings = settings
         self.receivers: dict[str, list[_Receiver]] = {
             tenant: [_Receiver("alertmanager", url, tenant, settings) for url in r.alertmanager]
-            + [_Receiver("webhook", h.url, tenant, settings, _secret(h)) for h in r.webhooks]
+            + [_Receiver("webhook", h.url, tenant, settings, h) for h in r.webhooks]
             for tenant, r in settings.receivers.items()}
+        for rs in self.receivers.values():
+            for r in rs:
+                if r.hook is not None:
+                    try:
+                        _secret(r.hook)
+                    except ValueError as exc:
+                        r.error = str(exc)
+                        log.warning("alerts: %s (its alerts wait until it can be read)", exc)
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
