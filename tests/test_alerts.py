@@ -133,6 +133,26 @@ def _deliver(sender: AlertSender, items: list, until: Any, what: str, timeout: f
     asyncio.run(go())
 
 
+def _retried_then_delivered(sender: AlertSender, settings: AlertSettings, sink: WebhookSink,
+                            unblock: Any) -> None:
+    """One alarm sent while the receiver cannot take it: wait until it was retried twice, call
+    ``unblock()`` (in a thread), then wait until the receiver's sink got it."""
+    async def go():
+        sender.start()
+        sender.send(observe(Incidents(settings), [(0.8, True)]))
+        t0 = time.monotonic()
+        while sender.receivers["acme"][0].retries < 2:
+            assert time.monotonic() - t0 < 20, sender.stats()
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(unblock)
+        while not sink.received:
+            assert time.monotonic() - t0 < 60, sender.stats()
+            await asyncio.sleep(0.05)
+        await sender.close()
+
+    asyncio.run(go())
+
+
 def test_an_incident_reaches_alertmanager_once_and_resolves(alertmanager):
     server, sink = alertmanager
     settings = AlertSettings(resolve_after=2, receivers={"acme": {"alertmanager": [server.url]},
@@ -160,20 +180,7 @@ def test_alerts_wait_for_a_stopped_alertmanager_and_arrive_once_it_is_back(alert
     sender = AlertSender(settings)
     server.stop()
 
-    async def go():
-        sender.start()
-        sender.send(observe(Incidents(settings), [(0.8, True)]))
-        wait = time.monotonic()
-        while sender.receivers["acme"][0].retries < 2:
-            assert time.monotonic() - wait < 20
-            await asyncio.sleep(0.05)
-        await asyncio.to_thread(server.start)
-        while not sink.received:
-            assert time.monotonic() - wait < 60, sender.stats()
-            await asyncio.sleep(0.1)
-        await sender.close()
-
-    asyncio.run(go())
+    _retried_then_delivered(sender, settings, sink, lambda: server.start())
     (stats,) = sender.stats()
     assert stats["sent"] == 1 and stats["dead_letter"] == 0 and stats["retries"] >= 2
     assert len(server.alerts()) == 1
@@ -298,21 +305,11 @@ def test_a_webhook_without_its_secret_yet_sends_nothing_unsigned_and_delivers_on
                                  receivers={"acme": {"webhooks": [{"url": sink.url, "secret_env": "EYENET_TEST_HOOK3"}]}})
         sender = AlertSender(settings)
 
-        async def go():
-            sender.start()
-            sender.send(observe(Incidents(settings), [(0.8, True)]))
-            t0 = time.monotonic()
-            while sender.receivers["acme"][0].retries < 2:
-                assert time.monotonic() - t0 < 20, sender.stats()
-                await asyncio.sleep(0.05)
+        def unblock() -> None:
             assert sink.received == [] and sink.refused == []  # nothing went out unsigned
             monkeypatch.setenv("EYENET_TEST_HOOK3", secret)
-            while not sink.received:
-                assert time.monotonic() - t0 < 30, sender.stats()
-                await asyncio.sleep(0.05)
-            await sender.close()
 
-        asyncio.run(go())
+        _retried_then_delivered(sender, settings, sink, unblock)
         (stats,) = sender.stats()
         assert stats["sent"] == 1 and stats["error"] is None and secret not in str(stats)
     finally:
