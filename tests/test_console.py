@@ -140,14 +140,15 @@ def test_an_operator_promotes_the_challenger_and_a_reader_is_not_offered_it(secu
     reader = _page(browser, secured_app, "reader")
     reader.goto(secured_app["url"] + "/#/models")
     try:
-        reader.wait_for_selector(f"[id='served-{name}']", timeout=30_000)
+        # the first /v1/models of a session reads every registered model from MLflow: slow late in a full run
+        reader.wait_for_selector(f"[id='served-{name}']", timeout=120_000)
     except Exception:
         raise AssertionError(reader.inner_text("body")[:2000]) from None
     assert reader.query_selector(f"[id='promote-{name}']") is None
     reader.close()
     page = _page(browser, secured_app, "operator")
     page.goto(secured_app["url"] + "/#/models")
-    served = page.wait_for_selector(f"[id='served-{name}']", timeout=30_000)
+    served = page.wait_for_selector(f"[id='served-{name}']", timeout=120_000)
     before = served.inner_text()
     _shot(page, "models")
     page.click(f"[id='promote-{name}']")
