@@ -40,6 +40,7 @@ from eyenet.core.errors import (
 )
 from eyenet.lifecycle import registry as reg
 from eyenet.monitoring import metrics as m
+from eyenet.monitoring.feedback import LABELS
 from eyenet.monitoring.monitor import Outbox
 from eyenet.serve.actors import get_controller, get_monitor, get_store
 from eyenet.serving import http, schemas
@@ -692,8 +693,7 @@ class Router:
         m.count_feedback(fb)
         await self._ask("record", "FEEDBACK", fb.model, fb.version, actor=who.name, metrics={fb.label: fb.points},
                         reason=f"{fb.label} on {fb.points} points of series {fb.series}")
-        labels = ("true_anomaly", "false_alarm", "missed_anomaly")
         total = counts.get("total") or {}
         return {"recorded": fb.to_dict(), "model": fb.model, **counts,
-                "counts": {label: int(total.get(label, 0)) for label in labels}}
+                "counts": {label: int(total.get(label, 0)) for label in LABELS}}
 

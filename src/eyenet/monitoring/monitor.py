@@ -27,7 +27,7 @@ from eyenet.core.reference import FEATURES
 from eyenet.monitoring import drift as dr
 from eyenet.monitoring import history
 from eyenet.monitoring import metrics as m
-from eyenet.lifecycle.registry import Registry
+from eyenet.lifecycle.registry import Registry, split_name
 from eyenet.monitoring.feedback import Feedback, FeedbackTracker, default_path
 from eyenet.monitoring.settings import MonitorSettings
 
@@ -401,7 +401,7 @@ class Monitor:
         needle = match.lower()
         out = []
         for name, sid in reversed(self.history.keys()):
-            tenant, group, family = _parts(name)
+            tenant, group, _ = split_name(name)
             if (tenants is not None and tenant not in tenants) or needle not in sid.lower():
                 continue
             out.append({"tenant": tenant, "group": group, "id": sid, "model": name,
@@ -415,9 +415,9 @@ class Monitor:
         points = self.history.points(name, sid, limit)
         if points is None:
             return None
-        tenant, group, _ = _parts(name)
+        tenant, group, _ = split_name(name)
         return {"id": sid, "tenant": tenant, "group": group, "model": name,
-                **{k: v for k, v in self.history.summary(name, sid).items() if k == "version"}, "points": points}
+                "version": self.history.summary(name, sid)["version"], "points": points}
 
     async def metrics(self, replica: str | None = None, text: str | None = None) -> str:
         """The app's Prometheus exposition: every replica's series (label ``replica``) and the app-wide ones
@@ -432,12 +432,6 @@ class Monitor:
 
     async def ping(self) -> int:
         return self.pushes
-
-
-def _parts(name: str) -> tuple[str, str, str]:
-    """``tenant, group, family`` of a registered-model name ``<tenant>.<group>.<family>``."""
-    tenant, group, family = (name.split(".", 2) + ["", ""])[:3]
-    return tenant, group, family
 
 
 def _ns(timestamp: str) -> int:
