@@ -33,16 +33,19 @@ from eyenet.core.errors import (
     AuthenticationError,
     EyenetError,
     InvalidInputError,
+    LifecycleError,
     PayloadTooLargeError,
     PermissionDeniedError,
     UnavailableError,
     UnknownNameError,
 )
+from eyenet.lifecycle import jobs
 from eyenet.lifecycle import registry as reg
 from eyenet.monitoring import metrics as m
 from eyenet.monitoring.feedback import LABELS
 from eyenet.monitoring.monitor import Outbox
 from eyenet.serve.actors import get_controller, get_monitor, get_store
+from eyenet.serve.jobs import get_jobs
 from eyenet.serving import http, schemas
 from eyenet.serving.http import JSONResponse
 from eyenet.serving.controller import settings_from
@@ -63,6 +66,8 @@ log = logging.getLogger(__name__)
 #: models (versions, tenants, series groups) a family replica keeps loaded; the least recently
 #: used is unloaded beyond this
 MODELS_PER_REPLICA = 8
+#: how long a replica reuses its listing of every registered version (GET /v1/models)
+VERSIONS_TTL_S = 2.0
 
 
 class FamilyScorer:
@@ -313,6 +318,8 @@ class Router:
         self.follower = Follower(self._controller, self.replica_id, self.models.get)
         self._controller()  # created with the app (and its settings) by the first replica
         self._monitor_handle: Any = None
+        self._jobs_handle: Any = None
+        self._versions_cached: tuple[float, asyncio.Future] | None = None
         self._pusher: asyncio.Task | None = None
         self._monitor()
         await self._warm_start()
@@ -499,9 +506,8 @@ class Router:
     @app.get("/v1/models", responses=http.responses(401, 403, 503))
     async def models(self) -> dict[str, Any]:
         """Registered models, versions and aliases, and the version of each that this replica serves."""
-        loop = asyncio.get_running_loop()
         who = auth.current()
-        versions = await loop.run_in_executor(None, self.registry.versions)
+        versions = await self._versions()
         try:
             monitoring = await asyncio.wait_for(self._monitor().report.remote(), timeout=self.config.timeouts.monitor_s)
         except Exception as exc:  # noqa: BLE001
@@ -509,6 +515,20 @@ class Router:
         return {"models": [v.to_dict() for v in versions if views.visible(who, v.name)],
                 "serving": {n: v for n, v in self.follower.serving().items() if views.visible(who, n)},
                 "monitoring": {n: v for n, v in monitoring.items() if n == "error" or views.visible(who, n)}}
+
+    async def _versions(self) -> list[Any]:
+        """Every registered version, read at most once per :data:`VERSIONS_TTL_S` by this replica
+        (callers meanwhile share the answer: open consoles poll it)."""
+        now = time.monotonic()
+        cached = self._versions_cached
+        if cached is None or now - cached[0] >= VERSIONS_TTL_S:
+            cached = self._versions_cached = (now, asyncio.get_running_loop().run_in_executor(None, self.registry.versions))
+        try:
+            return await asyncio.shield(cached[1])
+        except Exception:
+            if self._versions_cached is cached:
+                self._versions_cached = None  # the next call asks the registry again
+            raise
 
     async def _ask(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call the controller; its errors keep their HTTP status, its absence or a call slower than
@@ -669,6 +689,46 @@ class Router:
         except Exception:  # noqa: BLE001 - a version no longer loadable: the points still show
             threshold = None
         return {**got, "threshold": threshold}
+
+    # -- training and tuning jobs (run as Ray tasks by the app's job board) ---------------------------
+    async def _board(self, method: str, *args: Any) -> Any:
+        t = self.config.timeouts
+        if self._jobs_handle is None:
+            self._jobs_handle = get_jobs(self.config.name, self.config.jobs.model_dump(), self.config.mlflow_uri,
+                                         self.config.controller.audit_uri, self.config.actor_resources)
+        return await _call("the job board", getattr(self._jobs_handle, method).remote(*args), t.controller_s,
+                           t.retry_after_s)
+
+    @app.post("/v1/jobs", status_code=202, responses=http.responses(401, 403, 404, 409, 413, 422, 429, 503))
+    async def start_job(self, req: schemas.JobRequest) -> dict[str, Any]:
+        """Start a training or tuning run off the serving path; answers its id at once (state
+        ``pending``). Its parameters and data source are checked first: a bad one is a 4xx, never a failed job."""
+        who = auth.current()
+        req = self._scoped(req, who)
+        if not self.config.jobs.enabled:
+            raise LifecycleError("jobs: this app takes no jobs over the API (jobs.enabled is false)")
+        spec = jobs.check_spec(jobs.JobSpec(req.kind, req.family, req.group, req.tenant, req.data.model_dump(),
+                                            req.params),
+                               max_trials=self.config.jobs.max_trials, prometheus_url=self.config.jobs.prometheus_url)
+        return await self._board("start", spec.to_dict(), who.name)
+
+    @app.get("/v1/jobs", responses=http.responses(401, 403, 422, 503))
+    async def list_jobs(self, limit: schemas.JobsLimit = 50) -> dict[str, Any]:
+        """The newest jobs first (of the caller's tenant; an admin's: all): state, progress, result."""
+        who = auth.current()
+        return {"jobs": await self._board("list", None if who.is_admin else [who.tenant], limit)}
+
+    @app.get("/v1/jobs/{job_id}", responses=http.responses(401, 403, 404, 422, 503))
+    async def get_job(self, job_id: schemas.JobId) -> dict[str, Any]:
+        """A job's state, progress (epochs or trials done), the tail of its log and the version it registered."""
+        who = auth.current()
+        return await self._board("get", job_id, None if who.is_admin else [who.tenant])
+
+    @app.post("/v1/jobs/{job_id}/cancel", responses=http.responses(401, 403, 404, 409, 422, 503))
+    async def cancel_job(self, job_id: schemas.JobId) -> dict[str, Any]:
+        """Stop a pending or running job (409 once it has ended)."""
+        who = auth.current()
+        return await self._board("cancel", job_id, who.name, None if who.is_admin else [who.tenant])
 
     @app.post("/v1/feedback", responses=http.responses(401, 403, 404, 413, 422, 429, 503))
     async def feedback(self, req: schemas.FeedbackRequest) -> dict[str, Any]:

@@ -191,10 +191,12 @@ def secured_app(ray_cluster, mlflow_store, tmp_path_factory):
     import ray
 
     from eyenet.serve.actors import STORE_NAME, find_actor, find_monitor, flush_store
+    from eyenet.serve.jobs import jobs_name
 
     flush_store()
     # detached: they outlive the app unless stopped, and the next module's app would find this one's
-    for actor in (find_controller("eyenet"), find_monitor("eyenet"), find_actor(STORE_NAME)):
+    for actor in (find_controller("eyenet"), find_monitor("eyenet"), find_actor(STORE_NAME),
+                  find_actor(jobs_name("eyenet"))):
         if actor is not None:
             ray.kill(actor, no_restart=True)
 

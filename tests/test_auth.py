@@ -29,7 +29,7 @@ def _identify(authenticator: Authenticator, header: str | None) -> Identity:
 def test_a_key_is_stored_hashed_and_verifies_to_its_identity(keys: KeyStore, tmp_path: Path) -> None:
     rec, key = keys.create("ops-bot", "acme", "operator")
     assert key.startswith("eyn_") and rec.id in key
-    assert key.split("_")[-1] not in (tmp_path / "keys.db").read_bytes().decode("latin-1")  # no secret at rest
+    assert key.split("_", 2)[2] not in (tmp_path / "keys.db").read_bytes().decode("latin-1")  # no secret at rest
     assert keys.verify(key).identity == Identity("key:ops-bot", "acme", "operator")
     assert keys.verify(key[:-1] + ("A" if key[-1] != "A" else "B")) is None  # a wrong secret
     assert keys.verify("eyn_" + "0" * 12 + "_" + "x" * 43) is None  # an unknown id
@@ -251,3 +251,36 @@ def test_an_unreachable_key_store_is_unavailable_not_a_refusal(pg_env, tmp_path:
     finally:
         pg_env.start()
     assert store.verify(key) is not None
+
+
+def test_a_request_that_goes_away_leaves_the_credential_check_to_the_requests_sharing_it(keys: KeyStore) -> None:
+    _, key = keys.create("bot", "acme", "writer")
+    authenticator = Authenticator(AuthSettings(), keys)
+
+    async def main() -> Identity:
+        first = asyncio.create_task(authenticator.identify(f"Bearer {key}"))
+        await asyncio.sleep(0)  # its check (a slow hash, in a thread) has started
+        second = asyncio.create_task(authenticator.identify(f"Bearer {key}"))
+        await asyncio.sleep(0)
+        first.cancel()  # its client disconnected
+        return await second
+
+    assert asyncio.run(main()) == Identity("key:bot", "acme", "writer")
+
+
+def test_a_key_store_that_cannot_be_read_answers_503_with_retry_after_through_the_middleware(tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    store = KeyStore(tmp_path / "keys.db")
+    _, key = store.create("w", "acme", "writer")
+    app = Starlette(routes=[Route("/v1/models", lambda request: PlainTextResponse("ok"))])
+    client = TestClient(auth.AuthMiddleware(app, Authenticator(AuthSettings(), store)))
+    assert client.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    (tmp_path / "keys.db").unlink()
+    (tmp_path / "keys.db").mkdir()  # the store's file is now a folder: it cannot be opened
+    _, other = KeyStore(tmp_path / "other.db").create("x", "acme", "writer")
+    r = client.get("/v1/models", headers={"Authorization": f"Bearer {other}"})
+    assert r.status_code == 503 and r.headers["retry-after"] and "API-key store" in r.json()["error"]

@@ -185,3 +185,33 @@ def test_ten_thousand_points_draw_in_under_a_second_and_an_idle_page_stays_quiet
     time.sleep(10)
     assert len(calls) <= 10, calls  # at most one API request a second while idle
     page.close()
+
+
+def test_an_operator_starts_a_small_training_job_and_watches_it_finish(secured_app, browser):
+    reader = _page(browser, secured_app, "reader")
+    reader.goto(secured_app["url"] + "/#/jobs")
+    reader.wait_for_selector("#jobs-table")
+    assert reader.query_selector("#job-start") is None  # a reader is not offered what it may not do
+    reader.close()
+    page = _page(browser, secured_app, "operator")
+    page.goto(secured_app["url"] + "/#/jobs")
+    page.wait_for_selector("#job-family option[value='lstm']", state="attached", timeout=30_000)
+    page.select_option("#job-kind", "train")
+    page.select_option("#job-family", "lstm")
+    page.fill("#job-group", "console-jobs")
+    page.fill("#job-params", '{"max_epochs": 2, "window": 16}')
+    page.click("#job-start")
+    page.wait_for_selector("#job-detail:not([hidden])", timeout=30_000)
+    job_id = page.inner_text("#job-detail h2 code").strip()
+    assert job_id.startswith("j"), job_id
+    row = f"[id='job-{job_id}']"
+    try:
+        wait_until("the job to succeed", lambda: page.inner_text(f"{row} td.state") == "succeeded", timeout=240,
+                   every=0.5)
+    except AssertionError:
+        raise AssertionError(page.inner_text("#job-detail")[:3000]) from None
+    assert page.inner_text(f"{row} a.version-link").startswith("acme.console-jobs.lstm v")
+    assert "epoch 1/2" in page.inner_text("#job-logs")
+    assert "2 epochs" in page.inner_text(f"{row}") or "1 / 2 epochs" in page.inner_text(f"{row}")
+    _shot(page, "jobs")
+    page.close()

@@ -65,8 +65,10 @@ def search(
     storage_path: str | Path | None = None,
     mlflow_uri: str | None = None,
     progress: Callable[[str], None] | None = None,
+    on_trial: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> SearchResult:
-    """Run the search; returns the best configuration and the default's score on the same series."""
+    """Run the search; returns the best configuration and the default's score on the same series.
+    ``on_trial(done, metrics)`` is called as each trial ends (finished or stopped by ASHA)."""
     from ray import tune
     from ray.air.integrations.mlflow import MLflowLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
@@ -85,6 +87,8 @@ def search(
     if mlflow_uri:
         callbacks.append(MLflowLoggerCallback(tracking_uri=mlflow_uri, experiment_name=f"{reg.EXPERIMENT}-tune",
                                               tags={"eyenet.family": family}, save_artifact=False))
+    if on_trial is not None:
+        callbacks.append(_TrialsDone(on_trial))
     searcher = ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=max_concurrent)
     scheduler = ASHAScheduler(time_attr="series", max_t=len(validation), grace_period=min(grace_series, len(validation)),
                               reduction_factor=2)
@@ -125,6 +129,24 @@ def search(
         stopped_early=sum(1 for r in rows if r["series"] < len(validation)),
         table=sorted(rows, key=lambda r: -r[METRIC] if np.isfinite(r[METRIC]) else math.inf),
     )
+
+
+def _TrialsDone(on_trial: Callable[[int, dict[str, Any]], None]) -> Any:
+    """A Ray Tune callback counting the trials that ended."""
+    from ray.tune import Callback
+
+    class TrialsDone(Callback):
+        def __init__(self) -> None:
+            self.done = 0
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.done += 1
+            on_trial(self.done, dict(trial.last_result or {}))
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.on_trial_complete(iteration, trials, trial)
+
+    return TrialsDone()
 
 
 def search_and_register(

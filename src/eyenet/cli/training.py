@@ -110,13 +110,9 @@ def _families(text: str) -> list[str]:
 
 def default_series() -> Any:
     """The anomaly-free start of the synthetic telemetry `eyenet up` and `eyenet train` use by default."""
-    from eyenet.core import synthetic
-    from eyenet.core.data import Series
+    from eyenet.lifecycle import jobs
 
-    n = presets.UP_ROWS
-    ts, values, _ = synthetic.series(DEFAULT_TRAIN_METRIC, n=n, seed=presets.UP_SEED)
-    head = int(n * presets.UP_TRAIN_FRACTION)  # the anomaly-free start
-    return Series(DEFAULT_TRAIN_METRIC.replace("_", "-"), ts[:head], np.asarray(values[:head]))
+    return jobs.synthetic_series(DEFAULT_TRAIN_METRIC)
 
 
 def _read_input(path: Path) -> list[Any]:

@@ -52,6 +52,8 @@ CHALLENGER = "challenger"
 MODEL_DATA = "eyenet_model"
 #: the version's drift reference, beside its other meta JSON under ``eyenet/`` in the run
 DRIFT_REFERENCE = "drift_reference.json"
+#: versions read per registry call when listing every model
+MAX_LISTED = 1000
 _NAME_PART = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch: `$` would take a trailing newline
 
 
@@ -432,25 +434,43 @@ class Registry:
         return sorted(n for n in names if n.count(".") == 2)
 
     def aliases(self) -> dict[str, dict[str, int]]:
-        """Every EyeNet model's aliases (``{name: {alias: version}}``) in one registry call."""
+        """Every EyeNet model's aliases (``{name: {alias: version}}``) in one registry call a thousand models."""
+        found = []
         with self._calling("reading aliases"):
-            found = list(self.client.search_registered_models(max_results=1000))
+            token = None
+            while True:
+                page = self.client.search_registered_models(max_results=1000, page_token=token)
+                found.extend(page)
+                token = getattr(page, "token", None)
+                if not token:
+                    break
         return {m.name: {a: int(v) for a, v in (m.aliases or {}).items()} for m in found if m.name.count(".") == 2}
 
     def versions(self, name: str | None = None) -> list[VersionInfo]:
-        """Every version of ``name`` (or of every model), newest first within a model."""
-        names = [name] if name else self.models()
-        out: list[VersionInfo] = []
-        for n in names:
-            with self._calling(f"listing versions of {n}"):
-                found = self.client.search_model_versions(f"name='{n}'", max_results=1000)
-            if name and not found:
+        """Every version of ``name`` (or of every model: two paged registry searches, however many
+        models there are), newest first within a model."""
+        if name is not None:
+            with self._calling(f"listing versions of {name}"):
+                found = list(self.client.search_model_versions(f"name='{name}'", max_results=1000))
+            if not found:
                 raise UnknownNameError(f"no registered model {name!r}")
-            with self._calling(f"reading aliases of {n}"):
-                aliases = dict(self.client.get_registered_model(n).aliases or {})
-            for info in sorted((self._info(mv) for mv in found), key=lambda v: -v.version):
-                info.aliases = sorted(a for a, v in aliases.items() if int(v) == info.version)
-                out.append(info)
+            with self._calling(f"reading aliases of {name}"):
+                aliases = {name: {a: int(v) for a, v in (self.client.get_registered_model(name).aliases or {}).items()}}
+        else:
+            aliases = self.aliases()
+            found = []
+            with self._calling("listing versions"):
+                token = None
+                while True:
+                    page = self.client.search_model_versions(None, max_results=MAX_LISTED, page_token=token)
+                    found.extend(mv for mv in page if mv.name in aliases)
+                    token = getattr(page, "token", None)
+                    if not token:
+                        break
+        out: list[VersionInfo] = []
+        for info in sorted((self._info(mv) for mv in found), key=lambda v: (v.name, -v.version)):
+            info.aliases = sorted(a for a, v in aliases.get(info.name, {}).items() if v == info.version)
+            out.append(info)
         return out
 
     def drift_reference(self, name: str, version: int | None = None, *, alias: str | None = None) -> DriftReference | None:

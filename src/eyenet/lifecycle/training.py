@@ -291,8 +291,9 @@ def train_and_register(
     data: dict[str, Any] | None = None,
     extra_metrics: dict[str, float] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> TrainResult:
-    """Fit ``config`` on ``values`` and register the result as a ``challenger`` version."""
+    """Fit ``config`` on ``values`` and register the result as a ``challenger`` version (``tags``: on its run)."""
     family = config["detector"]["family"]
     reg.model_name(family, group=group, tenant=tenant)  # validate names before any work
     if len(values) < 10:
@@ -301,5 +302,5 @@ def train_and_register(
     model, metrics = fit_model(config, values, on_epoch=on_epoch)
     metrics.update(extra_metrics or {})
     version = registry.register(model, family=family, group=group, tenant=tenant, metrics=metrics, data=data,
-                                probe=values[-min(len(values), 1000):])
+                                probe=values[-min(len(values), 1000):], tags=tags)
     return TrainResult(family, group, version, metrics, model)

@@ -417,23 +417,19 @@ class Authenticator:
             return hit
         digest = hashlib.sha256(credential.encode()).digest()
         pending = self._inflight.get(digest)
-        if pending is not None:  # another request is checking the same credential: share its outcome
-            return await asyncio.shield(pending)
-        pending = self._inflight[digest] = asyncio.get_running_loop().create_future()
+        if pending is None:  # the first request with this credential starts its check; later ones share it
+            pending = asyncio.get_running_loop().create_task(self._shared_check(credential, digest))
+            pending.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, if all went away
+            self._inflight[digest] = pending
+        # a request that goes away (its client disconnected) leaves the check running for the others
+        return await asyncio.shield(pending)
+
+    async def _shared_check(self, credential: str, digest: bytes) -> Identity:
         try:
             if self._slow is None:
                 self._slow = asyncio.Semaphore(self.SLOW_CHECKS)
             async with self._slow:
-                identity = await asyncio.to_thread(self.verify, credential)
-        except BaseException as exc:
-            # the requests sharing this check get its error; an interrupted check is theirs to retry
-            pending.set_exception(exc if isinstance(exc, Exception) else
-                                  UnavailableError("credential: the check was interrupted; retry"))
-            pending.exception()  # retrieved: no "never retrieved" warning when nobody shared it
-            raise
-        else:
-            pending.set_result(identity)
-            return identity
+                return await asyncio.to_thread(self.verify, credential)
         finally:
             del self._inflight[digest]
 
@@ -471,6 +467,8 @@ def policy(settings: AuthSettings) -> list[Rule]:
         _rule("POST", "/v1/models/{name}/promote", "operator"),
         _rule("POST", "/v1/models/{name}/rollback", "operator"),
         _rule("POST", "/v1/models/{name}/review", "operator"),
+        _rule("POST", "/v1/jobs", "operator"),
+        _rule("POST", "/v1/jobs/{id}/cancel", "operator"),
         _rule("*", "/v1/keys", "admin"), _rule("*", "/v1/keys/{id}", "admin"),
         _rule("GET", "/v1/{rest}", "reader"), _rule("GET", "/v1/{a}/{b}", "reader"),
         _rule("GET", "/v1/{a}/{b}/{c}", "reader"),
@@ -535,6 +533,8 @@ class AuthMiddleware:
                                                 f"{identity.name} is {identity.role}")
         except (AuthenticationError, PermissionDeniedError) as exc:
             return await self._refuse(exc, scope, receive, send)
+        except UnavailableError as exc:  # the key store could not be read: retry, never a 500
+            return await self._unavailable(exc, scope, receive, send)
         token = _CURRENT.set(identity)
         try:
             await self.app(scope, receive, send)
@@ -549,6 +549,16 @@ class AuthMiddleware:
             self.on_error("unauthenticated" if unauthenticated else "forbidden")
         headers = {"WWW-Authenticate": 'Bearer realm="eyenet"'} if unauthenticated else {}
         response = JSONResponse({"error": str(exc)}, status_code=401 if unauthenticated else 403, headers=headers)
+        await response(scope, receive, send)
+
+
+    async def _unavailable(self, exc: UnavailableError, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        from starlette.responses import JSONResponse
+
+        if self.on_error is not None:
+            self.on_error("unavailable")
+        retry = max(1, round(exc.retry_after_s))
+        response = JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": str(retry)})
         await response(scope, receive, send)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from fastapi import Body, Path, Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from eyenet.core import detectors, synthetic
 from eyenet.core.errors import InvalidInputError
 from eyenet.lifecycle import registry as reg
 from eyenet.monitoring.feedback import Feedback
@@ -182,6 +183,47 @@ class RollbackRequest(BaseModel):
 
     to: int | None = Field(None, ge=1, le=MAX_VERSION)
     reason: str = Field("", max_length=2000)
+
+
+#: the values of a job's family and synthetic metric
+Family = Literal[tuple(detectors.available())]
+SyntheticMetric = Literal[synthetic.METRICS]
+
+
+class SyntheticData(BaseModel):
+    """A job's data: the anomaly-free head of a synthetic metric (``eyenet demo``'s telemetry)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    synthetic: SyntheticMetric = Field("cpu_pct", description="the metric")
+
+
+class PrometheusData(BaseModel):
+    """A job's data: one series of the app's Prometheus (``jobs.prometheus_url``) over the last ``range``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prometheus: str = Field(min_length=1, max_length=4096, description="PromQL returning one series")
+    range: str = Field("7d", max_length=32, description="how far back (a Prometheus duration)")
+    step: str = Field("1m", max_length=32, description="the resolution (a Prometheus duration)")
+
+
+class JobRequest(BaseModel):
+    """``POST /v1/jobs``: train a family (its ``params`` as ``eyenet train --params``), or tune it
+    (``params``: ``trials``, ``space``, ``seed``), on a data source; the version is registered as challenger."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["train", "tune"]
+    family: Family = Field(description="the detector family")
+    group: str = Field("default", json_schema_extra=NAME_SCHEMA)
+    tenant: str | None = Field(None, pattern=NAME_PART, description="acts for this tenant; default: the credential's (another tenant: admins only, else 403)")
+    data: SyntheticData | PrometheusData = Field(default_factory=SyntheticData)
+    params: dict[str, Any] = Field(default_factory=dict, description="train: the family's parameters; tune: trials, space, seed")
+
+
+JobId = Annotated[str, Path(pattern=r"^j[0-9a-f]{12}$", description="a job's id, as POST /v1/jobs answered it")]
+JobsLimit = Annotated[int, Query(ge=1, le=1000, description="jobs at most, newest first")]
 
 
 def _one_of_timestamps_or_indices(schema: dict[str, Any]) -> None:

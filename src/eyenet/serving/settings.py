@@ -6,13 +6,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from eyenet.serving.auth import AuthSettings
+from eyenet.serving.jobs import JobSettings
 
 from eyenet.core.detectors import TORCH_FAMILIES
 from eyenet.lifecycle.settings import RetrainSettings
 from eyenet.monitoring.settings import MonitorSettings
 
 __all__ = ["AppConfig", "Autoscaling", "ControllerActorSettings", "ControllerSettings", "DeploymentSettings",
-           "GapSettings", "MonitorSettings", "RemoteWriteRule", "RemoteWriteSettings", "WritebackSettings", "QuotaSettings", "RequestTimeouts", "RetrainSettings", "StoreSettings", "TORCH_FAMILIES",
+           "GapSettings", "JobSettings", "MonitorSettings", "RemoteWriteRule", "RemoteWriteSettings", "WritebackSettings", "QuotaSettings", "RequestTimeouts", "RetrainSettings", "StoreSettings", "TORCH_FAMILIES",
            "TenantQuota"]
 
 
@@ -318,6 +319,7 @@ class AppConfig(BaseModel):
     remote_write: RemoteWriteSettings = RemoteWriteSettings()
     writeback: WritebackSettings = WritebackSettings()
     alerts: AlertSettings = AlertSettings()
+    jobs: JobSettings = JobSettings()
     streams_cached: int = Field(50_000, ge=1, description="stream states a router replica caches (LRU, counted)")
     streams_cached_bytes: int = Field(256 << 20, ge=1024, description="estimated bytes of those states at most")
     models_cached: int = Field(32, ge=1, description="ensemble versions a router replica keeps loaded (LRU, counted)")

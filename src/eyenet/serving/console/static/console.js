@@ -1154,7 +1154,7 @@
       h("option", { value: "synthetic", text: "synthetic metric" }),
       h("option", { value: "prometheus", text: "Prometheus selector" }));
     const data = h("input", { id: "job-data", name: "data", value: "cpu_pct", required: true, spellcheck: "false" });
-    const range = h("input", { id: "job-range", name: "range", value: "1h", spellcheck: "false" });
+    const range = h("input", { id: "job-range", name: "range", value: "7d", spellcheck: "false" });
     const rangeField = field("job-range", "range", range);
     rangeField.hidden = true;
     const params = h("textarea", { id: "job-params", name: "params", rows: "4", spellcheck: "false" });
@@ -1204,7 +1204,7 @@
         return;
       }
       if (!p || typeof p !== "object" || Array.isArray(p)) {
-        showError("params: a JSON object is expected, e.g. {\"epochs\": 5}");
+        showError("params: a JSON object is expected, e.g. {\"max_epochs\": 5}");
         return;
       }
       const body = {
@@ -1212,7 +1212,7 @@
         family: family.value,
         group: group.value.trim(),
         data: source.value === "prometheus"
-          ? { prometheus: data.value.trim(), range: range.value.trim() || "1h" }
+          ? { prometheus: data.value.trim(), range: range.value.trim() || "7d" }
           : { synthetic: data.value.trim() || "cpu_pct" },
         params: p,
       };
