@@ -1,10 +1,17 @@
 """Detector quality on a NAB-format corpus: every family and the ensemble.
 
     python -m bench.quality [--corpus ../shared/nab] [--detectors a,b] [--workers 2]
+    python -m bench.quality --loco [--workers 2]
 
 Prints a Markdown table: NAB scores for the three profiles at the optimised
 threshold, the standard score at the model's own alarm threshold, and the
 wall time to fit and score the whole corpus (files run in parallel processes).
+
+``--loco`` (leave one category out) scores each candidate ensemble of
+:data:`CANDIDATES` on the corpus, then for each category chooses the candidate
+and the thresholds on the *other* categories and scores the category with
+them, beside its score with the choice made on every category (in-sample).
+No setting depends on a file's name or category.
 """
 from __future__ import annotations
 
@@ -49,6 +56,56 @@ def run(corpus: Path, names: list[str], workers: int) -> list[dict]:
     return rows
 
 
+#: the ensembles a leave-one-category-out run chooses among (members and weights; the default first)
+CANDIDATES: dict[str, list[dict]] = {
+    "seasonal + lstm 3:1 (default)": [{"family": "seasonal", "params": {}, "weight": 3.0},
+                                      {"family": "lstm", "params": {}, "weight": 1.0}],
+    "seasonal + lstm 2:1": [{"family": "seasonal", "params": {}, "weight": 2.0},
+                            {"family": "lstm", "params": {}, "weight": 1.0}],
+    "seasonal + lstm 4:1": [{"family": "seasonal", "params": {}, "weight": 4.0},
+                            {"family": "lstm", "params": {}, "weight": 1.0}],
+    "seasonal + gru 3:1": [{"family": "seasonal", "params": {}, "weight": 3.0},
+                           {"family": "gru", "params": {}, "weight": 1.0}],
+    "seasonal alone": [{"family": "seasonal", "params": {}, "weight": 1.0}],
+}
+
+
+def loco(corpus: Path, workers: int, candidates: dict[str, list[dict]] | None = None) -> tuple[list, dict]:
+    """Leave one category out over ``candidates`` (default :data:`CANDIDATES`): the per-category
+    rows (:class:`eyenet.core.evaluation.HeldOut`) and each candidate's whole-corpus report."""
+    files = nab.read_corpus(corpus)
+    loaded = {cf.key: nab.load_file(cf) for cf in files}
+    wins = {cf.key: nab.window_rows(loaded[cf.key].timestamps, cf.windows) for cf in files}
+    groups = [cf.key.split("/", 1)[0] for cf in files]
+    arrays, reports = {}, {}
+    for name, members in (candidates or CANDIDATES).items():
+        config = presets.model_config("ensemble", {"members": members})
+        t0 = time.perf_counter()
+        res = {cf.key: r for cf, r in score_corpus(files, config, workers=workers)}
+        arrays[name] = [(res[cf.key].scores, wins[cf.key], res[cf.key].probation) for cf in files]
+        reports[name] = evaluation.score_arrays(arrays[name], own_threshold=presets.alarm_threshold())
+        print(f"{name}: standard {reports[name].score('standard'):.1f} in {time.perf_counter() - t0:.0f}s", flush=True)
+    return evaluation.leave_one_group_out(arrays, groups), reports
+
+
+def loco_table(rows: list) -> str:
+    fmt = lambda v: "—" if v is None else f"{v:.1f}"  # noqa: E731
+    out = ["| category (files, windows) | chosen on the others | standard held out / in-sample | low FP | low FN "
+           "| false detections held out |",
+           "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        out.append(f"| {r.group} ({r.files}, {r.windows}) | {r.chosen} | {fmt(r.held_out['standard'])} / "
+                   f"{fmt(r.in_sample['standard'])} | {fmt(r.held_out['reward_low_fp'])} / "
+                   f"{fmt(r.in_sample['reward_low_fp'])} | {fmt(r.held_out['reward_low_fn'])} / "
+                   f"{fmt(r.in_sample['reward_low_fn'])} | {r.false_detections} |")
+    scored = [r for r in rows if r.windows]
+    for label, key in (("held out", "held_out"), ("in-sample", "in_sample")):
+        means = {p: np.mean([getattr(r, key)[p] for r in scored]) for p in evaluation.PROFILES}
+        out.append(f"\nmean over the {len(scored)} categories with windows, {label}: standard {means['standard']:.1f}, "
+                   f"low FP {means['reward_low_fp']:.1f}, low FN {means['reward_low_fn']:.1f}")
+    return "\n".join(out)
+
+
 def table(rows: list[dict]) -> str:
     out = [
         "| detector | standard | low FP | low FN | opt. threshold | standard @own | low FP @own | low FN @own | seconds |",
@@ -68,9 +125,21 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     ap.add_argument("--detectors", default=",".join(detectors.available()))
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--loco", action="store_true", help="leave one category out over the candidate ensembles")
     args = ap.parse_args()
     if not (args.corpus / "data").is_dir():
         raise SystemExit(f"bench.quality: no NAB corpus at {args.corpus}")
+    if args.loco:
+        rows, reports = loco(args.corpus, args.workers)
+        print()
+        print("| candidate | standard | low FP | low FN | standard @own |\n|---|---:|---:|---:|---:|")
+        for name, rep in reports.items():
+            p = rep.profiles
+            print(f"| {name} | {p['standard'].score:.1f} | {p['reward_low_fp'].score:.1f} | "
+                  f"{p['reward_low_fn'].score:.1f} | {p['standard'].own_score:.1f} |")
+        print()
+        print(loco_table(rows))
+        return
     rows = run(args.corpus, [n for n in args.detectors.split(",") if n], args.workers)
     print()
     print(table(rows))

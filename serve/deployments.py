@@ -189,6 +189,12 @@ class _StoreActor:
     async def wanted(self, owner: str, timeout_s: float) -> list[str]:
         return await self._do(self.actor.wanted.remote(owner, timeout_s), self.timeout_s + timeout_s)
 
+    def heartbeat_blocking(self, owner: str, lease_s: float, timeout_s: float) -> None:
+        """From the replica's heartbeat thread (not its event loop): raises what the call raised."""
+        import ray
+
+        ray.get(self.actor.heartbeat.remote(owner, lease_s), timeout=timeout_s)
+
     async def delete(self, key: str, owner: str | None = None, lease_s: float | None = None) -> int:
         return await self._do(self.actor.delete.remote(key, owner, lease_s))
 

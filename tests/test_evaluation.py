@@ -309,3 +309,37 @@ def test_evaluate_corpus_end_to_end(tmp_path):
     assert std.own_score == pytest.approx(100.0)  # own threshold 0.5 detects the same rows
     assert rep.files[0].detections == 2
     assert rep.files[0].fp_rows == 0
+
+
+def test_leave_one_group_out_chooses_settings_without_the_group_it_scores():
+    from eyenet.core.evaluation import leave_one_group_out
+
+    n, probation = 400, 50
+
+    def file(hit_rows, window=(200, 240)):
+        s = np.zeros(n)
+        s[list(hit_rows)] = 0.9
+        return s, [window], probation
+
+    # "steady" finds every window early; "fits-a" is perfect on group a and blind elsewhere, and
+    # noisy (a false detection) on b and c: chosen on everything it would not win, but it cannot
+    # win group a's own choice unless a is in the choosing set
+    steady = [file([205]), file([205]), file([205]), (np.where(np.arange(n) == 300, 0.9, 0.0), [], probation)]
+    fits_a = [file([200]), file([100]), file([100]), (np.zeros(n), [], probation)]
+    rows = leave_one_group_out({"steady": steady, "fits-a": fits_a}, ["a", "b", "c", "quiet"])
+    by = {r.group: r for r in rows}
+    assert [r.group for r in rows] == ["a", "b", "c", "quiet"]
+    assert all(r.chosen == "steady" for r in rows)
+    assert by["a"].held_out["standard"] == pytest.approx(by["a"].in_sample["standard"])
+    assert by["a"].held_out["standard"] > 90
+    assert by["quiet"].windows == 0 and by["quiet"].held_out["standard"] is None
+    assert by["quiet"].false_detections == 1
+    # a candidate that wins the whole corpus only through group a is never chosen for group a
+    only_a = [file([200]), file([200]), file([200]), file([]), file([])]
+    not_a = [file([]), file([]), file([]), file([200]), file([200])]
+    rows = {r.group: r for r in leave_one_group_out({"only-a": only_a, "not-a": not_a}, ["a", "a", "a", "b", "c"])}
+    assert rows["a"].chosen == "not-a" and rows["a"].held_out["standard"] == pytest.approx(0.0, abs=1e-9)
+    assert rows["a"].in_sample["standard"] > 90  # chosen on every group, a included: only-a
+    assert rows["b"].chosen == "only-a"  # on a and c, only-a finds three windows of four
+    with pytest.raises(Exception, match="group names"):
+        leave_one_group_out({"x": steady[:2]}, ["a", "b", "c"])

@@ -226,6 +226,14 @@ def test_a_reset_on_another_replica_is_seen_by_the_series_holder(model, values, 
 FAST_LEASES = AppConfig(store={"write_behind_s": 0.05, "lease_s": 0.4})
 
 
+def _die(p: Pipeline) -> None:
+    """``p``'s replica dies: no more writes, hand-overs or heartbeats."""
+    for t in p.owned._tasks:
+        t.cancel()
+    if p.owned._beating is not None:
+        p.owned._beating.set()
+
+
 def test_a_dead_holders_series_continue_from_its_last_write_once_its_lease_lapses(model, values, tmp_path):
     """The durability bound: a replica that dies loses the points it took since its last write behind."""
     store = StreamStore(str(tmp_path))
@@ -235,8 +243,7 @@ def test_a_dead_holders_series_continue_from_its_last_write_once_its_lease_lapse
         await a.stream(stream_req(values[:100]))
         await a.owned.sync()
         await a.stream(stream_req(values[100:150]))  # acknowledged, not written behind yet
-        for t in a.owned._tasks:  # a dies: no more writes, no hand-over
-            t.cancel()
+        _die(a)
         await asyncio.sleep(0.01)
         t0 = time.monotonic()
         out, _ = await b.stream(stream_req(values[150:160]))
@@ -257,8 +264,7 @@ def test_with_write_behind_off_a_dead_holder_loses_no_acknowledged_point(model, 
         await asyncio.gather(*(a.stream(stream_req(values[100 + 10 * i:110 + 10 * i], series=f"s{i}"))
                                for i in range(5)))
         in_store = [store.streams.get(f"default/default/{k}")[1].seen for k in ("s", "s0", "s1", "s2", "s3", "s4")]
-        for t in a.owned._tasks:  # a dies right after answering
-            t.cancel()
+        _die(a)  # right after answering
         await asyncio.sleep(0.01)
         out, _ = await b.stream(stream_req(values[100:110]))
         return in_store, out["seen"]
@@ -280,6 +286,24 @@ def test_a_holder_that_renews_but_never_hands_over_is_a_503(model, values, tmp_p
     with pytest.raises(UnavailableError, match="did not hand it over") as exc:
         run(go())
     assert http.error_status(exc.value)[0] == 503
+
+
+def test_a_replica_whose_event_loop_is_busy_for_three_leases_keeps_its_series(model, values, tmp_path):
+    """The heartbeat thread renews the lease while the loop cannot (a flood of large batches)."""
+    store = StreamStore(str(tmp_path))
+    key = "default/default/s"
+
+    async def go():
+        a = make(model, store, config=FAST_LEASES)
+        await a.stream(stream_req(values[:100]))
+        time.sleep(3 * FAST_LEASES.store.lease_s)  # the loop blocked: no sync, no hand-over
+        holder = store.streams.holder(key)
+        out, _ = await a.stream(stream_req(values[100:110]))
+        return holder, a.owned.heartbeats, out["seen"], set(a.owned.unconfirmed), a.owned.lost
+
+    holder, beats, seen, unconfirmed, lost = run(go())
+    assert holder is not None and holder.startswith("process-")  # still a's: its lease never lapsed
+    assert beats >= 2 and seen == 110 and not unconfirmed and lost == 0
 
 
 def test_concurrent_requests_of_one_series_are_applied_in_order(model, values, tmp_path):

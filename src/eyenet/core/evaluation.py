@@ -531,3 +531,86 @@ class ValidationSeries:
     values: np.ndarray
     windows: list[tuple[int, int]]  # labelled anomaly windows, row ranges (inclusive)
     train_rows: int
+
+
+# ----------------------------------------------------------------------------------------------
+# leave one group out: settings chosen without the files they are judged on
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """One group's scores with settings chosen on the other groups (``held_out``) and on all of them
+    (``in_sample``), per profile; a group without labelled windows has no score, only its false
+    detections (rows) at the chosen threshold."""
+
+    group: str
+    files: int
+    windows: int
+    chosen: str  # the candidate chosen on the other groups (standard profile)
+    threshold: dict[str, float]  # per profile, chosen on the other groups
+    held_out: dict[str, float | None]
+    in_sample: dict[str, float | None]
+    false_detections: int  # rows detecting outside windows, at the held-out standard threshold
+
+
+def _group_score(files: Sequence[FileArrays], threshold: float, prof: Profile) -> float | None:
+    events, _ = _prepare(files, prof)
+    n_windows = sum(e.n_windows for e in events)
+    return normalised(_raw_at(events, threshold, prof), n_windows, prof) if n_windows else None
+
+
+def _false_rows(files: Sequence[FileArrays], threshold: float) -> int:
+    out = 0
+    for scores, windows, probation in files:
+        s = np.asarray(scores, dtype=float)
+        hit = s >= threshold
+        hit[: _probation(probation, "")] = False
+        for a, b in _windows(windows, len(s), ""):
+            hit[a : b + 1] = False
+        out += int(hit.sum())
+    return out
+
+
+def leave_one_group_out(candidates: dict[str, Sequence[FileArrays]], groups: Sequence[str]) -> list[HeldOut]:
+    """For each group (e.g. a NAB category): the candidate configuration and the threshold of each
+    profile that score best on the *other* groups, then that group's score with them (``held_out``);
+    beside it, its score with the candidate and thresholds chosen on every group (``in_sample``).
+
+    ``candidates`` maps a name to the per-file arrays of one configuration, files in the same order
+    as ``groups`` (one group name per file). The standard profile chooses the candidate.
+    """
+    names = list(candidates)
+    if not names:
+        raise InvalidInputError("leave_one_group_out needs at least one candidate")
+    n = len(groups)
+    for name in names:
+        if len(candidates[name]) != n:
+            raise InvalidInputError(f"candidate {name!r} has {len(candidates[name])} files for {n} group names")
+
+    def choose(idx: list[int]) -> tuple[str, dict[str, float]]:
+        best, best_raw, thresholds = names[0], -math.inf, {}
+        for name in names:
+            files = [candidates[name][i] for i in idx]
+            per = {p: optimise_threshold(files, prof) for p, prof in PROFILES.items()}
+            if per["standard"][1] > best_raw:
+                best, best_raw, thresholds = name, per["standard"][1], {p: t for p, (t, _) in per.items()}
+        return best, thresholds
+
+    everyone = list(range(n))
+    all_name, all_thresholds = choose(everyone)
+    out = []
+    for g in dict.fromkeys(groups):
+        inside = [i for i in everyone if groups[i] == g]
+        others = [i for i in everyone if groups[i] != g]
+        name, thresholds = choose(others)
+        held = [candidates[name][i] for i in inside]
+        sample = [candidates[all_name][i] for i in inside]
+        events, _ = _prepare(held, PROFILES["standard"])
+        out.append(HeldOut(
+            group=g, files=len(inside), windows=sum(e.n_windows for e in events), chosen=name,
+            threshold=thresholds,
+            held_out={p: _group_score(held, thresholds[p], prof) for p, prof in PROFILES.items()},
+            in_sample={p: _group_score(sample, all_thresholds[p], prof) for p, prof in PROFILES.items()},
+            false_detections=_false_rows(held, thresholds["standard"]),
+        ))
+    return out

@@ -22,6 +22,12 @@ asker waits for that (a few milliseconds) and continues from it, so the points a
 A series not handed over within ``lease_s + 1`` s (its holder stuck, or two batch requests on two
 replicas each waiting for a series the other holds) is answered 503 with ``Retry-After``.
 
+**A busy replica keeps its series.** Besides every claim and sync, a thread of the replica's own
+renews its lease every ``lease_s / 4`` (:meth:`StoreLike.heartbeat_blocking`), so an event loop
+kept busy for longer than ``lease_s`` (a flood of large batches) delays its writes behind but does
+not lose its series to a lapsed lease; a series another replica asks for meanwhile is handed over
+once the loop gets to it (or answered 503 after ``lease_s + 1`` s, as above).
+
 **Not reaching the store.** The replica goes on scoring the series it holds until its lease would
 lapse (``lease_s`` after the last call the store answered; the store counts from when it got that
 call, so never earlier). After that it treats each held series as unconfirmed and claims it again
@@ -34,7 +40,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -59,7 +67,18 @@ class StoreLike(Protocol):
     async def sync(self, owner: str, items: list[tuple[str, int, Any]], released: list[str],
                    lease_s: float) -> list[tuple[bool, int, Any]]: ...
     async def wanted(self, owner: str, timeout_s: float) -> list[str]: ...
+    def heartbeat_blocking(self, owner: str, lease_s: float, timeout_s: float) -> None: ...
     async def delete(self, key: str, owner: str | None = None, lease_s: float | None = None) -> int: ...
+
+
+def _heartbeat(owned: Any, stop: threading.Event, every_s: float) -> None:
+    """The heartbeat thread of an :class:`OwnedStates` (a weak reference: it ends with it, or on ``stop``)."""
+    while not stop.wait(every_s):
+        held = owned()
+        if held is None:
+            return
+        held.beat()
+        del held
 
 
 class OwnedStates:
@@ -93,6 +112,8 @@ class OwnedStates:
         self._kick: asyncio.Event | None = None
         self._tasks: list[asyncio.Task] = []
         self._closed = False
+        self._beating: threading.Event | None = None  # set: the heartbeat thread stops
+        self.heartbeats = self.heartbeat_failures = 0
 
     # -- the request path ---------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -285,6 +306,24 @@ class OwnedStates:
         self._kick = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._sync_loop()), loop.create_task(self._wanted_loop())]
+        if self._beating is None and hasattr(self.store, "heartbeat_blocking"):
+            self._beating = threading.Event()
+            threading.Thread(target=_heartbeat, args=(weakref.ref(self), self._beating, self.lease_s / 4),
+                             name=f"lease-{self.owner}", daemon=True).start()
+
+    def beat(self) -> None:
+        """Renew the lease now if series are held (the heartbeat thread's call; any thread)."""
+        if not self.states:
+            return
+        sent = time.monotonic()
+        try:
+            self.store.heartbeat_blocking(self.owner, self.lease_s, self.lease_s / 2)
+        except Exception as exc:  # noqa: BLE001 - the store away: the syncs' own retries report it
+            self.heartbeat_failures += 1
+            log.debug("lease heartbeat failed: %s", exc)
+            return
+        self.heartbeats += 1
+        self.valid_until = max(self.valid_until, sent + self.lease_s)  # a float: atomic in CPython
 
     async def _sync_loop(self) -> None:
         kick = self._kick
@@ -334,6 +373,8 @@ class OwnedStates:
     async def close(self, timeout_s: float = 10.0) -> None:
         """Stop the loops and write everything behind, releasing every series (a graceful shutdown)."""
         self._closed = True
+        if self._beating is not None:
+            self._beating.set()
         for t in self._tasks:
             t.cancel()
         self._tasks = []
@@ -352,4 +393,5 @@ class OwnedStates:
                 "max_bytes": self.max_bytes, "dirty": len(self.dirty), "leaving": len(self.leaving),
                 "lease_left_s": round(max(0.0, self.valid_until - time.monotonic()), 3),
                 "synced": self.synced, "handed_over": self.handed_over, "lost": self.lost,
+                "heartbeats": self.heartbeats, "heartbeat_failures": self.heartbeat_failures,
                 "failures": self.failures, "error": self.error}

@@ -502,6 +502,16 @@ class StreamStore:
         self._start()
         return self.streams.commit(key, version, state)
 
+    async def heartbeat(self, owner: str, lease_s: float) -> None:
+        """Replica ``owner`` is alive for ``lease_s`` more seconds (sent from its own thread, so a
+        replica whose event loop is busy keeps its series; see :class:`eyenet.serving.leases.OwnedStates`)."""
+        self._start()
+        self.streams.renew(owner, lease_s)
+
+    def heartbeat_blocking(self, owner: str, lease_s: float, timeout_s: float) -> None:
+        """:meth:`heartbeat` for an in-process store, from any thread (a Serve replica calls the actor's)."""
+        self.streams.renew(owner, lease_s)
+
     async def claim(self, owner: str, keys: list[str], lease_s: float, wait_s: float) -> list[tuple[int, Any]]:
         """Give ``keys`` to replica ``owner`` (renewing its lease): per key ``(version, state)`` (a state
         as stored: bytes or a :class:`StreamState`; None for a new series) or ``(-1, Refusal)``. A key
