@@ -554,3 +554,34 @@ def test_a_quota_refusal_is_sent_late_holding_the_turn_but_never_past_its_retry_
     assert status == 429 and 0.35 <= took < 2 and held["requests"] == 1
     took, status, _ = asyncio.run(timed(3.0, "0"))  # Retry-After 0: nothing to wait for
     assert status == 429 and took < 1
+
+
+def test_a_request_refused_without_a_turn_is_answered_hold_s_late_holding_nothing() -> None:
+    """A client that retries a refusal at once sends at most one request per connection per hold_s."""
+    import httpx
+
+    from eyenet.serving.quota import InFlight
+    from eyenet.serving.settings import QuotaSettings
+
+    limits = InFlight(QuotaSettings(max_inflight_per_tenant=1, hold_s=0.4))
+
+    async def go():
+        release = asyncio.Event()
+        app = _admission_app(limits, _released(release))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            running = asyncio.create_task(c.post("/v1/stream", headers={"x-tenant": "t"}))
+            waiting = asyncio.create_task(c.post("/v1/stream", headers={"x-tenant": "t"}))
+            await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            refused = asyncio.create_task(c.post("/v1/stream", headers={"x-tenant": "t"}))
+            await asyncio.sleep(0.1)
+            during = limits.stats()  # the refused one sleeps without a turn
+            r = await refused
+            took = time.monotonic() - t0
+            release.set()
+            return r.status_code, took, during, [x.status_code for x in await asyncio.gather(running, waiting)]
+
+    status, took, during, others = asyncio.run(go())
+    assert status == 429 and 0.35 <= took < 1.5
+    assert during["requests"] == 1 and during["waiting"] == 1 and during["refused"] == 1
+    assert others[0] == 200

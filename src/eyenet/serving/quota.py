@@ -23,7 +23,11 @@ a dropped tenant's buckets start full again when it returns.
 
 **Fair share of a replica**: :class:`InFlight` caps the requests of one tenant in
 progress at once in a replica (``max_inflight_per_tenant``); as many more wait
-for a turn, in order, for up to ``hold_s``; the rest get 429 at once.
+for a turn, in order, for up to ``hold_s``; the rest get 429, ``hold_s`` late
+(an asyncio sleep, no turn held: a client retrying at once sends at most one
+request per connection per ``hold_s``). The router's Serve slots
+(``router.max_ongoing_requests``) are sized well above what these caps let in,
+so requests held here never keep another tenant's request out of a replica.
 :class:`Admission`, an ASGI middleware behind authentication, applies it before
 a body is read, and sends the app's own 429s (a quota) ``hold_s`` late, still
 holding the turn. A replica works on its requests concurrently, so without the
@@ -214,13 +218,15 @@ class Admission:
         if who is None or who.name == "public":
             return await self.app(scope, receive, send)
         tenant = who.tenant
+        hold_s = limits.settings.hold_s
         try:
             await limits.enter(tenant)
         except QuotaExceededError as exc:
             from eyenet.serving.http import error_response
 
+            if hold_s > 0:  # no turn at all: answered hold_s late too (no turn held), so a client that
+                await asyncio.sleep(min(hold_s, exc.retry_after_s))  # retries at once is paced, not served
             return await error_response(exc)(scope, receive, send)
-        hold_s = limits.settings.hold_s
 
         async def held(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start" and message["status"] == 429 and hold_s > 0:

@@ -300,7 +300,10 @@ class AppConfig(BaseModel):
     gpu_fraction: float = Field(0.25, gt=0, le=1, description="GPU share of a torch replica when GPUs exist")
     use_gpus: bool | None = Field(None, description="None: use GPUs when the cluster has some")
     router: DeploymentSettings = DeploymentSettings(
-        num_cpus=0.25, max_ongoing_requests=64, max_queued_requests=256,
+        # Serve's slots only bound memory: each tenant's share of a replica is capped by the
+        # quota's in-flight turns, and a request held there (waiting for a turn, or a 429 sent
+        # late) must not take the slot another tenant's request needs
+        num_cpus=0.25, max_ongoing_requests=1024, max_queued_requests=1024,
         # two from the start: one replica's crash or restart never interrupts the API, and each
         # replica process has a core's worth of Python (GIL) to itself
         autoscaling=Autoscaling(min_replicas=2, max_replicas=4))
