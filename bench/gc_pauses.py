@@ -28,8 +28,10 @@ def run(settled: bool, batches: int) -> dict:
 
     import numpy as np
 
-    import ray  # noqa: F401 - a replica's heap holds these libraries too
-    import mlflow  # noqa: F401
+    import importlib
+
+    for lib in ("ray", "mlflow"):  # a replica's heap holds these libraries too
+        importlib.import_module(lib)
     from eyenet.core import presets, synthetic
     from eyenet.core.model import AnomalyModel
     from eyenet.serving import schemas
