@@ -108,11 +108,15 @@ def stack(ray_cluster, mlflow_store, prometheus, tmp_path_factory):
     target.close()
     serve.delete("eyenet")
     serve.shutdown()
-    ctl = find_controller("eyenet")
-    if ctl is not None:
-        import ray
+    import ray
 
-        ray.kill(ctl, no_restart=True)
+    from eyenet.serve.actors import STORE_NAME, find_actor, find_monitor, flush_store
+
+    flush_store()
+    # detached: they outlive the app unless stopped, and the next module's app would find this one's
+    for actor in (find_controller("eyenet"), find_monitor("eyenet"), find_actor(STORE_NAME)):
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
 
 
 def _metric(url: str, headers: dict[str, str], name: str, **labels: str) -> float:

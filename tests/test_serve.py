@@ -48,13 +48,18 @@ def served(ray_cluster, mlflow_store, values, tmp_path_factory):
     yield {"url": url, "model": trained.model, "version": trained.version}
     serve.delete("eyenet")
     serve.shutdown()
-    from eyenet.serve.actors import find_controller
+    import ray
 
-    ctl = find_controller("eyenet")  # detached: outlives the app unless stopped
-    if ctl is not None:
-        import ray
+    from eyenet.serve.actors import STORE_NAME, find_actor, find_controller, find_monitor, flush_store
+    from eyenet.serve.jobs import jobs_name
 
-        ray.kill(ctl, no_restart=True)
+    flush_store()
+    # detached: they outlive the app unless stopped, and the next module's app would find this one's
+    # (a stream store still writing to this module's folder)
+    for actor in (find_controller("eyenet"), find_monitor("eyenet"), find_actor(STORE_NAME),
+                  find_actor(jobs_name("eyenet"))):
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
 
 
 def _detect(url, values, **extra):
