@@ -70,54 +70,23 @@ class Reporter:
 
 def run(board: str, job_id: str, spec: dict[str, Any], mlflow_uri: str | None, audit_uri: str | None,
         settings: dict[str, Any]) -> dict[str, Any]:
-    """One job, inside its Ray task: read the data, train (or search, then train the best), register."""
+    """One job, inside its Ray task (:func:`eyenet.lifecycle.jobs.run`, searching with Ray Tune)."""
     import ray
     import torch
 
-    from eyenet.lifecycle import jobs
-    from eyenet.serving.jobs import JobSettings
-
-    torch.set_num_threads(1)
-    reporter = Reporter(ray.get_actor(board, namespace=NAMESPACE), job_id)
-    try:
-        return _run(job_id, jobs.JobSpec(**spec), JobSettings(**settings), mlflow_uri, audit_uri, reporter)
-    finally:
-        reporter.flush()
-
-
-def _run(job_id: str, job: Any, s: Any, mlflow_uri: str | None, audit_uri: str | None,
-         reporter: Reporter) -> dict[str, Any]:
     from eyenet.lifecycle import audit, jobs
     from eyenet.lifecycle import registry as reg
+    from eyenet.serving.jobs import JobSettings
+    from eyenet.tune import tuner
 
-    reporter.line(f"reading {'synthetic metric ' + job.data['synthetic'] if 'synthetic' in job.data else 'Prometheus'}")
-    registry = reg.Registry(mlflow_uri, audit_log=audit.AuditLog(audit_uri) if audit_uri else None).check()
-    series, source = jobs.load_data(job, s.prometheus_url)
-    tags = {"eyenet.job": job_id}
-    if job.kind == "train":
-        version = jobs.train(job, None, series, source, registry=registry, reporter=reporter, tags=tags)
-    else:
-        from eyenet.tune import tuner
-
-        trials = int(job.params["trials"])
-        validation = jobs.validation(job, series)
-        reporter.progress(0, trials, jobs.TRIALS)
-        reporter.line(f"searching {job.family}: {trials} trials on {len(validation)} labelled series")
-
-        def on_trial(done: int, metrics: dict[str, Any]) -> None:
-            reporter.progress(done, trials, jobs.TRIALS)
-            score = metrics.get(tuner.METRIC)
-            reporter.line(f"trial {done}/{trials} ended: NAB standard "
-                          f"{'n/a' if score is None else format(float(score), '.1f')}")
-
-        result = tuner.search(job.family, validation, trials=trials, space=job.params.get("space"),
-                              cpus_per_trial=s.cpus_per_trial, max_concurrent=s.max_concurrent_trials,
-                              seed=int(job.params.get("seed", 0)), mlflow_uri=registry.uri, on_trial=on_trial)
-        reporter.progress(result.trials, trials, jobs.TRIALS)
-        reporter.line(f"best NAB standard {result.best_score:.1f} (default configuration {result.default_score:.1f}); "
-                      "training it")
-        version = jobs.train(job, result.best_config, series, source, registry=registry, reporter=reporter, tags=tags,
-                             extra_metrics={"tune_best_score": result.best_score,
-                                            "tune_default_score": result.default_score,
-                                            "tune_trials": float(result.trials)}, report_progress=False)
-    return {"version": {"name": version.name, "version": version.version}}
+    torch.set_num_threads(1)
+    s = JobSettings(**settings)
+    reporter = Reporter(ray.get_actor(board, namespace=NAMESPACE), job_id)
+    try:
+        registry = reg.Registry(mlflow_uri, audit_log=audit.AuditLog(audit_uri) if audit_uri else None).check()
+        version = jobs.run(jobs.JobSpec(**spec), job_id, registry=registry, reporter=reporter,
+                           prometheus_url=s.prometheus_url, search=tuner.search, cpus_per_trial=s.cpus_per_trial,
+                           max_concurrent=s.max_concurrent_trials)
+        return {"version": {"name": version.name, "version": version.version}}
+    finally:
+        reporter.flush()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -187,3 +187,38 @@ def train(spec: JobSpec, config: Mapping[str, Any] | None, series: Any, source: 
     reporter.line(f"registered {v.name} version {v.version} as challenger "
                   f"({result.metrics.get('fit_seconds', 0.0):.1f} s to fit)")
     return v
+
+
+def run(spec: JobSpec, job_id: str, *, registry: reg.Registry, reporter: Reporter, prometheus_url: str | None = None,
+        search: Callable[..., Any] | None = None, cpus_per_trial: float = 0.5,
+        max_concurrent: int = 2) -> reg.VersionInfo:
+    """One checked job: read its data, train (a tune job: ``search`` it first, ``eyenet.tune.tuner.search``,
+    then train the best configuration), register the version tagged with ``job_id``."""
+    source_name = f"synthetic metric {spec.data['synthetic']}" if "synthetic" in spec.data else "Prometheus"
+    reporter.line(f"reading {source_name}")
+    series, source = load_data(spec, prometheus_url)
+    tags = {"eyenet.job": job_id}
+    if spec.kind == "train":
+        return train(spec, None, series, source, registry=registry, reporter=reporter, tags=tags)
+    if search is None:
+        raise InvalidParameterError("a tune job needs a search (eyenet.tune.tuner.search)")
+    trials = int(spec.params["trials"])
+    held = validation(spec, series)
+    reporter.progress(0, trials, TRIALS)
+    reporter.line(f"searching {spec.family}: {trials} trials on {len(held)} labelled series")
+
+    def on_trial(done: int, metrics: dict[str, Any]) -> None:
+        reporter.progress(done, trials, TRIALS)
+        score = metrics.get("nab_standard")
+        reporter.line(f"trial {done}/{trials} ended: NAB standard "
+                      f"{'n/a' if score is None else format(float(score), '.1f')}")
+
+    result = search(spec.family, held, trials=trials, space=spec.params.get("space"), cpus_per_trial=cpus_per_trial,
+                    max_concurrent=max_concurrent, seed=int(spec.params.get("seed", 0)), mlflow_uri=registry.uri,
+                    on_trial=on_trial)
+    reporter.progress(result.trials, trials, TRIALS)
+    reporter.line(f"best NAB standard {result.best_score:.1f} (default configuration {result.default_score:.1f}); "
+                  "training it")
+    return train(spec, result.best_config, series, source, registry=registry, reporter=reporter, tags=tags,
+                 extra_metrics={"tune_best_score": result.best_score, "tune_default_score": result.default_score,
+                                "tune_trials": float(result.trials)}, report_progress=False)

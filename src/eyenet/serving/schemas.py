@@ -21,6 +21,7 @@ from eyenet.core import detectors, synthetic
 from eyenet.core.errors import InvalidInputError
 from eyenet.lifecycle import registry as reg
 from eyenet.monitoring.feedback import Feedback
+from eyenet.serving.jobs import ID_PATTERN as JOB_ID
 
 #: a series id: a name (``web-1/cpu``) or a Prometheus series (``node_load1{instance="web-1:9100"}``),
 #: printable characters only (fullmatch: `$` would take a trailing newline)
@@ -222,7 +223,7 @@ class JobRequest(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict, description="train: the family's parameters; tune: trials, space, seed")
 
 
-JobId = Annotated[str, Path(pattern=r"^j[0-9a-f]{12}$", description="a job's id, as POST /v1/jobs answered it")]
+JobId = Annotated[str, Path(pattern=JOB_ID, description="a job's id, as POST /v1/jobs answered it")]
 JobsLimit = Annotated[int, Query(ge=1, le=1000, description="jobs at most, newest first")]
 
 
