@@ -211,6 +211,8 @@ def test_an_operator_starts_a_small_training_job_and_watches_it_finish(secured_a
     except AssertionError:
         raise AssertionError(page.inner_text("#job-detail")[:3000]) from None
     assert page.inner_text(f"{row} a.version-link").startswith("acme.console-jobs.lstm v")
+    # the detail follows the list: once the row says succeeded, the open job's panel does too, with its log
+    wait_until("the job's detail to show its end", lambda: "succeeded" in page.inner_text("#job-detail dl"), timeout=10)
     assert "epoch 1/2" in page.inner_text("#job-logs")
     assert "2 epochs" in page.inner_text(f"{row}") or "1 / 2 epochs" in page.inner_text(f"{row}")
     _shot(page, "jobs")

@@ -1018,7 +1018,7 @@
   // jobs: start (train | tune), list, the open job's progress and log, cancel
 
   function renderJobs(view) {
-    const ctx = { view, jobs: [], openId: null, list: null, watch: null };
+    const ctx = { view, jobs: [], openId: null, shownState: null, list: null, watch: null };
     const tbody = h("tbody");
     const detail = jobDetailPanel();
     ctx.detail = detail;
@@ -1037,11 +1037,15 @@
       const data = await api("/v1/jobs", { signal: view.signal });
       ctx.jobs = (data && data.jobs) || [];
       ctx.renderRows();
+      // the open job changed state since its detail was drawn (e.g. it ended): its detail follows
+      const open = ctx.openId && ctx.jobs.find((j) => j.id === ctx.openId);
+      if (open && open.state !== ctx.shownState) ctx.watch.run();
     }, POLL_MS);
     ctx.watch = poll(view, async () => {
       if (!ctx.openId) return false;
       const job = await api(`/v1/jobs/${enc(ctx.openId)}`, { signal: view.signal });
       if (!job || job.id !== ctx.openId) return false; // another job was opened meanwhile
+      ctx.shownState = job.state;
       showJob(ctx, job);
       const i = ctx.jobs.findIndex((j) => j.id === job.id);
       if (i >= 0) ctx.jobs[i] = { ...ctx.jobs[i], ...job };
@@ -1054,6 +1058,7 @@
 
   function openJob(ctx, id) {
     ctx.openId = id;
+    ctx.shownState = null;
     ctx.detail.root.hidden = false;
     ctx.detail.title.textContent = id;
     ctx.detail.logs.textContent = "loading…";
