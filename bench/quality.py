@@ -123,7 +123,10 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    ap.add_argument("--detectors", default=",".join(detectors.available()))
+    unsupervised = [f for f in detectors.available() if not detectors.create(f).supervised]
+    ap.add_argument("--detectors", default=",".join(unsupervised),
+                    help="families to score (default: every one that learns without labels; NAB's probation "
+                         "rows, which a model learns from, hold no labelled anomalies)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--loco", action="store_true", help="leave one category out over the candidate ensembles")
     args = ap.parse_args()

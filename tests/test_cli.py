@@ -410,6 +410,24 @@ def test_unreachable_mlflow_is_one_line(tmp_path: Path, capsys, monkeypatch) -> 
         assert err.startswith("eyenet: error: MLflow at http://127.0.0.1:9") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv, problem", [
+    (["--labels", "nope"], "missing column(s) 'nope'"),
+    (["--labels", "label"], "labelled anomalies both in the first"),
+    (["--labels", "bad"], "label 'x' in row 3 is not 1 (anomaly)"),
+    (["--feedback", "missing.jsonl"], "--feedback: no feedback file at missing.jsonl"),
+    (["--series", "web"], "--series names the series of --feedback"),
+])
+def test_train_with_bad_labels_is_one_line(argv, problem, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    lines = _rows(400)
+    body = "timestamp,value,label,bad\n" + "\n".join(
+        f"{row},{int(i in (50, 51))},{'x' if i == 2 else 0}" for i, row in enumerate(lines)) + "\n"
+    (tmp_path / "web.csv").write_text(body)
+    code, out, err = _run(capsys, "train", "--detector", "zscore", "--input", "web.csv", *argv)
+    assert code == 2 and out == "" and problem in err, err
+    assert err.count("\n") == 1
+
+
 def test_train_unknown_detector_is_one_line(capsys) -> None:
     code, _, err = _run(capsys, "train", "--detector", "zscore,nope")
     assert code == 2 and "nope" in err and err.count("\n") == 1

@@ -50,6 +50,7 @@ _SMALL: dict[str, dict[str, Any]] = {
     "transformer": _TORCH,
     "lstm_ae": _TORCH,
     "seasonal": dict(cycles=3),
+    "classifier": dict(window=16, short=4, n_estimators=20),
     "ensemble": dict(
         members=[
             {"family": "zscore", "params": {"window": 16}},
@@ -83,6 +84,20 @@ TEST = sine(N_TEST, 1)
 TEST[SPIKE] += 6.0
 
 
+def learn(det: Any, x: Any) -> Any:
+    """``det.fit(x)``; a family that learns from labels (``supervised``) learns from ``x`` with spikes
+    planted every 40 points and labelled as the anomalies."""
+    inner = det.detector if isinstance(det, AnomalyModel) else det
+    if not inner.supervised:
+        return det.fit(x)
+    a = np.array(x, dtype=float)
+    y = np.zeros(len(a))
+    if a.ndim == 1 and len(a) > 40:
+        y[20::40] = 1.0
+        a[20::40] += 4.0
+    return det.fit(a, labels=y)
+
+
 def bad_values(family: str) -> dict[str, Any]:
     """For every parameter, a value its declared constraint rejects."""
     out = {}
@@ -101,7 +116,7 @@ def family(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def fitted(family: str) -> Detector:
-    return make(family).fit(TRAIN)
+    return learn(make(family), TRAIN)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +126,7 @@ def test_scores(fitted: Detector) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model(family: str) -> AnomalyModel:
-    return AnomalyModel.from_dict({"detector": make(family).to_dict()}).fit(TRAIN)
+    return learn(AnomalyModel.from_dict({"detector": make(family).to_dict()}), TRAIN)
 
 
 # -- construction and parameters ----------------------------------------------------------------------
@@ -165,7 +180,7 @@ def test_bad_param_value_raises_naming_the_param(family: str) -> None:
         with pytest.raises(InvalidParameterError, match=k):
             detectors.from_dict({"family": family, "params": params})
         with pytest.raises(InvalidParameterError, match=k):
-            detectors.get_class(family)(**params).fit(TRAIN)
+            learn(detectors.get_class(family)(**params), TRAIN)
 
 
 # -- fitting ---------------------------------------------------------------------------------------------
@@ -185,7 +200,7 @@ def test_fit_returns_self_and_learned_attributes_end_in_underscore(family: str) 
     det = make(family)
     before = set(vars(det))
     params = det.get_params()
-    assert det.fit(TRAIN) is det
+    assert learn(det, TRAIN) is det
     added = set(vars(det)) - before
     assert added and all(a.endswith("_") for a in added), sorted(added)
     assert det.is_fitted
@@ -195,9 +210,9 @@ def test_fit_returns_self_and_learned_attributes_end_in_underscore(family: str) 
 def test_too_short_fit_raises_not_enough_data(family: str) -> None:
     det = make(family)
     with pytest.raises(NotEnoughDataError):
-        det.fit(TRAIN[: det.min_fit - 1])
+        learn(det, TRAIN[: det.min_fit - 1])
     with pytest.raises(NotEnoughDataError):
-        det.fit([])
+        learn(det, [])
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
@@ -205,7 +220,7 @@ def test_non_finite_input_raises_invalid_input(family: str, fitted: Detector, ba
     x = TRAIN.copy()
     x[123] = bad
     with pytest.raises(InvalidInputError):
-        make(family).fit(x)
+        learn(make(family), x)
     with pytest.raises(InvalidInputError):
         fitted.score(x)
     with pytest.raises(InvalidInputError):
@@ -214,7 +229,7 @@ def test_non_finite_input_raises_invalid_input(family: str, fitted: Detector, ba
 
 def test_2d_input_raises_invalid_input(family: str, fitted: Detector) -> None:
     with pytest.raises(InvalidInputError):
-        make(family).fit(np.column_stack([TRAIN, TRAIN]))
+        learn(make(family), np.column_stack([TRAIN, TRAIN]))
     with pytest.raises(InvalidInputError):
         fitted.score(TEST.reshape(-1, 1))
     with pytest.raises(InvalidInputError):

@@ -126,6 +126,17 @@ def test_a_better_challenger_passes_and_a_worse_one_is_rejected_with_the_scores(
     assert gate.decide(p, None).passed  # no champion: the checks are enough
 
 
+def test_a_model_that_may_use_more_history_than_the_data_holds_is_judged_from_its_first_score(validation):
+    """A seasonal baseline of twenty half-day cycles may use 2,881 rows of history; the validation series
+    has 2,016. Its scores start after one cycle, so everything after the training rows is judged."""
+    model = _fit({"period": 144, "cycles": 20}, family="seasonal")
+    assert model.detector.context > len(validation[0].values) > validation[0].train_rows
+    report = gate.evaluate(model, validation)
+    assert report.rows == len(validation[0].values) - validation[0].train_rows
+    assert report.score_std > 0 and report.windows > 0
+    assert "constant" not in " ".join(gate.problems(report, GatePolicy()))
+
+
 def test_nan_scores_are_rejected(validation):
     broken = _fit()
     broken.detector.spread_floor_ = float("nan")  # corrupted state: every raw score is NaN

@@ -34,6 +34,9 @@ def _spec(**kw):
     (_spec(data={"synthetic": "cpu_pct", "range": "1h"}), "only the metric"),
     (_spec(data={}), "one of"),
     (_spec(data={"prometheus": "up"}), "jobs.prometheus_url"),
+    (_spec(family="classifier"), "learns from labels"),
+    (_spec(kind="tune", family="classifier"), "learns from labels"),
+    (_spec(family="ensemble", params={"members": [{"family": "classifier"}]}), "learns from labels"),
 ])
 def test_a_bad_job_is_refused_naming_the_problem(spec, message):
     with pytest.raises(InvalidParameterError, match=message):

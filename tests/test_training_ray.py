@@ -122,6 +122,24 @@ def test_cli_train_registers_versions_listed_by_models(ray_cluster, tmp_path, mo
     assert "challenger" in capsys.readouterr().out
 
 
+def test_cli_train_with_labels_keeps_the_classifier_the_gate_finds_better(ray_cluster, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(registry.ENV_URI, raising=False)
+    t = synthetic.generate(n=4032, seed=11, anomalies_per_metric=6, kinds=("spike", "dip"), anomaly_free_prefix=0.05)
+    label = np.zeros(4032, dtype=int)
+    for a in t.anomalies["packets_out"]:
+        label[a.start : a.end + 1] = 1
+    pd.DataFrame({"timestamp": t.frame["timestamp"], "value": t.frame["packets_out"], "label": label}).to_csv(
+        tmp_path / "packets.csv", index=False)
+    assert cli.main(["train", "--detector", "ensemble", "--input", "packets.csv", "--labels", "label",
+                     "--group", "packets"]) == 0
+    out = capsys.readouterr().out
+    assert "classifier member kept: challenger is better: NAB standard" in out, out
+    assert "registered default.packets.ensemble version 1 as challenger" in out
+    model = registry.Registry().load("default.packets.ensemble", alias="challenger")
+    assert model.member_families == ["seasonal", "lstm", "classifier"]
+
+
 def test_cli_tune_small_search_registers_a_challenger(ray_cluster, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(registry.ENV_URI, raising=False)

@@ -216,3 +216,35 @@ def train_many(
             progress(f"[{len(results)}/{len(results) + len(pending)}] {s.name}: {version.name} v{version.version} "
                      f"({metrics['fit_seconds']:.1f}s)")
     return results
+
+
+def _compare_remote(config: dict[str, Any], values: np.ndarray, labels: np.ndarray,
+                    name: str) -> tuple[bytes, dict[str, float], dict[str, str]]:
+    """Ray task body: the model with a supervised member against the one without
+    (:func:`eyenet.lifecycle.supervised.compare`); returns the gate's choice packed, its metrics and tags."""
+    import torch
+
+    from eyenet.lifecycle import supervised
+
+    torch.set_num_threads(1)
+    c = supervised.compare(config, values, labels, name=name)
+    metrics, tags = supervised.outcome(c)
+    return training.pack(c.chosen), metrics, tags
+
+
+def train_labelled(config: dict[str, Any], series: Series, labels: np.ndarray, *, registry: reg.Registry,
+                   group: str, tenant: str = "default", source: dict[str, Any] | None = None,
+                   cpus: float = 1.0) -> tuple[training.TrainResult, dict[str, str]]:
+    """Fit ``config`` with and without a supervised member on a labelled series in a Ray task, and
+    register the one the gate chooses; returns it and its tags (``eyenet.supervised``: kept or left
+    out, and why)."""
+    import ray
+
+    values = np.asarray(series.values, dtype=float)
+    blob, metrics, tags = ray.get(ray.remote(num_cpus=cpus, max_retries=0)(_compare_remote).remote(
+        config, values, labels, series.name))
+    model = training.unpack(blob)
+    family = model.detector.family
+    version = registry.register(model, family=family, group=group, tenant=tenant, metrics=metrics,
+                                data=training.data_info(series, source), probe=values[-1000:], tags=tags)
+    return training.TrainResult(family, group, version, metrics, model), tags

@@ -57,6 +57,17 @@ def add_parsers(sub: Any) -> None:
     train.add_argument("--step", metavar="DURATION", help=f"--prometheus: 15s, 1m, ... (default: {PROMETHEUS_RANGE['step']})")
     train.add_argument("--group", default=None, metavar="NAME", help="series group in the model name (default: the series name)")
     train.add_argument("--tenant", default="default", metavar="NAME")
+    labelled = train.add_mutually_exclusive_group()
+    labelled.add_argument("--labels", metavar="COLUMN",
+                          help="--input: its column of labels (1 anomaly, 0 normal, empty unknown). The model is fitted "
+                          "with and without a supervised classifier member on the first 70%% of the rows, and the "
+                          "deployment gate, judging both on the rest, decides whether the member is kept")
+    labelled.add_argument("--feedback", nargs="?", const="", metavar="FILE",
+                          help="as --labels, from operators' feedback (POST /v1/feedback) on the series --series: "
+                          "true_anomaly and missed_anomaly points are anomalies, false_alarm and unlabelled points "
+                          "normal (default FILE: .eyenet/feedback.jsonl)")
+    train.add_argument("--series", metavar="ID", help="--feedback: the series id the feedback names "
+                       "(default: the input series' name)")
     train.add_argument("--workers", type=positive_int, default=1, metavar="N", help="Ray Train workers per torch model")
     train.add_argument("--gpu", action="store_true", help="Ray Train workers use one GPU each")
     train.add_argument("--address", metavar="ADDR", help="existing Ray cluster ('auto' or ray://host:10001)")
@@ -210,11 +221,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         registry.model_name("x", group=args.group, tenant=args.tenant)
         if len(series) > 1:
             raise InvalidParameterError(f"--group names one series group, but the input holds {len(series)} series")
+    labels = _labels(args, families, series)
     reg = _registry()
     info(f"MLflow: {redact(reg.uri)}")
     cluster.connect(args.address)
     from eyenet.train import trainer
 
+    if labels is not None:
+        return _train_labelled(args, configs[families[0]], series[0], labels, reg, source)
     rows = []
     for family in families:
         t0 = time.perf_counter()
@@ -242,6 +256,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     from eyenet.cli.output import table
 
     print("\n".join(table(("model", "version", "aliases", "fit s"), rows, right=(1, 3))))
+    return 0
+
+
+def _labels(args: argparse.Namespace, families: list[str], series: list[Any]) -> np.ndarray | None:
+    """The labels of ``--labels`` or ``--feedback`` for the one input series, checked before Ray starts."""
+    from eyenet.core import data
+    from eyenet.lifecycle import supervised
+
+    if args.labels is None and args.feedback is None:
+        if args.series is not None:
+            raise InvalidParameterError("--series names the series of --feedback")
+        return None
+    flag = "--labels" if args.labels is not None else "--feedback"
+    if len(families) != 1 or len(series) != 1:
+        raise InvalidParameterError(f"{flag} trains one --detector on one series; got {len(families)} families "
+                                    f"and {len(series)} series")
+    s = series[0]
+    if args.labels is not None:
+        if args.input is None or "://" in str(args.input):
+            raise InvalidParameterError("--labels names a column of a local --input file")
+        ts, column = data.read_column(args.input, args.labels)
+        labels = supervised.labels_from_column(ts, column, s.timestamps, f"{args.input}: column {args.labels!r}")
+    else:
+        from eyenet.monitoring import feedback
+
+        path = Path(args.feedback) if args.feedback else feedback.default_path()
+        if not path.is_file():
+            raise InvalidParameterError(f"--feedback: no feedback file at {path}")
+        got = supervised.labels_from_feedback(feedback.read(path), s.timestamps, series=args.series or s.name)
+        info(f"feedback: {got.matched} labelled points of {args.series or s.name} matched, {got.unmatched} did not "
+             f"match a timestamp of the input")
+        labels = got.labels
+    supervised.split_row(len(labels), labels)  # both parts hold an anomaly, or say so now
+    return labels
+
+
+def _train_labelled(args: argparse.Namespace, config: dict[str, Any], s: Any, labels: np.ndarray, reg: Any,
+                    source: dict[str, Any]) -> int:
+    from eyenet.lifecycle import registry
+    from eyenet.train import trainer
+
+    n = int(np.count_nonzero(labels == 1))
+    info(f"{config['detector']['family']}: with and without a classifier member, {len(s)} rows of {s.name}, "
+         f"{n} labelled anomalous")
+    t0 = time.perf_counter()
+    r, tags = trainer.train_labelled(config, s, labels, registry=reg, group=args.group or registry.slug(s.name),
+                                     tenant=args.tenant, source=source)
+    v = r.version
+    print(f"classifier member {tags['eyenet.supervised']}: {tags['eyenet.supervised.reason']}")
+    print(f"registered {v.name} version {v.version} as challenger ({time.perf_counter() - t0:.1f}s)")
     return 0
 
 

@@ -497,6 +497,17 @@ def read_frame(path: str | Path, *, timestamp_col: str = "timestamp", min_rows: 
     return pd.DataFrame(cols, index=pd.DatetimeIndex(ts, name=timestamp_col))
 
 
+def read_column(path: str | Path, column: str, *, timestamp_col: str = "timestamp") -> tuple[np.ndarray, pd.Series]:
+    """The timestamps of a local ``.csv`` / Parquet file and its column ``column`` as read (not parsed
+    as numbers): for columns that are not values, such as labels."""
+    kind = _kind(path)
+    p = _existing_file(path)
+    frame, where = (_read_csv_frame(p), _csv_row) if kind == "csv" else (_read_parquet_frame(p), _row)
+    _require_columns(frame, [timestamp_col, column], p)
+    ts = _parse_timestamps(frame[timestamp_col], context=f"{p}: column {timestamp_col!r}", where=where)
+    return ts, frame[column].reset_index(drop=True)
+
+
 #: optional column naming the series of each row in a multi-series file
 SERIES_COL = "series"
 

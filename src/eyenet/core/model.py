@@ -17,8 +17,9 @@ import numpy as np
 from eyenet.core import detectors
 from eyenet.core.alarms import AlarmPolicy, AlarmState
 from eyenet.core.calibration import RunningRank, TailCalibrator, check_holdout, held_out_start, holdout_split
-from eyenet.core.detectors.base import Detector, as_series, load_npz
-from eyenet.core.errors import ArtifactError, InvalidParameterError, NotFittedError
+from eyenet.core.detectors.base import Detector, as_series, load_npz, normal_rows
+from eyenet.core.detectors.classifier import check_labels
+from eyenet.core.errors import ArtifactError, InvalidParameterError, NotEnoughDataError, NotFittedError
 
 
 #: the share of held-out points inside the band a response draws around the expected value
@@ -180,23 +181,31 @@ class AnomalyModel:
             raise InvalidParameterError(f"model config: {exc}") from None
 
     # -- fitting -------------------------------------------------------------------
-    def fit(self, values: Any) -> "AnomalyModel":
-        """Fit the detector on the head of ``values``, calibrate on its held-out tail."""
+    def fit(self, values: Any, labels: Any = None) -> "AnomalyModel":
+        """Fit the detector on the head of ``values``, calibrate on its held-out tail.
+
+        ``labels`` (1 anomaly, 0 normal, NaN unknown, one per value) reach the members that learn
+        from them (:attr:`~eyenet.core.detectors.base.Detector.supervised`), and the rows labelled
+        anomalous are kept out of the calibration and of the ranks' reference."""
         check_holdout(self.holdout)
         if self.rank:
             self.rank.validate()
         self.alarm.validate()
         x = as_series(values)
+        y = None if labels is None else check_labels(labels, len(x))
         det = self.detector
+        if det.supervised and y is None:
+            raise NotEnoughDataError(f"{self.name}: a member learns from labels: fit(values, labels=...)")
         split = holdout_split(len(x), self.holdout, det)
         # an ensemble's members learn from all of the fit part and calibrate on the same held-out tail
-        det.fit_split(x, split)
+        det.fit_split(x, split, y)
         # score the held-out tail with the history before it that its scores may use
         start = held_out_start(det, split)
-        held = det.score(x[start:])[split - start :]
+        usual = normal_rows(y, split, len(x) - split)
+        held = det.score(x[start:])[split - start :][usual]
         self.calibrator_ = TailCalibrator(tail_quantile=self.tail_quantile).fit(held)
         # each member's held-out raw scores seed its running rank's history
-        self.reference_ = [r[np.isfinite(r)] for r in self._member_raw(x[start:])[split - start :].T]
+        self.reference_ = [r[np.isfinite(r)] for r in self._member_raw(x[start:])[split - start :][usual].T]
         self.fit_tail_ = x[-min(len(x), max(4 * det.context, 4 * det.min_history, 200)) :]  # probe; not saved
         return self
 

@@ -109,8 +109,11 @@ class Decision:
 
 
 def _warmup(model: Any, vs: ValidationSeries) -> int:
-    """Rows not judged: the training (probation) rows, and at least the model's history need."""
-    return min(len(vs.values), max(int(vs.train_rows), int(model.detector.context)))
+    """Rows not judged: the training (probation) rows, and at least the rows before the model's first
+    score (``min_history``; not its ``context``, the most history a score may use: a seasonal member
+    averaging ten daily cycles would leave a week of validation data unjudged and the version
+    rejected for a constant score)."""
+    return min(len(vs.values), max(int(vs.train_rows), int(model.detector.min_history)))
 
 
 def _precision_recall(alarms: Sequence[np.ndarray], windows: Sequence[Sequence[tuple[int, int]]],

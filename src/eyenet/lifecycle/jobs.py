@@ -72,7 +72,11 @@ def check_spec(spec: JobSpec, *, max_trials: int = 64, prometheus_url: str | Non
         config = presets.model_config(spec.family, params or None)  # names an unknown or out-of-range parameter
         from eyenet.core.model import AnomalyModel
 
-        AnomalyModel.from_dict(config)
+        if AnomalyModel.from_dict(config).detector.supervised:
+            raise InvalidParameterError(f"family: {spec.family} learns from labels, which a job's data sources do not "
+                                        "carry; train it with `eyenet train --labels` or `--feedback`")
+    elif detectors.create(spec.family).supervised:
+        raise InvalidParameterError(f"family: {spec.family} learns from labels, which a job's data sources do not carry")
     else:
         unknown = sorted(set(params) - set(TUNE_PARAMS))
         if unknown:

@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,21 @@ class Feedback:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def read(path: str | Path | None) -> Iterator[Feedback]:
+    """The labels of a feedback file, oldest first; a line that is not a label (a torn last write) is
+    skipped, and a missing file holds none."""
+    if path is None or not Path(path).exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                fb = Feedback(**json.loads(line))
+            except (json.JSONDecodeError, TypeError):
+                continue
+            if fb.label in LABELS and fb.points >= 0:
+                yield fb
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,21 +207,11 @@ class FeedbackTracker:
         self._add(fb.model, fb.received, Counts(**{fb.label: fb.points}), self.clock())
 
     def _replay(self) -> int:
-        """Count the labels already in the file; a line that is not a label (a torn last write) is skipped."""
-        if self.path is None or not self.path.exists():
-            return 0
+        """Count the labels already in the file."""
         n = 0
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    d = json.loads(line)
-                    fb = Feedback(**d)
-                    if fb.label not in LABELS or fb.points < 0:
-                        continue
-                except (json.JSONDecodeError, TypeError):
-                    continue
-                self._count(fb)
-                n += 1
+        for fb in read(self.path):
+            self._count(fb)
+            n += 1
         return n
 
     def models(self) -> list[str]:

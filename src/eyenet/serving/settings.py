@@ -281,7 +281,8 @@ class AppConfig(BaseModel):
 
     name: str = "eyenet"
     route_prefix: str = "/"
-    families: list[str] = Field(default_factory=lambda: ["zscore", "mad", "iqr", "iforest", "seasonal", *TORCH_FAMILIES])
+    families: list[str] = Field(default_factory=lambda: ["zscore", "mad", "iqr", "iforest", "seasonal", "classifier",
+                                                         *TORCH_FAMILIES])
     mlflow_uri: str | None = Field(None, description="default: EYENET_MLFLOW_URI, else the embedded store")
     state_uri: str | None = Field(None, description="where stream state is snapshotted: a folder (SQLite streams.db "
                                   "in it) or a postgresql:// URI, password in PGPASSWORD/PGPASSFILE (default: "

@@ -80,6 +80,8 @@ class Detector:
     family: ClassVar[str] = ""
     #: whether :meth:`expected_many` gives the value the detector expected (a forecast, a baseline)
     expects: ClassVar[bool] = False
+    #: whether ``fit`` learns from labels (``fit(values, labels=...)``) rather than from normal-looking data
+    supervised: ClassVar[bool] = False
     _constraints: ClassVar[dict[str, Constraint]] = {}
     #: extra points beyond ``min_history`` that ``fit`` needs
     _min_fit_extra: ClassVar[int] = 8
@@ -190,9 +192,10 @@ class Detector:
         """The detectors whose raw scores a model ranks, one column each: this one by default."""
         return [self]
 
-    def fit_split(self, values: Any, split: int) -> "Detector":
-        """Fit for a model that keeps ``values[split:]`` for calibration: learn from the part before it."""
-        return self.fit(as_series(values)[:split])
+    def fit_split(self, values: Any, split: int, labels: np.ndarray | None = None) -> "Detector":
+        """Fit for a model that keeps ``values[split:]`` for calibration: learn from the part before it
+        (with its ``labels`` when this detector is :attr:`supervised`)."""
+        return fit_part(self, as_series(values), split, labels)
 
     def combine_raw(self, member_raw: np.ndarray) -> np.ndarray:
         """This detector's raw scores from its members' raw scores (one column per member)."""
@@ -249,6 +252,21 @@ class Detector:
     @classmethod
     def _load_state(cls, d: Path) -> dict[str, np.ndarray]:
         return load_npz(Path(d) / "state.npz")
+
+def fit_part(det: Detector, x: np.ndarray, split: int, labels: np.ndarray | None) -> Detector:
+    """Fit ``det`` on ``x[:split]``; a :attr:`~Detector.supervised` one with ``labels[:split]``."""
+    if det.supervised:
+        return det.fit(x[:split], labels=None if labels is None else labels[:split])
+    return det.fit(x[:split])
+
+
+def normal_rows(labels: np.ndarray | None, start: int, n: int) -> np.ndarray | slice:
+    """Which of the ``n`` rows from ``start`` are not labelled anomalous (all without labels): what a
+    calibration learns "usual" from."""
+    if labels is None:
+        return slice(None)
+    return ~(np.asarray(labels[start : start + n], dtype=float) == 1.0)
+
 
 def load_npz(f: Path) -> dict[str, np.ndarray]:
     """Arrays from an ``.npz`` file, refusing anything that needs pickle."""

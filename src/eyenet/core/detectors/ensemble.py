@@ -16,7 +16,8 @@ import numpy as np
 
 from eyenet.core import detectors
 from eyenet.core.calibration import TailCalibrator, check_holdout, held_out_start, holdout_split
-from eyenet.core.detectors.base import Detector, as_series, one_of
+from eyenet.core.detectors.base import Detector, as_series, fit_part, normal_rows, one_of
+from eyenet.core.detectors.classifier import check_labels
 from eyenet.core.errors import InvalidParameterError
 
 #: a seasonal baseline (distance from the same phase of past cycles, or from the usual level)
@@ -38,13 +39,15 @@ def _members_ok(v: Any) -> bool:
         and isinstance(m.get("family"), str)
         and m["family"] != "ensemble"
         and _weight_ok(m.get("weight", 1.0))
+        and isinstance(m.get("solo", False), bool)
         for m in v
     ) and sum(float(m.get("weight", 1.0)) for m in v) > 0
 
 
 _members_ok.__doc__ = (
-    "None (the default members) or a non-empty list of {'family': name, 'params': {...}, 'weight': w} "
-    "(weight optional, default 1, non-negative with a positive sum; no nested ensembles)"
+    "None (the default members) or a non-empty list of {'family': name, 'params': {...}, 'weight': w, "
+    "'solo': false} (weight optional, default 1, non-negative with a positive sum; solo: the member may alarm "
+    "on its own; no nested ensembles)"
 )
 
 
@@ -72,11 +75,13 @@ class Member:
     reference: np.ndarray
 
     @classmethod
-    def fit(cls, det: Detector, x: np.ndarray, split: int) -> "Member":
-        """Fit ``det`` on ``x[:split]`` and its calibrator on its scores of ``x[split:]``."""
-        det.fit(x[:split])
+    def fit(cls, det: Detector, x: np.ndarray, split: int, labels: np.ndarray | None = None) -> "Member":
+        """Fit ``det`` on ``x[:split]`` (a supervised one with ``labels``) and its calibrator on its
+        scores of ``x[split:]`` outside labelled anomalies."""
+        fit_part(det, x, split, labels)
         start = held_out_start(det, split)
         held = det.score(x[start:])[split - start :]
+        held = held[normal_rows(labels, split, len(held))]
         return cls(det, TailCalibrator().fit(held), held[np.isfinite(held)])
 
 
@@ -147,21 +152,38 @@ class Ensemble(Detector):
         need = max(d.min_fit for d in self.member_detectors)
         return int(np.ceil(need / (1 - self.holdout))) + 10
 
+    @property
+    def supervised(self) -> bool:  # type: ignore[override]
+        """Whether a member learns from labels (then ``fit`` takes them); False for members that
+        are not valid (``fit`` names what is wrong with them)."""
+        return _members_ok(self.members) and any(
+            detectors.get_class(m["family"]).supervised for m in self.member_configs)
+
+    def fit(self, values: Any, labels: Any = None) -> "Ensemble":
+        """Fit the members on ``values``; ``labels`` (1 anomaly, 0 normal, NaN unknown) reach the
+        supervised members and keep labelled anomalies out of every member's calibration."""
+        self._labels = None if labels is None else check_labels(labels, len(as_series(values)))
+        try:
+            return super().fit(values)
+        finally:
+            del self._labels
+
     def _fit(self, x: np.ndarray) -> None:
         """Hold out the trailing ``holdout`` of ``x`` for the members' calibration."""
         check_holdout(self.holdout)
         dets = self._build()
         # the same split for every member; each checks it leaves enough on both sides, in order
         split = [holdout_split(len(x), self.holdout, d) for d in dets][0]
-        self.members_ = [Member.fit(d, x, split) for d in dets]
+        self.members_ = [Member.fit(d, x, split, self._labels) for d in dets]
 
-    def fit_split(self, values: Any, split: int) -> "Ensemble":
+    def fit_split(self, values: Any, split: int, labels: np.ndarray | None = None) -> "Ensemble":
         """Fit every member's detector on ``values[:split]`` and its calibrator on its
         scores of ``values[split:]``: for a caller that holds out that tail itself, so
         members learn from all of the fit part instead of holding out a part of it again."""
         self._validate_params()
         x = as_series(values)
-        self.members_ = [Member.fit(d, x, split) for d in self._build()]
+        y = None if labels is None else check_labels(labels, len(x))
+        self.members_ = [Member.fit(d, x, split, y) for d in self._build()]
         self.fitted_ = True
         return self
 
@@ -173,8 +195,27 @@ class Ensemble(Detector):
         """Each member's raw scores through its own calibrator (``calibrator`` is not needed)."""
         return np.column_stack([m.calibrator.transform(raw[:, j]) for j, m in enumerate(self.members_)])
 
+    @property
+    def solo(self) -> list[int]:
+        """The members that may alarm on their own (``"solo": true``): the combined score is at least
+        the highest of their scores, so a confident member is not averaged away by the others."""
+        members = self.members if self.members is not None else DEFAULT_MEMBERS
+        key = (id(members), len(members))
+        hit = self.__dict__.get("_solo_cache")
+        if hit is None or hit[0] != key:
+            hit = (key, [j for j, m in enumerate(members) if m.get("solo")])
+            self._solo_cache = hit
+        return hit[1]
+
     def combine_scores(self, s: np.ndarray) -> np.ndarray:
         """One score per row of a (points, members) matrix of [0, 1] scores."""
+        out = self._combine_all(s)
+        solo = self.solo
+        if solo and self.combine != "max" and s.shape[1] == len(self.member_configs):
+            out = np.maximum(out, s[:, solo].max(axis=1))
+        return out
+
+    def _combine_all(self, s: np.ndarray) -> np.ndarray:
         if self.combine == "max":
             return s.max(axis=1)
         if self.combine == "vote":
@@ -250,12 +291,18 @@ class Ensemble(Detector):
         bit for bit; NaN if any member is not ready."""
         if any(v != v for v in s):
             return math.nan
+        solo = self.solo
+        if solo and self.combine != "max" and len(s) == len(self.member_configs):
+            return max(self._combine_row(s), max(s[j] for j in solo))
+        return self._combine_row(s)
+
+    def _combine_row(self, s: list[float]) -> float:
         if self.combine == "max":
             return max(s)
         if self.combine == "vote":
             return sum(v >= self.vote_threshold for v in s) / len(s)
         if len(s) >= 8:  # numpy sums 8 or more numbers pairwise
-            return float(self.combine_scores(np.array([s]))[0])
+            return float(self._combine_all(np.array([s]))[0])
         w = self._mean_weights(len(s))
         weighted = self.combine == "weighted" or w is not None
         if self.combine == "weighted":

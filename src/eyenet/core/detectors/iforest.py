@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 
 from eyenet.core import features
+from eyenet.core.detectors import trees as trees_
 from eyenet.core.detectors.base import Detector, interval
 
 
@@ -37,45 +38,22 @@ class ForestArrays:
     @classmethod
     def from_sklearn(cls, forest: IsolationForest) -> "ForestArrays":
         trees = forest.estimators_
-        width = max(t.tree_.node_count for t in trees)
-        shape = (len(trees), width)
-        feature = np.zeros(shape, dtype=np.int64)
-        threshold = np.full(shape, np.inf)
-        left = np.tile(np.arange(width), (len(trees), 1))
-        right = left.copy()
-        value = np.zeros(shape)
-        depth = 0
-        for i, (est, feats) in enumerate(zip(trees, forest.estimators_features_)):
-            t = est.tree_
-            n = t.node_count
-            internal = t.children_left[:n] != -1
-            node_depth = np.zeros(n, dtype=np.int64)
-            for node in range(n):  # nodes are numbered parents before children
-                if internal[node]:
-                    node_depth[t.children_left[node]] = node_depth[t.children_right[node]] = node_depth[node] + 1
-            idx = np.flatnonzero(internal)
-            feature[i, idx] = np.asarray(feats)[t.feature[idx]]
-            threshold[i, idx] = t.threshold[idx]
-            left[i, idx] = t.children_left[idx]
-            right[i, idx] = t.children_right[idx]
-            leaves = np.flatnonzero(~internal)
-            value[i, leaves] = node_depth[leaves] + average_path_length(t.n_node_samples[leaves])
-            depth = max(depth, int(node_depth.max()))
+        a = trees_.padded(trees)
+        feature, internal = a["feature"], a["internal"]
+        for i, feats in enumerate(forest.estimators_features_):  # each tree saw a subset of the features
+            feature[i, internal[i]] = np.asarray(feats)[feature[i, internal[i]]]
+        node_depth, depth = trees_.depth_of(a["left"], a["right"], internal)
+        value = np.zeros(feature.shape)
+        for i, est in enumerate(trees):
+            leaf = np.flatnonzero(~internal[i, : est.tree_.node_count])
+            value[i, leaf] = node_depth[i, leaf] + average_path_length(est.tree_.n_node_samples[leaf])
         norm = float(average_path_length(np.array([forest.max_samples_]))[0])
-        return cls(feature, threshold, left, right, value, depth, norm)
+        return cls(feature, a["threshold"], a["left"], a["right"], value, depth, norm)
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """Anomaly score in (0, 1], higher = more anomalous (= -score_samples)."""
-        X = np.asarray(X, dtype=np.float32).astype(np.float64)  # trees compare float32 inputs
-        n = len(X)
-        rows = self._rows[None, :]
-        node = np.zeros((n, len(self._rows)), dtype=np.int64)
-        samples = np.arange(n)[:, None]
-        for _ in range(self.depth):
-            f = self.feature[rows, node]
-            go_left = X[samples, f] <= self.threshold[rows, node]
-            node = np.where(go_left, self.left[rows, node], self.right[rows, node])
-        mean_depth = self.value[rows, node].mean(axis=1)
+        node = trees_.leaves(X, self.feature, self.threshold, self.left, self.right, self.depth)
+        mean_depth = self.value[self._rows[None, :], node].mean(axis=1)
         return 2.0 ** (-mean_depth / self.norm)
 
     def state(self) -> dict[str, np.ndarray]:
