@@ -35,7 +35,7 @@ def main() -> None:
     print("| metric | windows judged | found with / without | precision with / without | NAB standard with / "
           "without | classifier |")
     print("|---|---:|---:|---:|---:|---|")
-    found = {"with": 0, "without": 0}
+    found = {"with": 0, "without": 0, "chosen": 0}
     alarms = {"with": [0, 0], "without": [0, 0]}
     kept = 0
     t0 = time.perf_counter()
@@ -60,12 +60,14 @@ def main() -> None:
                 alarms[key][0] += int(round(r.precision * total))
                 alarms[key][1] += total
         kept += c.decision.passed
+        found["chosen"] += fw if c.decision.passed else fwo
         fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
         print(f"| {m} | {n} | {fw} / {fwo} | {fmt(w.precision)} / {fmt(wo.precision)} | "
               f"{w.nab_standard or 0:.1f} / {wo.nab_standard or 0:.1f} | "
               f"{'kept' if c.decision.passed else 'left out'} |")
     prec = {k: (v[0] / v[1] if v[1] else None) for k, v in alarms.items()}
-    print(f"\nwindows found: with the classifier {found['with']}, without {found['without']}; alarm precision "
+    print(f"\nwindows found: with the classifier {found['with']}, without {found['without']}, the gate's choice "
+          f"{found['chosen']}; alarm precision "
           f"with {prec['with'] if prec['with'] is None else round(prec['with'], 2)}, without "
           f"{prec['without'] if prec['without'] is None else round(prec['without'], 2)}; classifier kept on "
           f"{kept} of {len(synthetic.METRICS)} metrics ({time.perf_counter() - t0:.0f} s)")
