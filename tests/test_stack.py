@@ -73,3 +73,37 @@ def test_up_serves_status_reports_and_down_leaves_nothing_running(tmp_path):
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
     assert _eyenet("down", cwd=tmp_path, env=env).stdout.strip() == "nothing was running"
+
+
+def test_an_up_that_fails_after_starting_ray_stops_the_cluster_it_started(tmp_path):
+    """A start that fails half-way (here: the default models cannot be registered) records nothing for
+    `eyenet down` to stop, so it stops the Ray cluster it started itself and says why it failed."""
+    from eyenet.cli import stack
+
+    script = """
+import sys
+from eyenet.cli import stack
+from eyenet.core.errors import LifecycleError
+started, said, real = [], [], stack.start_ray
+def start_ray(say):
+    got = real(say)
+    started.append(got[0])
+    return got
+def ensure_models(registry, say):
+    raise LifecycleError("default.default.ensemble version 1 rejected: for this test")
+stack.start_ray, stack.ensure_models = start_ray, ensure_models
+try:
+    stack.up(port=int(sys.argv[1]), say=said.append)
+except LifecycleError:
+    print(started[0])
+    print("|".join(said))
+else:
+    sys.exit("up did not fail")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "EYENET_MLFLOW_URI"}
+    run = subprocess.run([sys.executable, "-c", script, str(_free_port())], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    address, said = run.stdout.strip().splitlines()[-2:]
+    assert "left unfinished" in said and stack.read_stack(tmp_path) is None
+    assert stack.cluster_processes(address) == []

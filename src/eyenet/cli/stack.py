@@ -220,15 +220,25 @@ def up(*, port: int | None = None, host: str | None = None, families: list[str] 
     if not (old and old.port == port) and not _port_free(host, port):
         raise ClusterError(f"port {port} on {host} is in use; set {PORT_ENV} to another port")
     address, started, dashboard = start_ray(say)
-    versions = ensure_models(registry, say)
-    say(f"deploying the app on {host}:{port}")
-    serve.start(http_options={"host": host, "port": port})
-    settings = dict(settings or {})
-    keys_uri = admin_key(say, settings.get("auth", {}).get("keys_uri"))
-    config = AppConfig(**{"mlflow_uri": registry.uri, "state_uri": default_state_uri(),
-                          **({"families": families} if families else {}), **settings,
-                          "auth": {"keys_uri": keys_uri, **settings.get("auth", {})}})
-    serve.run(build_app(config), name=APP, route_prefix="/")
+    new = not (old and old.started_ray and old.ray_address == address)
+    try:
+        versions = ensure_models(registry, say)
+        say(f"deploying the app on {host}:{port}")
+        serve.start(http_options={"host": host, "port": port})
+        settings = dict(settings or {})
+        keys_uri = admin_key(say, settings.get("auth", {}).get("keys_uri"))
+        config = AppConfig(**{"mlflow_uri": registry.uri, "state_uri": default_state_uri(),
+                              **({"families": families} if families else {}), **settings,
+                              "auth": {"keys_uri": keys_uri, **settings.get("auth", {})}})
+        serve.run(build_app(config), name=APP, route_prefix="/")
+    except BaseException:
+        if new:  # nothing records a cluster this call started, so `eyenet down` could not stop it: stop it now
+            import ray
+
+            ray.shutdown()
+            say(f"stopping the Ray cluster at {address}, which this start left unfinished")
+            stop_cluster(address)
+        raise
     stack = Stack(address, port, host, registry.uri, started, time.time(), dashboard)
     _record().parent.mkdir(parents=True, exist_ok=True)
     _record().write_text(json.dumps(asdict(stack), indent=2))
