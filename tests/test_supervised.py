@@ -74,6 +74,9 @@ def test_a_solo_member_alarms_on_its_own_and_the_real_time_path_agrees():
     out = ens.combine_scores(rows)
     np.testing.assert_allclose(out, [0.9, 0.8 * 0.75 + 0.1 * 0.25, 0.5])
     assert [ens.combine_row(r.tolist()) for r in rows] == out.tolist()  # bit for bit
+    shares = ens.shares(rows)
+    np.testing.assert_allclose(shares[0], [0.0, 1.0])  # the solo member's score is the score
+    np.testing.assert_allclose(shares[1], [0.6 / 0.625, 0.025 / 0.625])  # the weighted mean won
     with pytest.raises(InvalidParameterError, match="solo"):
         detectors.create("ensemble", members=[{"family": "zscore", "solo": "yes"}])
 

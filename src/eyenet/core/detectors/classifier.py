@@ -24,7 +24,7 @@ import numpy as np
 from eyenet.core import features
 from eyenet.core.detectors import trees as trees_
 from eyenet.core.detectors.base import Detector, as_series, interval
-from eyenet.core.errors import InvalidInputError, NotEnoughDataError
+from eyenet.core.errors import InvalidInputError, InvalidParameterError, NotEnoughDataError
 
 #: labels are 1 (anomaly), 0 (normal) or NaN (unknown: not learned from)
 ANOMALY, NORMAL = 1.0, 0.0
@@ -85,8 +85,6 @@ class Classifier(Detector):
     def _validate_params(self) -> None:
         super()._validate_params()
         if self.short >= self.window:
-            from eyenet.core.errors import InvalidParameterError
-
             raise InvalidParameterError(f"classifier: short={self.short} must be below window={self.window}")
 
     @property

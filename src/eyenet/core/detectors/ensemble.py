@@ -229,7 +229,8 @@ class Ensemble(Detector):
 
     def shares(self, s: np.ndarray) -> np.ndarray:
         """Each member's share of :meth:`combine_scores`: of a (weighted) mean, its weighted score over
-        the sum; of a max, the members at the max; of a vote, the members that vote. Members left out
+        the sum (where a solo member's score exceeds the mean, the solo members at the top share it
+        all); of a max, the members at the max; of a vote, the members that vote. Members left out
         (NaN) share nothing and the others' plain mean is what was combined (as in
         :meth:`eyenet.core.model.AnomalyModel.finish_stream`)."""
         s = np.asarray(s, dtype=float)
@@ -247,6 +248,14 @@ class Ensemble(Detector):
             w = self._unit_weights() if self.combine == "weighted" else np.asarray(
                 self._mean_weights(s.shape[1]) or np.ones(s.shape[1]))
             part = np.where(full[:, None], z * w, z)  # a member left out: the plain mean of the rest
+            solo = self.solo
+            if solo and s.shape[1] == len(self.member_configs):  # where a solo member's score won, it is the score
+                mean = part.sum(axis=1)
+                top = np.where(present[:, solo], z[:, solo], -np.inf).max(axis=1)
+                won = full & (top > mean)
+                at_top = np.zeros(s.shape, dtype=bool)
+                at_top[:, solo] = present[:, solo] & (z[:, solo] >= top[:, None])
+                part = np.where(won[:, None], at_top.astype(float), part)
         total = part.sum(axis=1, keepdims=True)
         even = present / np.maximum(present.sum(axis=1, keepdims=True), 1)  # all zero: equal shares
         with np.errstate(invalid="ignore", divide="ignore"):
