@@ -110,6 +110,12 @@ def test_labels_from_feedback_match_timestamps_and_keep_the_latest(tmp_path):
     got = supervised.labels_from_feedback(feedback.read(path), ts, series="web")
     assert got.labels.tolist() == [0, 0, 1, 0, 0, 0, 0, 1, 0, 0]  # row 3: its false_alarm came later
     assert (got.matched, got.unmatched, got.anomalies) == (4, 1, 2)
+    # data sampled 20 s after the stream's points (a Prometheus range): each label goes to the nearest row
+    shifted = supervised.labels_from_feedback(feedback.read(path), ts + pd.Timedelta("20s"), series="web")
+    assert shifted.labels.tolist() == got.labels.tolist() and shifted.matched == 4
+    # a series that ends before the labelled times: nothing within half a step, nothing matched
+    far = supervised.labels_from_feedback(feedback.read(path), ts - pd.Timedelta("1h"), series="web")
+    assert far.matched == 0 and far.unmatched == 5 and far.anomalies == 0
     unknown = supervised.labels_from_feedback(feedback.read(path), ts, series="web", unlabelled="unknown")
     assert np.isnan(unknown.labels[0]) and unknown.labels[3] == 0
     assert supervised.windows_of(np.array([0, 1, 1, 0, 1, 0, 1])) == [(1, 2), (4, 4), (6, 6)]

@@ -59,11 +59,16 @@ class FeedbackLabels:
 def labels_from_feedback(records: Iterable[Any], timestamps: Any, *, series: str,
                          unlabelled: str = "normal") -> FeedbackLabels:
     """One label per row of ``timestamps`` from the feedback ``records`` (``Feedback`` objects or
-    their dicts) about ``series``: a timestamp labelled more than once keeps its latest label.
-    Records that give row indices instead of timestamps, and those of other series, are skipped."""
+    their dicts) about ``series``: a labelled time goes to the nearest row within half the series'
+    usual step (data read from Prometheus is sampled at other instants than the stream's points),
+    and a row labelled more than once keeps its latest label. Records that give row indices instead
+    of timestamps, and those of other series, are skipped."""
     if unlabelled not in UNLABELLED:
         raise InvalidParameterError(f"unlabelled: {unlabelled!r} is not one of {', '.join(UNLABELLED)}")
     ts = pd.DatetimeIndex(pd.to_datetime(np.asarray(timestamps), utc=True))
+    if not ts.is_monotonic_increasing or not ts.is_unique:
+        raise InvalidInputError("timestamps: must increase strictly to take labels by time")
+    step = pd.Series(ts).diff().median() if len(ts) > 1 else pd.Timedelta(0)
     labels = np.full(len(ts), UNLABELLED[unlabelled])
     matched = unmatched = 0
     for r in records:
@@ -75,7 +80,7 @@ def labels_from_feedback(records: Iterable[Any], timestamps: Any, *, series: str
         except (ValueError, TypeError):
             unmatched += len(d["timestamps"])
             continue
-        rows = ts.get_indexer(at)
+        rows = ts.get_indexer(at, method="nearest", tolerance=step / 2) if len(ts) else np.full(len(at), -1)
         labels[rows[rows >= 0]] = LABEL_OF[d["label"]]
         matched += int((rows >= 0).sum())
         unmatched += int((rows < 0).sum())
