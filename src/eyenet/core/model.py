@@ -17,9 +17,8 @@ import numpy as np
 from eyenet.core import detectors
 from eyenet.core.alarms import AlarmPolicy, AlarmState
 from eyenet.core.calibration import RunningRank, TailCalibrator, check_holdout, held_out_start, holdout_split
-from eyenet.core.detectors.base import Detector, as_series, load_npz, normal_rows
-from eyenet.core.detectors.classifier import check_labels
-from eyenet.core.errors import ArtifactError, InvalidParameterError, NotEnoughDataError, NotFittedError
+from eyenet.core.detectors.base import Detector, as_series, check_labels, load_npz, normal_rows
+from eyenet.core.errors import ArtifactError, InvalidParameterError, NotFittedError
 
 
 #: the share of held-out points inside the band a response draws around the expected value
@@ -194,8 +193,6 @@ class AnomalyModel:
         x = as_series(values)
         y = None if labels is None else check_labels(labels, len(x))
         det = self.detector
-        if det.supervised and y is None:
-            raise NotEnoughDataError(f"{self.name}: a member learns from labels: fit(values, labels=...)")
         split = holdout_split(len(x), self.holdout, det)
         # an ensemble's members learn from all of the fit part and calibrate on the same held-out tail
         det.fit_split(x, split, y)

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from eyenet.core.detectors.classifier import ANOMALY, NORMAL, check_labels
+from eyenet.core.detectors.base import ANOMALY, NORMAL, check_labels
 from eyenet.core.errors import InvalidInputError, InvalidParameterError, NotEnoughDataError
 from eyenet.core.evaluation import ValidationSeries
 from eyenet.core.model import AnomalyModel

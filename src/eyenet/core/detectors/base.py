@@ -74,6 +74,25 @@ def as_series(values: Any, *, name: str = "values") -> np.ndarray:
     return x
 
 
+#: labels are 1 (anomaly), 0 (normal) or NaN (unknown: not learned from)
+ANOMALY, NORMAL = 1.0, 0.0
+
+
+def check_labels(labels: Any, n: int, where: str = "labels") -> np.ndarray:
+    """``labels`` as floats of length ``n``, each 1, 0 or NaN; anything else is an error naming it."""
+    try:
+        y = np.asarray(labels, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{where}: expected numbers 1 (anomaly), 0 (normal) or null (unknown)") from None
+    if len(y) != n:
+        raise InvalidInputError(f"{where}: {len(y)} labels for {n} values")
+    bad = np.isfinite(y) & (y != ANOMALY) & (y != NORMAL)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InvalidInputError(f"{where}: label {float(y[i])!r} at row {i} is not 1 (anomaly), 0 (normal) or null")
+    return y
+
+
 class Detector:
     """Base class: parameter handling, validation, calibration, save/load."""
 
@@ -137,13 +156,24 @@ class Detector:
     def is_fitted(self) -> bool:
         return getattr(self, "fitted_", False)
 
-    def fit(self, values: Any) -> "Detector":
-        """Learn from a (normal-looking) training series. Returns self."""
+    def fit(self, values: Any, labels: Any = None) -> "Detector":
+        """Learn from a (normal-looking) training series. Returns self.
+
+        ``labels`` (1 anomaly, 0 normal, NaN unknown, one per value; :func:`check_labels`) are what a
+        :attr:`supervised` family learns from, and it refuses to fit without them; ``_fit`` reads
+        them as ``self._labels`` (None without labels), which is gone once ``fit`` returns."""
         self._validate_params()
         x = as_series(values)
+        y = None if labels is None else check_labels(labels, len(x))
+        if self.supervised and y is None:
+            raise NotEnoughDataError(f"{self.family}: learns from labels: fit(values, labels=...)")
         if len(x) < self.min_fit:
             raise NotEnoughDataError(f"{self.family}: fit needs at least {self.min_fit} points, got {len(x)}")
-        self._fit(x)
+        self._labels = y
+        try:
+            self._fit(x)
+        finally:
+            del self._labels
         self.fitted_ = True
         return self
 
@@ -195,7 +225,7 @@ class Detector:
     def fit_split(self, values: Any, split: int, labels: np.ndarray | None = None) -> "Detector":
         """Fit for a model that keeps ``values[split:]`` for calibration: learn from the part before it
         (with its ``labels`` when this detector is :attr:`supervised`)."""
-        return fit_part(self, as_series(values), split, labels)
+        return self.fit(as_series(values)[:split], labels=None if labels is None else labels[:split])
 
     def combine_raw(self, member_raw: np.ndarray) -> np.ndarray:
         """This detector's raw scores from its members' raw scores (one column per member)."""
@@ -253,19 +283,12 @@ class Detector:
     def _load_state(cls, d: Path) -> dict[str, np.ndarray]:
         return load_npz(Path(d) / "state.npz")
 
-def fit_part(det: Detector, x: np.ndarray, split: int, labels: np.ndarray | None) -> Detector:
-    """Fit ``det`` on ``x[:split]``; a :attr:`~Detector.supervised` one with ``labels[:split]``."""
-    if det.supervised:
-        return det.fit(x[:split], labels=None if labels is None else labels[:split])
-    return det.fit(x[:split])
-
-
 def normal_rows(labels: np.ndarray | None, start: int, n: int) -> np.ndarray | slice:
     """Which of the ``n`` rows from ``start`` are not labelled anomalous (all without labels): what a
     calibration learns "usual" from."""
     if labels is None:
         return slice(None)
-    return ~(np.asarray(labels[start : start + n], dtype=float) == 1.0)
+    return ~(np.asarray(labels[start : start + n], dtype=float) == ANOMALY)
 
 
 def load_npz(f: Path) -> dict[str, np.ndarray]:

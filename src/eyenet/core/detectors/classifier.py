@@ -17,37 +17,18 @@ raw score is the predicted log-odds of "anomaly" (higher = more anomalous).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from eyenet.core import features
 from eyenet.core.detectors import trees as trees_
-from eyenet.core.detectors.base import Detector, as_series, interval
-from eyenet.core.errors import InvalidInputError, InvalidParameterError, NotEnoughDataError
+from eyenet.core.detectors.base import ANOMALY, Detector, interval
+from eyenet.core.errors import InvalidParameterError, NotEnoughDataError
 
-#: labels are 1 (anomaly), 0 (normal) or NaN (unknown: not learned from)
-ANOMALY, NORMAL = 1.0, 0.0
 #: what :meth:`Classifier._features` computes at each row, in order
 FEATURE_NAMES: tuple[str, ...] = ("z_long", "z_short", "level_shift", "log_spread_ratio", "range_position",
                                   "drift", "step", "relative_spread")
 #: features are clipped to +-this, so a flat window's huge ratios stay comparable
 FEATURE_CAP = 50.0
-
-
-def check_labels(labels: Any, n: int, where: str = "labels") -> np.ndarray:
-    """``labels`` as floats of length ``n``, each 1, 0 or NaN; anything else is an error naming it."""
-    try:
-        y = np.asarray(labels, dtype=float).reshape(-1)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"{where}: expected numbers 1 (anomaly), 0 (normal) or null (unknown)") from None
-    if len(y) != n:
-        raise InvalidInputError(f"{where}: {len(y)} labels for {n} values")
-    bad = np.isfinite(y) & (y != ANOMALY) & (y != NORMAL)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InvalidInputError(f"{where}: label {float(y[i])!r} at row {i} is not 1 (anomaly), 0 (normal) or null")
-    return y
 
 
 class Classifier(Detector):
@@ -113,19 +94,6 @@ class Classifier(Detector):
                 short[:, 1] / np.maximum(np.abs(long[:, 0]), 1e-12),  # short-window spread against the level
             ))
         return np.clip(np.nan_to_num(out, nan=0.0, posinf=FEATURE_CAP, neginf=-FEATURE_CAP), -FEATURE_CAP, FEATURE_CAP)
-
-    def fit(self, values: Any, labels: Any = None) -> "Classifier":
-        """Learn from ``values`` and their ``labels`` (1 anomaly, 0 normal, NaN unknown)."""
-        self._validate_params()
-        x = as_series(values)
-        if labels is None:
-            raise NotEnoughDataError(f"{self.family}: learns from labels: fit(values, labels=...) with at least "
-                                     f"{self.min_anomalies} labelled anomalous points")
-        self._labels = check_labels(labels, len(x))
-        try:
-            return super().fit(x)
-        finally:
-            del self._labels
 
     def _fit(self, x: np.ndarray) -> None:
         from sklearn.ensemble import GradientBoostingClassifier

@@ -16,8 +16,7 @@ import numpy as np
 
 from eyenet.core import detectors
 from eyenet.core.calibration import TailCalibrator, check_holdout, held_out_start, holdout_split
-from eyenet.core.detectors.base import Detector, as_series, fit_part, normal_rows, one_of
-from eyenet.core.detectors.classifier import check_labels
+from eyenet.core.detectors.base import Detector, as_series, check_labels, normal_rows, one_of
 from eyenet.core.errors import InvalidParameterError
 
 #: a seasonal baseline (distance from the same phase of past cycles, or from the usual level)
@@ -78,7 +77,7 @@ class Member:
     def fit(cls, det: Detector, x: np.ndarray, split: int, labels: np.ndarray | None = None) -> "Member":
         """Fit ``det`` on ``x[:split]`` (a supervised one with ``labels``) and its calibrator on its
         scores of ``x[split:]`` outside labelled anomalies."""
-        fit_part(det, x, split, labels)
+        det.fit_split(x, split, labels)
         start = held_out_start(det, split)
         held = det.score(x[start:])[split - start :]
         held = held[normal_rows(labels, split, len(held))]
@@ -158,15 +157,6 @@ class Ensemble(Detector):
         are not valid (``fit`` names what is wrong with them)."""
         return _members_ok(self.members) and any(
             detectors.get_class(m["family"]).supervised for m in self.member_configs)
-
-    def fit(self, values: Any, labels: Any = None) -> "Ensemble":
-        """Fit the members on ``values``; ``labels`` (1 anomaly, 0 normal, NaN unknown) reach the
-        supervised members and keep labelled anomalies out of every member's calibration."""
-        self._labels = None if labels is None else check_labels(labels, len(as_series(values)))
-        try:
-            return super().fit(values)
-        finally:
-            del self._labels
 
     def _fit(self, x: np.ndarray) -> None:
         """Hold out the trailing ``holdout`` of ``x`` for the members' calibration."""
