@@ -93,6 +93,53 @@ def test_concurrent_requests_with_one_key_share_one_check_and_a_refusal_is_remem
     assert keys.checks == 2
 
 
+def test_a_key_in_use_is_checked_again_in_the_background_before_it_expires(tmp_path: Path) -> None:
+    """Refresh ahead: past half of ``cache_s`` a request starts the key's next check and does not
+    wait for it; the renewed entry outlives the first; a key revoked meanwhile is still refused."""
+
+    class HeldKeys(CountingKeys):
+        def __init__(self, path: Path) -> None:
+            super().__init__(path)
+            self.release = threading.Event()
+            self.started = 0
+
+        def verify(self, key: str):
+            self.started += 1
+            if self.started > 1:  # every check after the first waits until the test lets it go
+                assert self.release.wait(10)
+            return super().verify(key)
+
+    keys = HeldKeys(tmp_path / "keys.db")
+    _, key = keys.create("w", "acme", "writer")
+    authenticator = Authenticator(AuthSettings(cache_s=1.0), keys)
+    header = f"Bearer {key}"
+
+    async def scenario() -> None:
+        assert (await authenticator.identify(header)).tenant == "acme" and keys.checks == 1
+        first_until = time.monotonic() + 1.0
+        assert (await authenticator.identify(header)).tenant == "acme" and keys.checks == 1  # fresh: no check
+        await asyncio.sleep(0.6)
+        # past half its time: answered from the cache while the next check runs (held by the test)
+        assert (await authenticator.identify(header)).tenant == "acme"
+        for _ in range(100):
+            if keys.started == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert keys.started == 2 and keys.checks == 1 and not keys.release.is_set()
+        assert (await authenticator.identify(header)).tenant == "acme" and keys.started == 2  # one at a time
+        keys.release.set()
+        while authenticator._inflight:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(max(0.0, first_until - time.monotonic()) + 0.05)
+        assert (await authenticator.identify(header)).tenant == "acme" and keys.checks == 2  # renewed
+        keys.revoke("w")
+        await asyncio.sleep(1.1)
+        with pytest.raises(AuthenticationError, match="revoked"):
+            await authenticator.identify(header)
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer", "Bearer nonsense", "Bearer eyn_short"])
 def test_missing_or_malformed_credentials_are_401(keys: KeyStore, header: str | None) -> None:
     with pytest.raises(AuthenticationError, match="credential"):

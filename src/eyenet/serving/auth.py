@@ -13,7 +13,8 @@ enforces both before a request reaches a route.
   secret (never the secret). Verifying a hash costs tens of milliseconds on purpose, so a
   verified key is remembered in memory for ``cache_s`` seconds (keyed by a SHA-256 digest of the
   key): a request then costs a dictionary look-up, and a revoked key stops working within
-  ``cache_s``. Concurrent requests with the same unverified credential share one check, at most
+  ``cache_s``. A key still in use past half its ``cache_s`` is checked again in the background
+  (refresh ahead), so its requests never wait for a hash once it was first verified. Concurrent requests with the same unverified credential share one check, at most
   ``SLOW_CHECKS`` checks run at once per process, and a refused credential is remembered as
   refused for ``cache_s`` too, so neither an expired cache under load nor a client repeating a bad
   key costs a hash per request.
@@ -413,16 +414,24 @@ class Authenticator:
         if scheme.lower() != "bearer" or not credential or len(credential) > 8192:
             raise AuthenticationError("credential: expected 'Authorization: Bearer <API key or token>'")
         hit = self.cached(credential)
-        if hit is not None:
-            return hit
         digest = hashlib.sha256(credential.encode()).digest()
+        if hit is not None:
+            # refresh ahead: past half its time, a key in use is checked again in the background, so a
+            # busy client never waits for its own re-check (a revoked key still stops within cache_s)
+            if self._cache[digest][0] - time.monotonic() < self.settings.cache_s / 2 and digest not in self._inflight:
+                self._start_check(credential, digest)
+            return hit
         pending = self._inflight.get(digest)
         if pending is None:  # the first request with this credential starts its check; later ones share it
-            pending = asyncio.get_running_loop().create_task(self._shared_check(credential, digest))
-            pending.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, if all went away
-            self._inflight[digest] = pending
+            pending = self._start_check(credential, digest)
         # a request that goes away (its client disconnected) leaves the check running for the others
         return await asyncio.shield(pending)
+
+    def _start_check(self, credential: str, digest: bytes) -> asyncio.Task[Identity]:
+        pending = asyncio.get_running_loop().create_task(self._shared_check(credential, digest))
+        pending.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, if all went away
+        self._inflight[digest] = pending
+        return pending
 
     async def _shared_check(self, credential: str, digest: bytes) -> Identity:
         try:
