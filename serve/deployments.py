@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, Response
+import ray
 from ray import serve
 
 from eyenet.core.errors import (
@@ -50,7 +51,7 @@ from eyenet.serving import http, schemas
 from eyenet.serving.http import JSONResponse
 from eyenet.serving.controller import settings_from
 from eyenet.serving.follower import Follower, unwrap
-from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline, model_id, parse_model_id
+from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline, model_id, parse_model_id, take_turn
 from eyenet.serving import auth, console, views
 from eyenet.serving.auth import AUTH_OFF, Authenticator, AuthMiddleware, AuthSettings, Identity, KeyStore
 from eyenet.serving.quota import Admission, InFlight
@@ -150,6 +151,8 @@ http.install(app)
 
 #: the cyclic garbage collector's first-generation threshold in a replica (Python's default: 700)
 GC_THRESHOLD = (10_000, 10, 10)
+#: a replica's thread switch interval (Python's default: 5 ms)
+SWITCH_S = 0.001
 
 
 def settle_heap() -> None:
@@ -160,10 +163,14 @@ def settle_heap() -> None:
     by whichever request happened to allocate; with this, no collection ran and the slowest batch
     took 47-58 ms instead of 370-470 ms."""
     import gc
+    import sys
 
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLD)
+    # the event loop shares the interpreter with the scoring, push and heartbeat threads: each time it
+    # waits for the lock (after every I/O) it waits at most this long, not Python's default 5 ms
+    sys.setswitchinterval(SWITCH_S)
 
 
 async def _call(what: str, ref: Any, timeout_s: float, retry_after_s: float) -> Any:
@@ -202,16 +209,17 @@ class _StoreActor:
 
     async def sync(self, owner: str, items: list[tuple[str, int, Any]], released: list[str],
                    lease_s: float) -> list[tuple[bool, int, Any]]:
-        return await self._do(self.actor.sync.remote(owner, [(k, v, st.to_bytes()) for k, v, st in items],
-                                                     released, lease_s))
+        payload = []
+        for n, (k, v, st) in enumerate(items):  # a thousand states take tens of ms: in turns
+            payload.append((k, v, st.to_bytes()))
+            await take_turn(n)
+        return await self._do(self.actor.sync.remote(owner, payload, released, lease_s))
 
     async def wanted(self, owner: str, timeout_s: float) -> list[str]:
         return await self._do(self.actor.wanted.remote(owner, timeout_s), self.timeout_s + timeout_s)
 
     def heartbeat_blocking(self, owner: str, lease_s: float, timeout_s: float) -> None:
         """From the replica's heartbeat thread (not its event loop): raises what the call raised."""
-        import ray
-
         ray.get(self.actor.heartbeat.remote(owner, lease_s), timeout=timeout_s)
 
     async def delete(self, key: str, owner: str | None = None, lease_s: float | None = None) -> int:
@@ -310,7 +318,6 @@ class Router:
 
     async def __init__(self, config: dict[str, Any], scorers: dict[str, Any],
                        gpu_families: list[str] | None = None) -> None:
-        import ray
         import torch
 
         torch.set_num_threads(1)
@@ -412,10 +419,14 @@ class Router:
         """Every ``monitor.push_s``: what this replica scored, and its metrics, to the app's monitor."""
         while True:
             await asyncio.sleep(self.config.monitor.push_s)
-            batch, alerts = self.outbox.take(), self.outbox.take_alerts()
+            raw, alerts = self.outbox.detach(), self.outbox.take_alerts()
             try:
-                await asyncio.wait_for(self._monitor().push.remote(self.replica_id, batch, m.exposition().decode(),
-                                                                   alerts), timeout=10)
+                # built and serialised (into Ray's object store) on a thread: a second in which 10,000
+                # new series were scored takes hundreds of ms to pickle, which on the event loop every
+                # request would wait behind; on a thread the loop gets the interpreter every few ms
+                batch, text = await asyncio.to_thread(
+                    lambda: (ray.put(Outbox.build(raw)), m.exposition().decode()))
+                await asyncio.wait_for(self._monitor().push.remote(self.replica_id, batch, text, alerts), timeout=10)
             except Exception as exc:  # noqa: BLE001 - monitor away: these points are missing from drift windows
                 m.ERRORS.labels("monitor").inc()
                 log.debug("monitor push failed: %s", unwrap(exc))
@@ -465,7 +476,8 @@ class Router:
     async def http_stream_batch(self, req: schemas.StreamBatchRequest) -> JSONResponse:
         """New points of many series of one group at once (e.g. one point for each of 1,000 series),
         scored in one vectorised pass per member. Each result is that series' ``/v1/stream`` answer,
-        or its ``error`` and ``status`` (429: the tenant is at its series quota) while the others go on."""
+        or its ``error`` and ``status`` (429: the tenant is at its series quota) while the others go on;
+        when every series is refused for a quota, the request is answered 429 with ``Retry-After``."""
         return JSONResponse(await self.pipeline.stream_many(self._scoped(req, auth.current())))
 
     @app.post("/api/v1/write", status_code=204, response_class=Response,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from eyenet.core import presets, synthetic
-from eyenet.core.errors import InvalidInputError
+from eyenet.core.errors import InvalidInputError, QuotaExceededError
 from eyenet.core.model import AnomalyModel
-from eyenet.serving import schemas
+from eyenet.serving import http, schemas
 from eyenet.serving.pipeline import Pipeline
 from eyenet.serving.settings import AppConfig, QuotaSettings
 from eyenet.serving.streams import StreamStore
@@ -109,13 +109,17 @@ def test_a_series_new_past_the_tenant_quota_is_refused_alone(model, histories, t
         p = make(model, StreamStore(str(tmp_path), quota=quota), quota=quota.model_dump())
         first = await p.stream_many(batch([(f"s{k}", histories[k, :60].tolist()) for k in range(5)]))
         again = await p.stream_many(batch([(f"s{k}", histories[k, 60:61].tolist()) for k in range(5)]))
-        return first["results"], again["results"]
+        with pytest.raises(QuotaExceededError, match="every series of the batch was refused: .*quota of 3") as refused:
+            await p.stream_many(batch([(f"new{k}", [1.0]) for k in range(4)]))  # only new series past it
+        return first["results"], again["results"], refused.value
 
-    first, again = asyncio.run(go())
+    first, again, refused = asyncio.run(go())
     assert [r.get("status") for r in first] == [None, None, None, 429, 429]
     assert "quota of 3 live series" in first[3]["error"]
     assert [r.get("seen") for r in again[:3]] == [61, 61, 61]
     assert [r.get("status") for r in again[3:]] == [429, 429]
+    # a request that takes nothing is refused as a whole: 429 with Retry-After, so a sender backs off
+    assert http.error_status(refused) == (429, "quota") and refused.retry_after_s == quota.retry_after_s
 
 
 def test_a_batch_names_its_bad_series_and_its_limits(model, tmp_path):
@@ -141,3 +145,33 @@ def test_missing_values_in_a_batch_are_imputed_not_alarmed(model, histories, tmp
     assert [p["score"] is None for p in r["points"]] == [True, False, True]
     assert not any(p["alarm"] for p in r["points"] if p.get("imputed"))
     assert r["seen"] == 153
+
+
+def test_a_big_batch_lets_other_requests_of_the_replica_run_while_it_works(model, tmp_path):
+    """A batch of many new series takes turns on the event loop (every SERIES_PER_TURN series), so
+    another request arriving meanwhile is not held until the whole batch is done: between two turns
+    of another coroutine, the batch answers at most SERIES_PER_TURN series."""
+    from eyenet.serving.pipeline import SERIES_PER_TURN
+
+    async def go():
+        p = make(model, StreamStore(str(tmp_path)))
+        answered = [0]
+        assemble = p._assemble
+
+        def counted(*args, **kwargs):
+            answered[0] += 1
+            return assemble(*args, **kwargs)
+
+        p._assemble = counted
+        big = batch([(f"s{k}", [40.0 + k % 7]) for k in range(20 * SERIES_PER_TURN)])
+        seen: list[int] = []
+        task = asyncio.get_running_loop().create_task(p.stream_many(big))
+        while not task.done():
+            seen.append(answered[0])  # how far the batch had got each time this coroutine ran
+            await asyncio.sleep(0)
+        out = await task
+        return np.diff(seen + [answered[0]]), out["results"]
+
+    steps, results = asyncio.run(go())
+    assert len(results) == 20 * SERIES_PER_TURN and all("status" not in r for r in results)
+    assert steps.max() <= SERIES_PER_TURN  # never the whole batch (1,280 series) in one go

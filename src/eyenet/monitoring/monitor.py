@@ -119,7 +119,17 @@ class Outbox:
 
     def take(self) -> list[dict[str, Any]]:
         """The batch since the last call, oldest (model, version) first, arrays joined."""
+        return self.build(self.detach())
+
+    def detach(self) -> dict[tuple[str, int], dict[str, Any]]:
+        """The batch since the last call as it was gathered (cheap: on the event loop that adds to it);
+        :meth:`build` makes it what the monitor takes, on any thread."""
         batch, self._batch, self._series = self._batch, {}, 0
+        return batch
+
+    @staticmethod
+    def build(batch: dict[tuple[str, int], dict[str, Any]]) -> list[dict[str, Any]]:
+        """A :meth:`detach`-ed batch, oldest (model, version) first, arrays joined."""
         out = []
         for (name, version), b in sorted(batch.items(), key=lambda kv: kv[1]["last"]):
             out.append({"model": name, "version": version, "points": b["points"], "alarms": b["alarms"],

@@ -121,6 +121,8 @@ class Streams:
         self.alive: dict[str, float] = {}  # replica -> when its lease lapses (clock time)
         self.reserved: dict[str, str] = {}  # new series claimed, not written yet -> replica (counted in the caps)
         self._reserved_per: dict[str, int] = {}  # tenant -> its reserved series
+        self._swept_at = float("-inf")  # when reservations of lapsed replicas were last looked for
+        self._caps: dict[str, int | None] = {}  # tenant -> its live-series quota
         self._load()
 
     # -- bookkeeping -------------------------------------------------------------------------------
@@ -310,16 +312,23 @@ class Streams:
                 del self._reserved_per[t]
 
     def _reservations(self, tenant: str | None = None) -> int:
-        """Reserved series (of ``tenant``), after dropping those of replicas whose leases lapsed."""
+        """Reserved series (of ``tenant``), after dropping those of replicas whose leases lapsed (looked
+        for at most every 50 ms: a batch of refused new series asks once per series)."""
         now = self.clock()
-        for key in [k for k, o in self.reserved.items() if self.alive.get(o, 0.0) <= now]:
-            self._unreserve(key)
+        if not 0 <= now - self._swept_at < 0.05:
+            self._swept_at = now
+            for key in [k for k, o in self.reserved.items() if self.alive.get(o, 0.0) <= now]:
+                self._unreserve(key)
         return len(self.reserved) if tenant is None else self._reserved_per.get(tenant, 0)
 
     def _admit(self, key: str, new_key: bool, state: StreamState | bytes | None) -> Refusal | None:
         """None when ``key`` may become a live series (evicting idle ones to make room), else why not."""
         tenant = tenant_of(key)
-        cap = self.quota.of(tenant).max_series
+        cap = self._caps.get(tenant, -1)
+        if cap == -1:  # the quota settings do not change: worked out once per tenant (bounded)
+            cap = self.quota.of(tenant).max_series
+            if len(self._caps) < 10_000:
+                self._caps[tenant] = cap
         if cap is not None and self.live.get(tenant, 0) + self._reserved_per.get(tenant, 0) >= cap \
                 and self.live.get(tenant, 0) + self._reservations(tenant) >= cap:
             m.QUOTA_REFUSED.labels("series").inc()
