@@ -1,11 +1,12 @@
 -- wrk script for bench/flood.py: POST /v1/stream with one point for a new series id per request,
--- ids flood-<thread>-<n>, until every thread has sent its share of FLOOD_IDS; counts statuses.
+-- ids <FLOOD_PREFIX>-<thread>-<n>, until every thread has sent its share of FLOOD_IDS; counts statuses.
 -- Environment: FLOOD_IDS (ids in all), FLOOD_THREADS (wrk's -t), FLOOD_KEY (the flooding tenant's
--- API key), FLOOD_GROUP.
+-- API key), FLOOD_GROUP, FLOOD_PREFIX (default flood).
 local threads = {}
 local ids = tonumber(os.getenv("FLOOD_IDS") or "200000")
 local key = os.getenv("FLOOD_KEY") or ""
 local group = os.getenv("FLOOD_GROUP") or "default"
+local prefix = os.getenv("FLOOD_PREFIX") or "flood"
 local nthreads = tonumber(os.getenv("FLOOD_THREADS") or "1")
 
 function setup(thread)
@@ -24,7 +25,7 @@ end
 function request()
   if sent >= share then wrk.thread:stop() end  -- its share sent (answers lost to errors not awaited)
   sent = sent + 1
-  local body = string.format('{"id":"flood-%d-%d","values":[%d],"group":"%s"}', tid, sent, sent % 13, group)
+  local body = string.format('{"id":"%s-%d-%d","values":[%d],"group":"%s"}', prefix, tid, sent, sent % 13, group)
   return wrk.format(nil, "/v1/stream", nil, body)
 end
 
