@@ -77,12 +77,27 @@ def _replica_nodes(app: str) -> dict[str, list[str]]:
     return dict(nodes)
 
 
-def _actor_node(name: str) -> str | None:
+def _actor_node(name: str, timeout_s: float = 60.0) -> str:
+    """The node of the live actor ``name``, once the state API lists it alive (asked again while it
+    does not: a listing can come back incomplete on a loaded machine, and an actor may be restarting);
+    fails naming what the API did list for that name."""
     from ray.util.state import list_actors
 
-    found = list_actors(filters=[("name", "=", name), ("state", "=", "ALIVE")], detail=True,
-                        raise_on_missing_output=False)
-    return found[0].node_id if found else None
+    seen: list = []
+
+    def alive() -> str | None:
+        try:
+            found = list_actors(filters=[("name", "=", name)], detail=True, raise_on_missing_output=True)
+        except Exception as exc:  # noqa: BLE001 - an incomplete listing: ask again
+            seen[:] = [f"listing failed: {type(exc).__name__}: {exc}"]
+            return None
+        seen[:] = [(a.state, a.node_id, getattr(a, "death_cause", None)) for a in found]
+        return next((a.node_id for a in found if a.state == "ALIVE"), None)
+
+    try:
+        return wait_until(f"actor {name} to be listed alive", alive, timeout_s)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; listed for {name!r}: {seen}") from None
 
 
 class Streams:
