@@ -14,8 +14,9 @@ enforces both before a request reaches a route.
   verified key is remembered in memory for ``cache_s`` seconds (keyed by a SHA-256 digest of the
   key): a request then costs a dictionary look-up, and a revoked key stops working within
   ``cache_s``. A key still in use past half its ``cache_s`` is checked again in the background
-  (refresh ahead), so its requests never wait for a hash once it was first verified. Concurrent requests with the same unverified credential share one check, at most
-  ``SLOW_CHECKS`` checks run at once per process, and a refused credential is remembered as
+  (refresh ahead), so its requests never wait for a hash once it was first verified. Concurrent
+  requests with the same unverified credential share one check, at most ``SLOW_CHECKS`` checks
+  run at once per process, and a refused credential is remembered as
   refused for ``cache_s`` too, so neither an expired cache under load nor a client repeating a bad
   key costs a hash per request.
 - **OIDC tokens** (JWTs) are verified with PyJWT against the issuer's JWKS, with the issuer and
@@ -339,17 +340,16 @@ class Authenticator:
     def enabled(self) -> bool:
         return self.settings.enabled
 
-    def cached(self, credential: str) -> Identity | None:
-        """The identity of a recently verified credential (None if not known); raises the
-        :class:`AuthenticationError` of a recently refused one."""
-        digest = hashlib.sha256(credential.encode()).digest()
+    def cached(self, digest: bytes) -> tuple[float, Identity] | None:
+        """``(until, identity)`` of a recently verified credential, by its SHA-256 digest (None if not
+        known); raises the :class:`AuthenticationError` of a recently refused one."""
         hit = self._cache.get(digest)
         if hit is None or hit[0] < time.monotonic():
             return None
         self._cache.move_to_end(digest)
         if isinstance(hit[1], AuthenticationError):
             raise AuthenticationError(str(hit[1]))
-        return hit[1]
+        return hit  # type: ignore[return-value]
 
     def _remember(self, digest: bytes, outcome: Identity | AuthenticationError) -> None:
         self._cache[digest] = (time.monotonic() + self.settings.cache_s, outcome)
@@ -413,14 +413,15 @@ class Authenticator:
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential or len(credential) > 8192:
             raise AuthenticationError("credential: expected 'Authorization: Bearer <API key or token>'")
-        hit = self.cached(credential)
         digest = hashlib.sha256(credential.encode()).digest()
+        hit = self.cached(digest)
         if hit is not None:
+            until, identity = hit
             # refresh ahead: past half its time, a key in use is checked again in the background, so a
             # busy client never waits for its own re-check (a revoked key still stops within cache_s)
-            if self._cache[digest][0] - time.monotonic() < self.settings.cache_s / 2 and digest not in self._inflight:
+            if until - time.monotonic() < self.settings.cache_s / 2 and digest not in self._inflight:
                 self._start_check(credential, digest)
-            return hit
+            return identity
         pending = self._inflight.get(digest)
         if pending is None:  # the first request with this credential starts its check; later ones share it
             pending = self._start_check(credential, digest)
