@@ -9,6 +9,9 @@ member, the same step with the state restored from JSON first (as a service
 that keeps state outside the process), each family's ``score_last``, and scikit-learn's
 ``IsolationForest.score_samples`` on one sample against EyeNet's vectorized
 forest evaluator (same scores, checked here) on one sample and on 10,000.
+Each torch family's one-window path and the ensemble's stream step are measured twice: through
+ONNX Runtime (what serves) and through torch's own traced network (the runtime refused by setting
+``ONE_WINDOW_TOLERANCE`` below zero), with the largest score difference between the two.
 """
 from __future__ import annotations
 
@@ -19,7 +22,18 @@ import time
 import numpy as np
 
 from eyenet.core import detectors, presets, synthetic
+from eyenet.core.detectors import torch_common
 from eyenet.core.model import AnomalyModel, StreamState
+
+
+def torch_runner(model: AnomalyModel) -> None:
+    """Make ``model``'s torch members answer one window through torch, not ONNX Runtime."""
+    kept = torch_common.ONE_WINDOW_TOLERANCE
+    torch_common.ONE_WINDOW_TOLERANCE = -1.0  # no runtime output passes the check
+    try:
+        model.warm()
+    finally:
+        torch_common.ONE_WINDOW_TOLERANCE = kept
 
 
 def median_ms(fn, calls: int) -> float:
@@ -45,6 +59,7 @@ def main() -> None:
     _, x, _ = synthetic.series("cpu_pct", n=7000, seed=1, anomalies_per_metric=0)
     train, live = x[:1500], x[1500:]
     rows = []
+    diffs: list[tuple[str, float]] = []  # per family: the largest |ONNX Runtime - torch| raw score of 199 windows
     for name in detectors.available():
         model = AnomalyModel.from_dict(presets.model_config(name)).fit(train)
         det = model.detector
@@ -53,6 +68,7 @@ def main() -> None:
             label = "ensemble score_last (members scored, calibrated, combined)"
         else:
             label = f"{name} score_last (raw)"
+        model.warm()
         rows.append((label, median_ms(lambda: det.score_last(win), args.calls)))
         if name == "ensemble":
             _, state = model.score_stream(live)
@@ -64,6 +80,15 @@ def main() -> None:
             rows.append(("ensemble model stream step, state restored from JSON first",
                          median_ms(lambda: model.score_stream(point, StreamState.from_dict(json.loads(stored))),
                                    args.calls)))
+        if any(isinstance(d, torch_common.TorchDetector) for d in model.members):
+            fast = [det.score_last(np.concatenate((train, live))[: len(train) + k][-len(win):]) for k in range(1, 200)]
+            torch_runner(model)
+            slow = [det.score_last(np.concatenate((train, live))[: len(train) + k][-len(win):]) for k in range(1, 200)]
+            diffs.append((name, float(np.nanmax(np.abs(np.subtract(fast, slow))))))
+            rows.append((f"{label}, torch runner", median_ms(lambda: det.score_last(win), args.calls)))
+            if name == "ensemble":
+                rows.append(("ensemble model stream step (1 point, full state), torch runner",
+                             median_ms(lambda: model.score_stream(point, state), args.calls)))
     forest = detectors.create("iforest").fit(train)
     feats = forest._features(train)
     one = feats[-1:]
@@ -82,6 +107,8 @@ def main() -> None:
     print("| path | median ms |\n|---|---:|")
     for k, v in rows:
         print(f"| {k} | {v:.3f} |")
+    print("\nlargest raw-score difference, ONNX Runtime against torch, over 199 windows: "
+          + ", ".join(f"{n} {d:.1e}" for n, d in diffs))
     print(f"\niforest one sample: vectorized is {sk / vec:.0f}x faster than scikit-learn (same scores, atol 1e-12)")
     print(f"iforest 10,000 samples: vectorized/scikit-learn time ratio {vec_big / sk_big:.2f}")
 

@@ -88,7 +88,7 @@ class FamilyScorer:
     @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
     async def get_model(self, model_id: str) -> Any:
         name, version = parse_model_id(model_id)
-        return await asyncio.get_running_loop().run_in_executor(None, lambda: self.registry.load(name, version=version))
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: self.registry.load(name, version=version).warm())
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def score_batch(self, requests: list[tuple[int, np.ndarray, int]]) -> list[np.ndarray]:

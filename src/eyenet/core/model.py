@@ -211,6 +211,12 @@ class AnomalyModel:
         """The detectors whose scores are ranked: an ensemble's members, else the detector."""
         return self.detector.member_detectors
 
+    def warm(self) -> "AnomalyModel":
+        """Build what each member's real-time path needs now (:meth:`Detector.warm`), not at the first point."""
+        for d in self.members:
+            d.warm()
+        return self
+
     def _member_raw(self, x: np.ndarray) -> np.ndarray:
         """Raw scores of every member, shape (len(x), members)."""
         if not len(x):

@@ -125,7 +125,7 @@ class ModelCache:
     async def _load(self, name: str, version: int) -> Any:
         key = model_id(name, version)
         loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(None, lambda: self.registry.load(name, version=version))
+        model = await loop.run_in_executor(None, lambda: self.registry.load(name, version=version).warm())
         try:
             info = await loop.run_in_executor(None, lambda: self.registry.version(name, version))
             m.set_model_created(name, info.created)
@@ -148,7 +148,7 @@ class ModelCache:
         loop = asyncio.get_running_loop()
         for name, version in list(versions)[: self.capacity]:
             try:
-                model = await loop.run_in_executor(None, lambda: self.registry.load(name, version=version))
+                model = await loop.run_in_executor(None, lambda: self.registry.load(name, version=version).warm())
             except Exception as exc:  # noqa: BLE001
                 log.warning("preload: %s version %s did not load: %s", name, version, exc)
                 continue

@@ -207,6 +207,10 @@ class Detector:
         of an expecting detector grow with that distance), or None: no expected value."""
         return None
 
+    def warm(self) -> None:
+        """Build now what the real-time path would build on its first point (a compiled network):
+        a serving replica calls it while loading a model, so the first request does not wait."""
+
     def score_last(self, window: Any) -> float:
         """Raw score of the last point of ``window`` (the real-time path). NaN if not ready."""
         if not self.is_fitted:
