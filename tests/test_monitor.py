@@ -112,3 +112,23 @@ def test_alert_transitions_are_kept_newest_first_per_tenant_and_bounded(tmp_path
                                                                         ("globex", "disk", "firing")]  # bounded: 2
     (acme,) = asyncio.run(mon.recent_alerts(["acme"]))
     assert acme["severity"] == "warning" and acme["ends_at"] == "2026-11-30T00:05:00Z" and acme["summary"] == "cpu: 90"
+
+
+def test_answers_of_one_series_between_two_pushes_travel_as_one_table_in_order(trained):
+    model, version, values = trained
+    box = Outbox(max_series_points=100)
+    stamps = np.datetime64("2026-01-01T00:00:00", "ns") + np.arange(3) * np.timedelta64(60, "s")
+    for k, (first, n, ts) in enumerate([(0, 2, stamps[:2]), (2, 1, None), (3, 1, stamps[2:])]):
+        chunk = values[first : first + n]
+        points = [{"score": 0.1 * (first + i), "alarm": False, "detectors": {"zscore": 0.5}} for i in range(n)]
+        box.add(NAME, version, chunk, model.score(chunk), "a", first=first, timestamps=ts,
+                view=(points, np.arange(first, first + n), ["zscore"]))
+    (batch,) = box.take()
+    (table,) = batch["views"]["a"]  # one table for the three answers
+    np.testing.assert_array_equal(table["index"], [0, 1, 2, 3])
+    np.testing.assert_allclose(table["score"], [0.0, 0.1, 0.2, 0.3])
+    np.testing.assert_array_equal(table["value"], values[:4])
+    t = table["t"]
+    assert t[0] == stamps[0].astype("int64") / 1e9 and t[1] - t[0] == 60
+    assert np.isnan(t[2]) and t[3] == stamps[2].astype("int64") / 1e9  # the answer sent without a timestamp
+    np.testing.assert_array_equal(table["member:zscore"], [0.5] * 4)

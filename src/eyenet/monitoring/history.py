@@ -32,9 +32,13 @@ def columns(points: list[dict[str, Any]], values: np.ndarray, index: np.ndarray,
         return nan if v is None else float(v)
 
     band = [p.get("band") or (None, None) for p in points]
+    if timestamps is None:
+        t = np.full(n, nan)
+    else:
+        stamps = np.asarray(timestamps).astype("datetime64[ns]")
+        t = np.where(np.isnat(stamps), nan, stamps.astype("int64") / 1e9)
     out = {
-        "t": (np.full(n, nan) if timestamps is None
-              else np.asarray(timestamps).astype("datetime64[ns]").astype("int64") / 1e9),
+        "t": t,
         "index": np.asarray(index, dtype=float),
         "value": np.asarray(values, dtype=float),
         "score": np.array([num(p.get("score")) for p in points]),
@@ -47,6 +51,21 @@ def columns(points: list[dict[str, Any]], values: np.ndarray, index: np.ndarray,
     for f in families:
         out[f"member:{f}"] = np.array([num((p.get("detectors") or {}).get(f)) for p in points])
     return out
+
+
+def joined(chunks: list[tuple[list[dict[str, Any]], np.ndarray, np.ndarray, np.ndarray | None, list[str]]]
+           ) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
+    """The arguments of :func:`columns` for several answers of one series in a row (the chunks a
+    router replica gathered between two pushes): one table travels instead of one per request.
+    A chunk sent without timestamps among chunks with them gets NaT (``t`` NaN)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    stamps = None
+    if any(c[3] is not None for c in chunks):
+        stamps = np.concatenate([np.full(len(c[1]), np.datetime64("NaT"), dtype="datetime64[ns]") if c[3] is None
+                                 else np.asarray(c[3]).astype("datetime64[ns]") for c in chunks])
+    return ([p for c in chunks for p in c[0]], np.concatenate([np.asarray(c[1], dtype=float) for c in chunks]),
+            np.concatenate([np.asarray(c[2]) for c in chunks]), stamps, chunks[-1][4])
 
 
 class _Series:

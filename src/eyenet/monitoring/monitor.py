@@ -135,7 +135,7 @@ class Outbox:
             out.append({"model": name, "version": version, "points": b["points"], "alarms": b["alarms"],
                         **{f: np.concatenate(b[f]) for f in ("value", "calibrated", "score")},
                         "series": {k: list(v) for k, v in b["series"].items()}, "scored": b["scored"],
-                        "views": {sid: [history.columns(*chunk) for chunk in chunks]
+                        "views": {sid: [history.columns(*history.joined(chunks))]
                                   for sid, chunks in b["views"].items()}})
         return out
 
