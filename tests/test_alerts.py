@@ -136,7 +136,8 @@ def _deliver(sender: AlertSender, items: list, until: Any, what: str, timeout: f
 def _retried_then_delivered(sender: AlertSender, settings: AlertSettings, sink: WebhookSink,
                             unblock: Any) -> None:
     """One alarm sent while the receiver cannot take it: wait until it was retried twice, call
-    ``unblock()`` (in a thread), then wait until the receiver's sink got it."""
+    ``unblock()`` (in a thread), then wait until the receiver's sink got it and the sender saw the
+    answer (closing the sender sooner would cancel the delivery between the two)."""
     async def go():
         sender.start()
         sender.send(observe(Incidents(settings), [(0.8, True)]))
@@ -145,7 +146,7 @@ def _retried_then_delivered(sender: AlertSender, settings: AlertSettings, sink: 
             assert time.monotonic() - t0 < 20, sender.stats()
             await asyncio.sleep(0.05)
         await asyncio.to_thread(unblock)
-        while not sink.received:
+        while not sink.received or not any(s["sent"] for s in sender.stats()):
             assert time.monotonic() - t0 < 60, sender.stats()
             await asyncio.sleep(0.05)
         await sender.close()
