@@ -12,7 +12,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 
 from eyenet.core import detectors
 from eyenet.core.calibration import FEW, RunningRank, TailCalibrator
