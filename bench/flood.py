@@ -47,6 +47,7 @@ class Calm:
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.ms: list[float] = []
         self.at: list[float] = []  # when each answered request was sent (time.perf_counter())
+        self.timing: list[str] = []  # each answer's Server-Timing (the time it spent in the replica)
         self.statuses: collections.Counter = collections.Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -55,7 +56,7 @@ class Calm:
 
     def reset(self) -> None:
         """Forget the answers so far (the connection stays)."""
-        self.ms, self.at, self.statuses = [], [], collections.Counter()
+        self.ms, self.at, self.timing, self.statuses = [], [], [], collections.Counter()
 
     def _run(self) -> None:
         s = self.session  # one connection for both phases, as a real client keeps it
@@ -71,6 +72,7 @@ class Calm:
                 if r.status_code == 200:
                     self.ms.append(1000 * (time.perf_counter() - t0))
                     self.at.append(t0)
+                    self.timing.append(r.headers.get("Server-Timing", ""))
             except requests.RequestException as exc:
                 self.statuses[type(exc).__name__] += 1
             self._k += 1
@@ -93,12 +95,13 @@ class Calm:
         self._thread.join(timeout=60)
 
     def summary(self, since: float | None = None) -> dict:
-        """Percentiles, counts, and the five slowest answers as [seconds after ``since``, ms]."""
+        """Percentiles, counts, and the five slowest answers as [seconds after ``since``, ms, their
+        Server-Timing] (``app``: the time in the replica's app; the rest of the ms was spent before it)."""
         pct = (lambda q: round(float(np.percentile(self.ms, q)), 2) if self.ms else None)
         since = self.at[0] if since is None and self.at else since
-        slowest = sorted(zip(self.ms, self.at), reverse=True)[:5]
+        slowest = sorted(zip(self.ms, self.at, self.timing), reverse=True)[:5]
         return {"p50": pct(50), "p99": pct(99), "n": len(self.ms), "statuses": {str(k): v for k, v in self.statuses.items()},
-                "slowest": [[round(at - since, 2), round(ms, 1)] for ms, at in slowest]}
+                "slowest": [[round(at - since, 2), round(ms, 1), timing] for ms, at, timing in slowest]}
 
 
 class BatchFlood:

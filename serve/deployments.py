@@ -51,7 +51,7 @@ from eyenet.serving import http, schemas
 from eyenet.serving.http import JSONResponse
 from eyenet.serving.controller import settings_from
 from eyenet.serving.follower import Follower, unwrap
-from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline, model_id, parse_model_id, take_turn
+from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline, Turns, model_id, parse_model_id
 from eyenet.serving import auth, console, views
 from eyenet.serving.auth import AUTH_OFF, Authenticator, AuthMiddleware, AuthSettings, Identity, KeyStore
 from eyenet.serving.quota import Admission, InFlight
@@ -210,9 +210,10 @@ class _StoreActor:
     async def sync(self, owner: str, items: list[tuple[str, int, Any]], released: list[str],
                    lease_s: float) -> list[tuple[bool, int, Any]]:
         payload = []
-        for n, (k, v, st) in enumerate(items):  # a thousand states take tens of ms: in turns
+        turns = Turns()
+        for k, v, st in items:  # a thousand states take tens of ms: in turns
             payload.append((k, v, st.to_bytes()))
-            await take_turn(n)
+            await turns.take()
         return await self._do(self.actor.sync.remote(owner, payload, released, lease_s))
 
     async def wanted(self, owner: str, timeout_s: float) -> list[str]:

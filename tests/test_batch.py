@@ -147,10 +147,11 @@ def test_missing_values_in_a_batch_are_imputed_not_alarmed(model, histories, tmp
     assert r["seen"] == 153
 
 
-def test_a_big_batch_lets_other_requests_of_the_replica_run_while_it_works(model, tmp_path):
-    """A batch of many new series takes turns on the event loop (every SERIES_PER_TURN series), so
-    another request arriving meanwhile is not held until the whole batch is done: between two turns
-    of another coroutine, the batch answers at most SERIES_PER_TURN series."""
+def test_a_big_batch_lets_other_requests_of_the_replica_run_while_it_works(model, tmp_path, monkeypatch):
+    """A batch of many new series takes turns on the event loop (every SERIES_PER_TURN series or
+    TURN_S seconds), so another request arriving meanwhile is not held until the whole batch is done:
+    between two turns of another coroutine, the batch answers at most SERIES_PER_TURN series."""
+    from eyenet.serving import pipeline
     from eyenet.serving.pipeline import SERIES_PER_TURN
 
     async def go():
@@ -175,3 +176,6 @@ def test_a_big_batch_lets_other_requests_of_the_replica_run_while_it_works(model
     steps, results = asyncio.run(go())
     assert len(results) == 20 * SERIES_PER_TURN and all("status" not in r for r in results)
     assert steps.max() <= SERIES_PER_TURN  # never the whole batch (1,280 series) in one go
+    monkeypatch.setattr(pipeline, "TURN_S", 0.0)  # a turn's time is up after every series
+    steps, results = asyncio.run(go())
+    assert len(results) == 20 * SERIES_PER_TURN and steps.max() <= 1

@@ -339,13 +339,14 @@ class Pipeline:
         if todo:
             name, version_m, model = await self.model(tenant, group)
             plans = []
-            for n, i in enumerate(todo):
+            turns = Turns()
+            for i in todo:
                 plans.append(self._plan(model, data[i], held[keys[i]][1]))
-                await take_turn(n)
+                await turns.take()
             scored = await self._score_units(name, version_m, model, [u for p in plans for u in p.units],
                                              sum(len(data[i].values) for i in todo), batch=True)
-            for n, (i, plan) in enumerate(zip(todo, plans)):
-                await take_turn(n)
+            for i, plan in zip(todo, plans):
+                await turns.take()
                 body, new_state, entries = self._assemble(name, version_m, model, plan, scored)
                 version, state = held[keys[i]]
                 if new_state is not None:
@@ -425,10 +426,13 @@ class Pipeline:
         key = model_id(name, version)
         families = model.member_families
         inputs = []
+        turns = Turns() if len(units) > 1 else None
         for u in units:
             start = u.state.state(model) if isinstance(u.state, _Fresh) else u.state
             u.state = model.adopt(start if start is not None else model.new_state(), key)
             inputs.append(model.member_inputs(model.context(u.values, u.state), len(u.values)))
+            if turns is not None:
+                await turns.take()
         raw = [np.full((len(u.values), len(families)), np.nan) for u in units]
         missing: list[set[str]] = [set() for _ in units]
         here, there = [], []
@@ -654,12 +658,26 @@ class SeriesResult:
 #: series a batch works through before it lets the event loop take other requests (a thousand new
 #: series cost tens of ms here; another tenant's one-point request should not wait for all of them)
 SERIES_PER_TURN = 64
+#: and at most this long (seconds): a calm request's every step (body read, auth, store, answer) waits
+#: behind a batch's turn, so a turn of a few ms per batch at work shows in every other request's latency
+TURN_S = 0.001
 
 
-async def take_turn(n: int) -> None:
-    """Every :data:`SERIES_PER_TURN` series of a batch, give the event loop to whatever else is ready."""
-    if n % SERIES_PER_TURN == SERIES_PER_TURN - 1:
-        await asyncio.sleep(0)
+class Turns:
+    """A batch's work on the event loop, in turns: :meth:`take` after each series gives the loop to
+    whatever else is ready every :data:`SERIES_PER_TURN` series or :data:`TURN_S` seconds."""
+
+    __slots__ = ("n", "at")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.at = time.perf_counter()
+
+    async def take(self) -> None:
+        self.n += 1
+        if self.n >= SERIES_PER_TURN or time.perf_counter() - self.at >= TURN_S:
+            await asyncio.sleep(0)
+            self.n, self.at = 0, time.perf_counter()
 
 
 def _refused(refusal: Refusal) -> EyenetError:
