@@ -88,7 +88,10 @@ class FamilyScorer:
     @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
     async def get_model(self, model_id: str) -> Any:
         name, version = parse_model_id(model_id)
-        return await asyncio.get_running_loop().run_in_executor(None, lambda: self.registry.load(name, version=version).warm())
+        model = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.registry.load(name, version=version).warm())
+        settle_after_first_load()
+        return model
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def score_batch(self, requests: list[tuple[int, np.ndarray, int]]) -> list[np.ndarray]:
@@ -171,6 +174,22 @@ def settle_heap() -> None:
     # the event loop shares the interpreter with the scoring, push and heartbeat threads: each time it
     # waits for the lock (after every I/O) it waits at most this long, not Python's default 5 ms
     sys.setswitchinterval(SWITCH_S)
+
+
+_loaded_once = False
+
+
+def settle_after_first_load() -> None:
+    """:func:`settle_heap` again once the replica's first model has loaded: a first load imports
+    what loading and scoring need (MLflow's store and its SQLAlchemy, the ONNX exporter, ...), about
+    200,000 objects that live as long as the process. Left in the collector's sight, every full
+    pass walked them: after a tenant started 10,000 series, a pass of 120-140 ms in each router
+    replica, paid by whichever request was on the loop. One pass now, while that first load's
+    request waits for its model anyway; later loads bring only their model's objects."""
+    global _loaded_once
+    if not _loaded_once:
+        _loaded_once = True
+        settle_heap()
 
 
 async def _call(what: str, ref: Any, timeout_s: float, retry_after_s: float) -> Any:
@@ -331,7 +350,12 @@ class Router:
         self.auth = _ReplicaAuth.authenticator = Authenticator(a, keys)
         _ReplicaAuth.inflight = InFlight(self.config.quota)
         members = _FamilyDeployments(scorers, gpu_families or (), self.config)
-        self.models = ModelCache(self.registry, capacity=self.config.models_cached, prepare=members.warm)
+
+        async def prepare(key: str, model: Any) -> None:
+            await members.warm(key, model)
+            settle_after_first_load()
+
+        self.models = ModelCache(self.registry, capacity=self.config.models_cached, prepare=prepare)
         self._here = AliasResolver(self.registry, self.config.alias, self.config.alias_ttl_s)
         self.outbox = Outbox(self.config.monitor.recent_points, view_points=self.config.monitor.history_points)
         store = _StoreActor(get_store(self.config.state_uri or default_state_uri(),
@@ -356,7 +380,10 @@ class Router:
         self._pusher: asyncio.Task | None = None
         self._monitor()
         await self._warm_start()
-        settle_heap()
+        if len(self.models):  # the served versions loaded before traffic: one settling covers them
+            settle_after_first_load()
+        else:
+            settle_heap()
 
     async def _warm_start(self) -> None:
         """Load the versions the app serves (and any announced next one) before taking traffic, so a

@@ -581,3 +581,32 @@ def test_iso_timestamps_mean_the_same_instants_as_epoch_seconds(model, values, t
     a, b = answers
     assert [q["timestamp"] for q in a["points"]] == [q["timestamp"] for q in b["points"]]
     assert a["points"][3]["imputed"] and a["points"][3]["timestamp"] == epoch[2] + 60
+
+
+def test_a_replica_settles_its_heap_again_after_its_first_model_load_only():
+    """What a replica's first model load brings (modules imported then, the model) is moved out of the
+    collector's sight once, in one full pass; later loads do not pay another pass. In a fresh
+    interpreter: the settling changes the process-wide collector settings."""
+    import json
+    import subprocess
+    import sys
+
+    code = """
+import gc, json
+from eyenet.serve import deployments as d
+passes = []
+gc.callbacks.append(lambda phase, info: phase == "stop" and info["generation"] == 2 and passes.append(1))
+d.settle_heap()  # at start-up
+frozen0, passes0 = gc.get_freeze_count(), len(passes)
+loaded = [{"k": [i]} for i in range(20000)]  # what a first load leaves alive
+d.settle_after_first_load()
+frozen1, passes1 = gc.get_freeze_count(), len(passes)
+more = [{"k": [i]} for i in range(20000)]
+d.settle_after_first_load()
+print(json.dumps([frozen1 - frozen0, passes1 - passes0, gc.get_freeze_count() - frozen1, len(passes) - passes1]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    frozen, passes, frozen_later, passes_later = json.loads(out.stdout.strip().splitlines()[-1])
+    assert frozen >= 40_000 and passes == 1  # the first load's objects: frozen, after one full pass
+    assert frozen_later == 0 and passes_later == 0
