@@ -1,5 +1,5 @@
 """Garbage-collector pauses on a router's request path, in-process: Python's default collector
-against a replica's settled heap (``eyenet.serve.deployments.settle_heap``), in the same run.
+against a replica's settled heap (``eyenet.serving.heap.settle_heap``), in the same run.
 
     python -m bench.gc_pauses [--batches 30] [--rounds 2]
 
@@ -57,7 +57,7 @@ def run(settled: bool, batches: int) -> dict:
     p = Pipeline(AliasResolver(Shelf()), ModelCache(Shelf()), store, config=cfg)
     if settled:
         _sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from eyenet.serve.deployments import settle_heap
+        from eyenet.serving.heap import settle_heap
 
         settle_heap()
     spent = {"s": 0.0, "n": 0, "t": 0.0}

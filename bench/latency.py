@@ -58,6 +58,7 @@ def main() -> None:
     # 7,000 points: the stream state holds a full 5,000-score rank history
     _, x, _ = synthetic.series("cpu_pct", n=7000, seed=1, anomalies_per_metric=0)
     train, live = x[:1500], x[1500:]
+    whole = np.concatenate((train, live))
     rows = []
     diffs: list[tuple[str, float]] = []  # per family: the largest |ONNX Runtime - torch| raw score of 199 windows
     for name in detectors.available():
@@ -65,7 +66,7 @@ def main() -> None:
             continue
         model = AnomalyModel.from_dict(presets.model_config(name)).fit(train)
         det = model.detector
-        win = np.concatenate((train, live))[-max(det.context, det.min_history) :]
+        win = whole[-max(det.context, det.min_history) :]
         if name == "ensemble":
             label = "ensemble score_last (members scored, calibrated, combined)"
         else:
@@ -83,9 +84,10 @@ def main() -> None:
                          median_ms(lambda: model.score_stream(point, StreamState.from_dict(json.loads(stored))),
                                    args.calls)))
         if any(isinstance(d, torch_common.TorchDetector) for d in model.members):
-            fast = [det.score_last(np.concatenate((train, live))[: len(train) + k][-len(win):]) for k in range(1, 200)]
+            windows = [whole[: len(train) + k][-len(win):] for k in range(1, 200)]
+            fast = [det.score_last(w) for w in windows]
             torch_runner(model)
-            slow = [det.score_last(np.concatenate((train, live))[: len(train) + k][-len(win):]) for k in range(1, 200)]
+            slow = [det.score_last(w) for w in windows]
             diffs.append((name, float(np.nanmax(np.abs(np.subtract(fast, slow))))))
             rows.append((f"{label}, torch runner", median_ms(lambda: det.score_last(win), args.calls)))
             if name == "ensemble":

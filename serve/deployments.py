@@ -51,6 +51,7 @@ from eyenet.serving import http, schemas
 from eyenet.serving.http import JSONResponse
 from eyenet.serving.controller import settings_from
 from eyenet.serving.follower import Follower, unwrap
+from eyenet.serving.heap import settle_after_first_load, settle_heap
 from eyenet.serving.pipeline import AliasResolver, ModelCache, Pipeline, Turns, model_id, parse_model_id
 from eyenet.serving import auth, console, views
 from eyenet.serving.auth import AUTH_OFF, Authenticator, AuthMiddleware, AuthSettings, Identity, KeyStore
@@ -150,46 +151,6 @@ app.add_middleware(AuthMiddleware, authenticator=lambda: _ReplicaAuth.authentica
 # the HTTP edge (eyenet.serving.http), outside the auth middleware: the body limit, latency by route
 # template, and errors as {"error": ...} with Retry-After on 503 and 429
 http.install(app)
-
-
-#: the cyclic garbage collector's first-generation threshold in a replica (Python's default: 700)
-GC_THRESHOLD = (10_000, 10, 10)
-#: a replica's thread switch interval (Python's default: 5 ms)
-SWITCH_S = 0.001
-
-
-def settle_heap() -> None:
-    """Once a replica has imported and loaded what it serves: move every object alive now out of the
-    cyclic garbage collector's sight (``gc.freeze``) and collect young objects less often
-    (:data:`GC_THRESHOLD`; garbage without cycles is freed at once anyway). In-process, 30 refused
-    batches of 1,000 series spent 0.7-1.0 s in 458 collections, the longest pause 370-530 ms, paid
-    by whichever request happened to allocate; with this, no collection ran and the slowest batch
-    took 47-58 ms instead of 370-470 ms."""
-    import gc
-    import sys
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLD)
-    # the event loop shares the interpreter with the scoring, push and heartbeat threads: each time it
-    # waits for the lock (after every I/O) it waits at most this long, not Python's default 5 ms
-    sys.setswitchinterval(SWITCH_S)
-
-
-_loaded_once = False
-
-
-def settle_after_first_load() -> None:
-    """:func:`settle_heap` again once the replica's first model has loaded: a first load imports
-    what loading and scoring need (MLflow's store and its SQLAlchemy, the ONNX exporter, ...), about
-    200,000 objects that live as long as the process. Left in the collector's sight, every full
-    pass walked them: after a tenant started 10,000 series, a pass of 120-140 ms in each router
-    replica, paid by whichever request was on the loop. One pass now, while that first load's
-    request waits for its model anyway; later loads bring only their model's objects."""
-    global _loaded_once
-    if not _loaded_once:
-        _loaded_once = True
-        settle_heap()
 
 
 async def _call(what: str, ref: Any, timeout_s: float, retry_after_s: float) -> Any:
@@ -380,10 +341,7 @@ class Router:
         self._pusher: asyncio.Task | None = None
         self._monitor()
         await self._warm_start()
-        if len(self.models):  # the served versions loaded before traffic: one settling covers them
-            settle_after_first_load()
-        else:
-            settle_heap()
+        settle_heap(loaded=bool(len(self.models)))  # versions loaded before traffic: one settling covers them
 
     async def _warm_start(self) -> None:
         """Load the versions the app serves (and any announced next one) before taking traffic, so a

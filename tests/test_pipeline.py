@@ -593,7 +593,7 @@ def test_a_replica_settles_its_heap_again_after_its_first_model_load_only():
 
     code = """
 import gc, json
-from eyenet.serve import deployments as d
+from eyenet.serving import heap as d
 passes = []
 gc.callbacks.append(lambda phase, info: phase == "stop" and info["generation"] == 2 and passes.append(1))
 d.settle_heap()  # at start-up
