@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from eyenet.core import presets
 from eyenet.lifecycle import training
+from eyenet.monitoring import history
 from eyenet.serving.schemas import FeedbackRequest, check_feedback
 from eyenet.monitoring.monitor import Monitor, Outbox, merge_expositions
 
@@ -114,6 +115,30 @@ def test_alert_transitions_are_kept_newest_first_per_tenant_and_bounded(tmp_path
     assert acme["severity"] == "warning" and acme["ends_at"] == "2026-11-30T00:05:00Z" and acme["summary"] == "cpu: 90"
 
 
+def test_a_push_carries_every_series_history_in_one_table_and_the_monitor_keeps_each_apart(trained, tmp_path):
+    model, version, values = trained
+    box = Outbox(max_series_points=100)
+    for k in range(300):  # a burst of new series, one point each, one of them with two answers
+        points = [{"score": k / 1000, "alarm": k == 7, "detectors": {"zscore": 0.5}}]
+        box.add(NAME, version, values[k : k + 1], model.score(values[k : k + 1]), f"s{k}", first=0,
+                view=(points, np.arange(1), ["zscore"]))
+    box.add(NAME, version, values[:1], model.score(values[:1]), "s3", first=1,
+            view=([{"score": 0.9, "alarm": True}], np.arange(1, 2), ["zscore"]))
+    (batch,) = box.take()
+    views = batch["views"]
+    assert len(views["ids"]) == 300 and all(isinstance(c, np.ndarray) for c in views["columns"].values())
+    assert len(views["columns"]) == 10 and len(views["columns"]["score"]) == 301  # arrays, not 300 tables
+    got = dict(history.rows(views))
+    np.testing.assert_allclose(got["s3"]["score"], [0.003, 0.9])
+    np.testing.assert_array_equal(got["s3"]["index"], [0, 1])
+    assert got["s7"]["alarm"].tolist() == [True] and got["s8"]["alarm"].tolist() == [False]
+    assert got["s299"]["score"].base is None  # a copy: a kept series does not hold the whole push
+    mon = Monitor(None, {"feedback_path": str(tmp_path / "fb.jsonl")})
+    asyncio.run(mon.push("r1", [batch]))
+    assert mon.history.size(NAME, "s3") == 2 and mon.history.size(NAME, "s0") == 1
+    assert mon.history.points(NAME, "s3", 10)[-1]["score"] == pytest.approx(0.9)
+
+
 def test_answers_of_one_series_between_two_pushes_travel_as_one_table_in_order(trained):
     model, version, values = trained
     box = Outbox(max_series_points=100)
@@ -124,7 +149,8 @@ def test_answers_of_one_series_between_two_pushes_travel_as_one_table_in_order(t
         box.add(NAME, version, chunk, model.score(chunk), "a", first=first, timestamps=ts,
                 view=(points, np.arange(first, first + n), ["zscore"]))
     (batch,) = box.take()
-    (table,) = batch["views"]["a"]  # one table for the three answers
+    ((sid, table),) = history.rows(batch["views"])  # one table for the three answers
+    assert sid == "a"
     np.testing.assert_array_equal(table["index"], [0, 1, 2, 3])
     np.testing.assert_allclose(table["score"], [0.0, 0.1, 0.2, 0.3])
     np.testing.assert_array_equal(table["value"], values[:4])

@@ -135,8 +135,7 @@ class Outbox:
             out.append({"model": name, "version": version, "points": b["points"], "alarms": b["alarms"],
                         **{f: np.concatenate(b[f]) for f in ("value", "calibrated", "score")},
                         "series": {k: list(v) for k, v in b["series"].items()}, "scored": b["scored"],
-                        "views": {sid: [history.columns(*history.joined(chunks))]
-                                  for sid, chunks in b["views"].items()}})
+                        "views": history.table(b["views"])})
         return out
 
 
@@ -254,10 +253,9 @@ class Monitor:
                 self.recent_total += len(kept) - before
                 self.recent_at[name][sid].extend([time.time()] * len(values))
                 self.recent_seen[name][sid] = time.time()
-            for sid, chunks in b.get("views", {}).items():
+            for sid, cols in history.rows(b["views"]):
                 self._touch(name, sid)
-                for cols in chunks:
-                    self.history.add(name, sid, version, cols)
+                self.history.add(name, sid, version, cols)
             for sid, record in b.get("scored", {}).items():
                 self._touch(name, sid)
                 sc = self.scored.get((name, sid))
