@@ -63,15 +63,45 @@ def test_a_revoked_key_is_refused_once_the_cache_expires(keys: KeyStore) -> None
 
 
 class CountingKeys(KeyStore):
-    """A real key store that counts the slow checks (scrypt) it is asked for."""
+    """A real key store that counts the checks it is asked for."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.checks = 0
 
-    def verify(self, key: str):
+    def check(self, key: str, matched: str | None = None):
         self.checks += 1
-        return super().verify(key)
+        return super().check(key, matched)
+
+
+def test_a_key_is_hashed_once_per_process_and_later_checks_only_look_its_revocation_up(
+        keys: KeyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    hashes = []
+    real = auth._verify
+    monkeypatch.setattr(auth, "_verify", lambda secret, stored: hashes.append(1) or real(secret, stored))
+    _, key = keys.create("w", "acme", "writer")
+    _, other = keys.create("w2", "acme", "writer")
+    authenticator = Authenticator(AuthSettings(cache_s=0.2), keys)
+    assert _identify(authenticator, f"Bearer {key}").tenant == "acme" and len(hashes) == 1
+    for _ in range(3):  # each time past the cache: checked again, without a hash
+        time.sleep(0.25)
+        assert _identify(authenticator, f"Bearer {key}").role == "writer"
+    assert len(hashes) == 1
+    wrong = key[:-1] + ("A" if key[-1] != "A" else "B")  # another credential: hashed (and refused)
+    with pytest.raises(AuthenticationError):
+        _identify(authenticator, f"Bearer {wrong}")
+    assert _identify(authenticator, f"Bearer {other}").name == "key:w2" and len(hashes) == 3
+    keys.revoke("w")
+    time.sleep(0.25)
+    with pytest.raises(AuthenticationError, match="revoked"):
+        _identify(authenticator, f"Bearer {key}")
+    assert len(hashes) == 3  # the revocation was looked up, not hashed
+    # a store that keeps another hash under the key's id: not the key that matched, hashed again
+    keys._run(f"UPDATE {keys.table} SET hash = ?, revoked = NULL WHERE name = ?", (auth._hash("other"), "w"))
+    time.sleep(0.25)
+    with pytest.raises(AuthenticationError):
+        _identify(authenticator, f"Bearer {key}")
+    assert len(hashes) == 4
 
 
 def test_concurrent_requests_with_one_key_share_one_check_and_a_refusal_is_remembered(tmp_path: Path) -> None:
@@ -103,11 +133,11 @@ def test_a_key_in_use_is_checked_again_in_the_background_before_it_expires(tmp_p
             self.release = threading.Event()
             self.started = 0
 
-        def verify(self, key: str):
+        def check(self, key: str, matched: str | None = None):
             self.started += 1
             if self.started > 1:  # every check after the first waits until the test lets it go
                 assert self.release.wait(10)
-            return super().verify(key)
+            return super().check(key, matched)
 
     keys = HeldKeys(tmp_path / "keys.db")
     _, key = keys.create("w", "acme", "writer")

@@ -14,7 +14,9 @@ enforces both before a request reaches a route.
   verified key is remembered in memory for ``cache_s`` seconds (keyed by a SHA-256 digest of the
   key): a request then costs a dictionary look-up, and a revoked key stops working within
   ``cache_s``. A key still in use past half its ``cache_s`` is checked again in the background
-  (refresh ahead), so its requests never wait for a hash once it was first verified. Concurrent
+  (refresh ahead), so its requests never wait for a hash once it was first verified; that check,
+  and any later one of the same key, looks its revocation up without hashing again (the process
+  remembers which stored hash the key matched: one hash per key per process). Concurrent
   requests with the same unverified credential share one check, at most ``SLOW_CHECKS`` checks
   run at once per process, and a refused credential is remembered as
   refused for ``cache_s`` too, so neither an expired cache under load nor a client repeating a bad
@@ -296,15 +298,26 @@ class KeyStore:
 
     def verify(self, key: str) -> KeyRecord | None:
         """The record of a valid, unrevoked key; None for anything else (same answer for every failure)."""
+        got = self.check(key)
+        return None if got is None else got[0]
+
+    def check(self, key: str, matched: str | None = None) -> tuple[KeyRecord, str] | None:
+        """:meth:`verify`, and the stored hash the key matched. ``matched``: the stored hash this very
+        key matched before (its caller keeps it by the key's SHA-256 digest); while the key is stored
+        with that hash, it is the same key, so only its revocation is looked up and no hash is
+        computed (scrypt costs tens of ms of CPU and 16 MiB: a replica re-checking each key in use
+        every few seconds spent a core's worth of bursts on it)."""
         m = _KEY.fullmatch(key)
         if m is None:
             return None
         rows = self._run(f"SELECT id, name, tenant, role, created, last_used, revoked, hash FROM {self.table} "
                          "WHERE id = ?", (m.group(1),), fetch=True)
         row = rows[0] if rows else None
-        if row is None or row[6] is not None or not _verify(m.group(2), row[7]):
+        if row is None or row[6] is not None:
             return None
-        return KeyRecord(*row[:7])
+        if not (matched is not None and hmac.compare_digest(matched, row[7])) and not _verify(m.group(2), row[7]):
+            return None
+        return KeyRecord(*row[:7]), row[7]
 
     def touch(self, key_id: str, when: float) -> None:
         with self._lock:
@@ -332,6 +345,8 @@ class Authenticator:
         # digest -> (until, the identity, or the AuthenticationError that refused it)
         self._cache: OrderedDict[bytes, tuple[float, Identity | AuthenticationError]] = OrderedDict()
         self._touched: dict[str, float] = {}
+        # digest -> the stored hash that key matched: its next checks need no hash (KeyStore.check)
+        self._matched: OrderedDict[bytes, str] = OrderedDict()
         self._jwks: Any = None
         self._inflight: dict[bytes, asyncio.Future[Identity]] = {}
         self._slow: asyncio.Semaphore | None = None  # made on the event loop that first needs it
@@ -361,18 +376,23 @@ class Authenticator:
         """Check a credential the slow way (a hash or a signature); remember the outcome, good or bad."""
         digest = hashlib.sha256(credential.encode()).digest()
         try:
-            identity = self._check(credential)
+            identity = self._check(credential, digest)
         except AuthenticationError as exc:
             self._remember(digest, exc)
             raise
         self._remember(digest, identity)
         return identity
 
-    def _check(self, credential: str) -> Identity:
+    def _check(self, credential: str, digest: bytes) -> Identity:
         if credential.startswith(KEY_PREFIX):
-            rec = self.keys.verify(credential) if self.keys is not None else None
-            if rec is None:
+            got = self.keys.check(credential, self._matched.get(digest)) if self.keys is not None else None
+            if got is None:
+                self._matched.pop(digest, None)
                 raise AuthenticationError("credential: unknown, revoked or malformed API key")
+            rec, self._matched[digest] = got
+            self._matched.move_to_end(digest)
+            while len(self._matched) > self.CACHE_SIZE:
+                self._matched.popitem(last=False)
             now = time.time()
             if now - self._touched.get(rec.id, 0.0) >= self.TOUCH_S:
                 self._touched[rec.id] = now
