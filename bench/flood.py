@@ -95,11 +95,12 @@ class Calm:
         self._thread.join(timeout=60)
 
     def summary(self, since: float | None = None) -> dict:
-        """Percentiles, counts, and the five slowest answers as [seconds after ``since``, ms, their
-        Server-Timing] (``app``: the time in the replica's app; the rest of the ms was spent before it)."""
+        """Percentiles, counts, and the slowest answers (the 1 % that set the p99, at least five) as
+        [seconds after ``since``, ms, their Server-Timing] (``app``: the time in the replica's app; the
+        rest of the ms was spent before it)."""
         pct = (lambda q: round(float(np.percentile(self.ms, q)), 2) if self.ms else None)
         since = self.at[0] if since is None and self.at else since
-        slowest = sorted(zip(self.ms, self.at, self.timing), reverse=True)[:5]
+        slowest = sorted(zip(self.ms, self.at, self.timing), reverse=True)[: max(5, len(self.ms) // 100 + 1)]
         return {"p50": pct(50), "p99": pct(99), "n": len(self.ms), "statuses": {str(k): v for k, v in self.statuses.items()},
                 "slowest": [[round(at - since, 2), round(ms, 1), timing] for ms, at, timing in slowest]}
 
