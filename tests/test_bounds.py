@@ -75,6 +75,46 @@ def test_rate_limits_refuse_with_retry_after_and_take_nothing_from_a_refused_req
     assert rl.stats()["refused"] == 2
 
 
+def test_the_pace_of_new_series_puts_a_burst_into_debt_and_never_refuses():
+    clock = Clock()
+    rl = RateLimits(QuotaSettings(new_series_per_s=100, tenants={"free": {"new_series_per_s": None}}), clock=clock)
+    assert rl.pace("a", 10) == 0.0  # within its small burst (PACE_BURST_S of the rate: 12.5)
+    assert rl.pace("a", 100) == pytest.approx(0.975)  # 97.5 series owed at 100 a second
+    assert rl.pace("a", 1) == pytest.approx(0.985)  # a later request queues behind the debt
+    assert rl.pace("b", 12) == 0.0 and rl.pace("free", 10**6) == 0.0  # another tenant; an unpaced one
+    clock.t += 1.0
+    assert rl.pace("a", 1) == 0.0  # a second later the debt (98.5) is paid and 1.5 are there
+    clock.t += 10.0
+    assert rl.pace("a", 12) == 0.0  # paid off, and the bucket full again (never more than its burst)
+    assert rl.pace("a", 2) == pytest.approx(0.015)
+    assert rl.stats()["paced"] == 3 and rl.stats()["refused"] == 0
+    assert QuotaSettings().of("x").new_series_per_s == 2000.0
+
+
+def test_a_batch_of_new_series_is_taken_at_its_tenants_pace_and_held_series_are_not_paced(model, tmp_path):
+    cfg = AppConfig(quota={"new_series_per_s": 400, "requests_per_s": None, "points_per_s": None})
+    shelf = Shelf(model)
+    p = Pipeline(AliasResolver(shelf), ModelCache(shelf), StreamStore(str(tmp_path)), config=cfg)
+
+    def batch(tenant: str, ids: range) -> schemas.StreamBatchRequest:
+        return schemas.StreamBatchRequest(series=[{"id": f"s{i}", "values": [1.0]} for i in ids], tenant=tenant)
+
+    async def go() -> tuple[float, list, list, list]:
+        t0 = time.monotonic()
+        first = await p.stream_many(batch("flood", range(200)))
+        took = time.monotonic() - t0
+        paced = p.rates.stats()["paced"]
+        again = await p.stream_many(batch("flood", range(200)))  # held now: nothing started
+        other = await p.stream_many(batch("calm", range(20)))  # within its own burst
+        assert p.rates.stats()["paced"] == paced == 1
+        return took, first["results"], again["results"], other["results"]
+
+    took, first, again, other = asyncio.run(go())
+    assert took >= 0.3  # (200 - 50) series owed at 400 a second: 0.375 s
+    assert all("error" not in r for r in first + again + other)  # waited, never refused
+    assert [r["seen"] for r in again] == [2] * 200
+
+
 def test_the_table_of_buckets_is_bounded():
     before = evictions("rate_buckets")
     rl = RateLimits(QuotaSettings(max_tenants=3))

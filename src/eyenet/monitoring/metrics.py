@@ -42,6 +42,8 @@ EVICTIONS = Counter("eyenet_evictions_total", "Entries dropped from a bounded st
 QUOTA_REFUSED = Counter("eyenet_quota_refused_total", "Requests refused (429) by quota: requests/s, points/s, "
                         "series (a tenant's live series), store_full (every stored series busy)", ["quota"],
                         registry=REGISTRY)
+QUOTA_PACED = Counter("eyenet_quota_paced_seconds_total", "Seconds requests waited for their tenant's pace of new "
+                      "series (quota.new_series_per_s)", registry=REGISTRY)
 REMOTE_WRITE = Counter("eyenet_remote_write_samples_total", "Samples received through remote_write, by outcome: "
                        "scored; imputed (a missing value, or a point filled into a gap: not scored); unselected "
                        "(no rule matches the series, or it is a score EyeNet wrote back); late (at or before the "

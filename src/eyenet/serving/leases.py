@@ -137,6 +137,10 @@ class OwnedStates:
                 if entry[1] == 0:
                     self._locks.pop(key, None)
 
+    def missing(self, keys: list[str]) -> int:
+        """How many of ``keys`` :meth:`acquire` would ask the store for (not held here, or unconfirmed)."""
+        return sum(1 for k in keys if k not in self.states or k in self.unconfirmed)
+
     async def acquire(self, keys: list[str]) -> dict[str, tuple[int, Any] | Refusal]:
         """Per key ``(version, state)`` (state None: a new series, or one reset) or the store's
         :class:`Refusal`; from this replica's copy when it holds the series, else claimed in one store

@@ -305,6 +305,7 @@ class Pipeline:
         if reset:
             version, state = await self.owned.reset(key), None
         else:
+            await self._pace(tenant, self.owned.missing([key]))
             got = (await self.owned.acquire([key]))[key]
             if isinstance(got, Refusal):  # a new series over the tenant's quota, the store full: 429
                 raise _refused(got)
@@ -327,6 +328,7 @@ class Pipeline:
 
     async def _stream_many(self, tenant: str, group: str, data: list[schemas.SeriesData],
                            keys: list[str], labels: list[dict[str, str]] | None = None) -> list[SeriesResult]:
+        await self._pace(tenant, self.owned.missing(keys))
         held = await self.owned.acquire(keys)  # one store call for the series this replica does not hold
         results: list[SeriesResult | None] = [None] * len(data)
         todo = []
@@ -359,6 +361,14 @@ class Pipeline:
                 results[i] = SeriesResult({"id": data[i].id, "seen": seen, **body}, plan.timestamps)
             await self.owned.written()
         return results  # type: ignore[return-value]
+
+    async def _pace(self, tenant: str, series: int) -> None:
+        """Wait while ``tenant`` brings this replica ``series`` series it does not hold (new ones, or held
+        elsewhere) faster than its ``quota.new_series_per_s`` (:meth:`~eyenet.serving.quota.RateLimits.pace`),
+        before the store is asked for them: admitting them is most of their cost."""
+        wait = self.rates.pace(tenant, series)
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     def _alert(self, tenant: str, group: str, series: str, labels: dict[str, str] | None, version: int, model: Any,
                name: str, plan: Plan, body: dict[str, Any], state: Any) -> None:

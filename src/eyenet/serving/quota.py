@@ -17,6 +17,16 @@ rates with the router's replica count in mind (``router.autoscaling``). The
 live-series quota (``max_series_per_tenant``) is app-wide: the stream store
 enforces it (:mod:`eyenet.serving.streams`).
 
+**Pace of new series**: a third bucket per tenant, ``new_series_per_s``, holding
+only :data:`PACE_BURST_S` of its rate, counts the series a tenant brings to the
+replica (ones it does not hold: new ids, or series another replica held). It
+never refuses: a request bringing more than the bucket holds waits
+(:meth:`RateLimits.pace`, an asyncio sleep before the store is asked for them)
+until they are paid for, and later ones queue behind that debt. A tenant that
+sends 10,000 new ids at once is admitted at the pace instead of in one burst
+that fills both cores, and one sending new ids past its live-series quota is
+slowed before each refusal too.
+
 The table of buckets is bounded too (``max_tenants``, least recently used
 dropped and counted in ``eyenet_evictions_total{structure="rate_buckets"}``);
 a dropped tenant's buckets start full again when it returns.
@@ -74,6 +84,16 @@ class TokenBucket:
     def take(self, cost: float) -> None:
         self.tokens = max(0.0, self.tokens - min(float(cost), self.capacity))
 
+    def owe(self, cost: float) -> float:
+        """Take ``cost`` tokens, into debt if need be; the seconds until the debt is paid (0: none).
+        Call :meth:`refill` first."""
+        self.tokens -= float(cost)
+        return max(0.0, -self.tokens) / self.rate
+
+
+#: the pace bucket of new series holds this many seconds of its rate (a small burst: the point is pacing)
+PACE_BURST_S = 0.125
+
 
 class RateLimits:
     """The request and point buckets of every tenant seen by this replica (see the module docstring)."""
@@ -81,11 +101,13 @@ class RateLimits:
     def __init__(self, settings: QuotaSettings | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings or QuotaSettings()
         self.clock = clock
-        self._buckets: OrderedDict[str, tuple[TokenBucket | None, TokenBucket | None]] = OrderedDict()
+        # per tenant: its requests, points and new series buckets (None: unlimited)
+        self._buckets: OrderedDict[str, tuple[TokenBucket | None, ...]] = OrderedDict()
         self.refused = 0
         self.evicted = 0
+        self.paced = 0  # requests that waited for the pace of new series
 
-    def _of(self, tenant: str, now: float) -> tuple[TokenBucket | None, TokenBucket | None]:
+    def _of(self, tenant: str, now: float) -> tuple[TokenBucket | None, ...]:
         pair = self._buckets.get(tenant)
         if pair is not None:
             self._buckets.move_to_end(tenant)
@@ -93,7 +115,9 @@ class RateLimits:
         q = self.settings.of(tenant)
         burst = self.settings.burst_s
         pair = (None if q.requests_per_s is None else TokenBucket(q.requests_per_s, q.requests_per_s * burst, now),
-                None if q.points_per_s is None else TokenBucket(q.points_per_s, q.points_per_s * burst, now))
+                None if q.points_per_s is None else TokenBucket(q.points_per_s, q.points_per_s * burst, now),
+                None if q.new_series_per_s is None else TokenBucket(q.new_series_per_s,
+                                                                    q.new_series_per_s * PACE_BURST_S, now))
         self._buckets[tenant] = pair
         while len(self._buckets) > self.settings.max_tenants:
             self._buckets.popitem(last=False)
@@ -105,7 +129,7 @@ class RateLimits:
         """Take one request and ``points`` points of ``tenant``'s buckets, or raise
         :class:`QuotaExceededError` (taking nothing) naming the limit and when to retry."""
         now = self.clock()
-        requests, pts = self._of(tenant, now)
+        requests, pts, _ = self._of(tenant, now)
         waits = []
         for bucket, cost, what in ((requests, 1, "requests/s"), (pts, points, "points/s")):
             if bucket is not None:
@@ -126,8 +150,24 @@ class RateLimits:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def pace(self, tenant: str, new_series: int) -> float:
+        """Seconds ``tenant``'s request that starts ``new_series`` series waits before it goes on
+        (0: at once): the series are paid for from its pace bucket, into debt (see the module docstring)."""
+        if new_series <= 0:
+            return 0.0
+        now = self.clock()
+        bucket = self._of(tenant, now)[2]
+        if bucket is None:
+            return 0.0
+        bucket.refill(now)
+        wait = bucket.owe(new_series)
+        if wait > 0:
+            self.paced += 1
+            m.QUOTA_PACED.inc(wait)
+        return wait
+
     def stats(self) -> dict[str, int]:
-        return {"tenants": len(self._buckets), "refused": self.refused, "evicted": self.evicted}
+        return {"tenants": len(self._buckets), "refused": self.refused, "evicted": self.evicted, "paced": self.paced}
 
 
 class InFlight:

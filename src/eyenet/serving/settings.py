@@ -26,6 +26,7 @@ class TenantQuota(BaseModel):
     points_per_s: float | None = Field(None, gt=0)
     max_series: int | None = Field(None, ge=0)
     max_inflight: int | None = Field(None, ge=1)
+    new_series_per_s: float | None = Field(None, gt=0)
 
 
 class QuotaSettings(BaseModel):
@@ -39,6 +40,10 @@ class QuotaSettings(BaseModel):
     points_per_s: float | None = Field(1_000_000.0, gt=0, description="points a second per tenant, per router replica")
     burst_s: float = Field(2.0, gt=0, description="a bucket holds this many seconds of its rate")
     max_series_per_tenant: int | None = Field(10_000, ge=0, description="live stream series per tenant (app-wide)")
+    new_series_per_s: float | None = Field(
+        2000.0, gt=0, description="stream series a tenant brings to a router replica a second (new ids, or ones "
+        "another replica held): a burst beyond it is taken at this pace (its requests wait; nothing is refused "
+        "for it), so one tenant's cardinality explosion leaves the others their share of the CPU")
     max_inflight_per_tenant: int | None = Field(
         16, ge=1, description="requests of one tenant in progress at once per router replica (as many more may "
         "wait, hold_s; keep both under the router's max_ongoing_requests); the rest are answered 429, so one "
@@ -53,7 +58,8 @@ class QuotaSettings(BaseModel):
     def of(self, tenant: str) -> TenantQuota:
         """``tenant``'s quotas: its override's fields where given, the defaults otherwise."""
         base = {"requests_per_s": self.requests_per_s, "points_per_s": self.points_per_s,
-                "max_series": self.max_series_per_tenant, "max_inflight": self.max_inflight_per_tenant}
+                "max_series": self.max_series_per_tenant, "max_inflight": self.max_inflight_per_tenant,
+                "new_series_per_s": self.new_series_per_s}
         o = self.tenants.get(tenant)
         if o is not None:
             base.update({f: getattr(o, f) for f in o.model_fields_set})
