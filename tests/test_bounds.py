@@ -91,6 +91,17 @@ def test_the_pace_of_new_series_puts_a_burst_into_debt_and_never_refuses():
     assert QuotaSettings().of("x").new_series_per_s == 2000.0
 
 
+def test_a_request_that_would_wait_too_long_behind_its_tenants_pace_is_refused_and_owes_nothing():
+    from eyenet.serving.quota import PACE_MAX_WAIT_S
+    rl = RateLimits(QuotaSettings(new_series_per_s=100), clock=Clock(0.0))
+    assert PACE_MAX_WAIT_S == 10.0
+    assert rl.pace("a", 1000) == pytest.approx(9.875)  # alone: waits however long (it could never pass otherwise)
+    with pytest.raises(QuotaExceededError, match="wait 9.9 s for its pace of 100 new series") as exc:
+        rl.pace("a", 200)  # behind that debt it would wait 11.9 s
+    assert exc.value.retry_after_s == 10 and rl.stats()["refused"] == 1
+    assert rl.pace("a", 5) == pytest.approx(9.925)  # the refused request took nothing
+
+
 def test_a_batch_of_new_series_is_taken_at_its_tenants_pace_and_held_series_are_not_paced(model, tmp_path):
     cfg = AppConfig(quota={"new_series_per_s": 400, "requests_per_s": None, "points_per_s": None})
     shelf = Shelf(model)
@@ -113,6 +124,49 @@ def test_a_batch_of_new_series_is_taken_at_its_tenants_pace_and_held_series_are_
     assert took >= 0.3  # (200 - 50) series owed at 400 a second: 0.375 s
     assert all("error" not in r for r in first + again + other)  # waited, never refused
     assert [r["seen"] for r in again] == [2] * 200
+
+
+def test_a_tenant_the_store_found_at_its_quota_is_refused_new_series_without_a_store_call(model, tmp_path,
+                                                                                           monkeypatch):
+    from eyenet.serving import leases
+    monkeypatch.setattr(leases, "AT_QUOTA_S", 0.3)
+    cfg = AppConfig(quota={"max_series_per_tenant": 3, "new_series_per_s": None, "requests_per_s": None,
+                           "points_per_s": None})
+    shelf = Shelf(model)
+    p = Pipeline(AliasResolver(shelf), ModelCache(shelf), StreamStore(str(tmp_path), quota=cfg.quota), config=cfg)
+    store, asked = p.owned.store, []
+    claim = store.claim
+
+    async def counted(owner, keys, *a, **k):
+        asked.append(list(keys))
+        return await claim(owner, keys, *a, **k)
+
+    store.claim = counted
+
+    def batch(ids, tenant="a") -> schemas.StreamBatchRequest:
+        return schemas.StreamBatchRequest(series=[{"id": i, "values": [1.0]} for i in ids], tenant=tenant)
+
+    async def go():
+        await p.stream_many(batch(["s0", "s1", "s2"]))
+        with pytest.raises(QuotaExceededError, match="quota of 3 live series"):  # the store refuses
+            await p.stream(schemas.StreamRequest(id="s3", values=[1.0], tenant="a"))
+        assert asked[-1] == ["a/default/s3"] and p.owned.stats()["tenants_at_quota"] == 1
+        calls = len(asked)
+        with pytest.raises(QuotaExceededError, match="every series of the batch was refused: .*quota of 3"):
+            await p.stream_many(batch([f"n{i}" for i in range(50)]))  # only new ones: refused here
+        with pytest.raises(QuotaExceededError):
+            await p.stream(schemas.StreamRequest(id="s4", values=[1.0], tenant="a"))
+        mixed = (await p.stream_many(batch(["s0", "n0"])))["results"]  # held ones go on, the new one refused
+        other = await p.stream(schemas.StreamRequest(id="s0", values=[1.0], tenant="b"))  # another tenant
+        assert len(asked) == calls + 1 and asked[-1] == ["b/default/s0"]  # the store asked for b's only
+        assert mixed[0]["seen"] == 2 and mixed[1]["status"] == 429 and "quota" in mixed[1]["error"]
+        assert other[0]["seen"] == 1 and p.owned.refused_here == 50 + 1 + 1
+        await asyncio.sleep(0.35)  # the memory of the refusal lapsed: the store is asked again
+        with pytest.raises(QuotaExceededError):
+            await p.stream(schemas.StreamRequest(id="s5", values=[1.0], tenant="a"))
+        assert asked[-1] == ["a/default/s5"] and p.owned.refused_here == 52
+
+    asyncio.run(go())
 
 
 def test_the_table_of_buckets_is_bounded():

@@ -40,7 +40,8 @@ EVICTIONS = Counter("eyenet_evictions_total", "Entries dropped from a bounded st
                     "router_streams / router_models: a router's caches, rate_buckets, outbox, monitor_series, "
                     "monitor_models)", ["structure"], registry=REGISTRY)
 QUOTA_REFUSED = Counter("eyenet_quota_refused_total", "Requests refused (429) by quota: requests/s, points/s, "
-                        "series (a tenant's live series), store_full (every stored series busy)", ["quota"],
+                        "series (a tenant's live series), store_full (every stored series busy), new_series/s (waiting too long "
+                        "for the pace of new series)", ["quota"],
                         registry=REGISTRY)
 QUOTA_PACED = Counter("eyenet_quota_paced_seconds_total", "Seconds requests waited for their tenant's pace of new "
                       "series (quota.new_series_per_s)", registry=REGISTRY)

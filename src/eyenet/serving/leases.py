@@ -58,6 +58,11 @@ log = logging.getLogger(__name__)
 POLL_S = 5.0
 #: states queued to leave (evicted, handed over) that make the sync loop run before its interval
 LEAVING_KICK = 1_000
+#: how long a replica takes a tenant the store found at its live-series quota to be still at it
+#: (its new series refused here without a store call); at most the refusal's Retry-After
+AT_QUOTA_S = 1.0
+#: tenants a replica remembers at their quota at once (least recently refused dropped)
+MAX_AT_QUOTA = 10_000
 
 
 class StoreLike(Protocol):
@@ -105,6 +110,8 @@ class OwnedStates:
         self.leaving: dict[str, tuple[int, Any, bool]] = {}  # key -> (version, state, changed): released next sync
         self.valid_until = 0.0  # monotonic: until then the store keeps this replica's series for it
         self.synced = self.lost = self.handed_over = self.failures = 0
+        self.at_quota: OrderedDict[str, tuple[float, Refusal]] = OrderedDict()  # tenant -> (until, refusal)
+        self.refused_here = 0  # new series refused from at_quota, without asking the store
         self.error: str | None = None  # the last sync's error, None once one succeeds
         self._locks: dict[str, list[Any]] = {}  # key -> [lock, requests holding or awaiting it]
         self._sync_lock = asyncio.Lock()
@@ -141,6 +148,39 @@ class OwnedStates:
         """How many of ``keys`` :meth:`acquire` would ask the store for (not held here, or unconfirmed)."""
         return sum(1 for k in keys if k not in self.states or k in self.unconfirmed)
 
+    def quota_refusal(self, tenant: str) -> Refusal | None:
+        """The store's refusal of ``tenant``'s new series when it answered one in the last
+        :data:`AT_QUOTA_S` (the tenant at its live-series quota), else None. Series of that tenant
+        this replica does not hold get it from :meth:`acquire` without a store call: a tenant sending
+        new ids past its quota costs the store nothing and a replica little. A slot the tenant frees
+        meanwhile (a reset, an idle series expiring) is seen at most that much later."""
+        hit = self.at_quota.get(tenant)
+        if hit is None:
+            return None
+        if hit[0] <= time.monotonic():
+            del self.at_quota[tenant]
+            return None
+        return hit[1]
+
+    def refuse_new(self, tenant: str, keys: list[str]) -> Refusal | None:
+        """:meth:`quota_refusal` for a request of only new series (none of ``keys`` held here), counted
+        as refused; None when the tenant is not known at its quota or one of the series is held."""
+        refusal = self.quota_refusal(tenant)
+        if refusal is None or any(k in self.states for k in keys):
+            return None
+        self.refused_here += len(keys)
+        m.QUOTA_REFUSED.labels("series").inc(len(keys))
+        return refusal
+
+    def _remember_quota(self, refusal: Refusal) -> None:
+        tenant, now = refusal.tenant, time.monotonic()
+        if tenant is None or self.at_quota.get(tenant, (0.0,))[0] > now:
+            return
+        self.at_quota[tenant] = (now + min(AT_QUOTA_S, refusal.retry_after_s), refusal)
+        self.at_quota.move_to_end(tenant)
+        while len(self.at_quota) > MAX_AT_QUOTA:
+            self.at_quota.popitem(last=False)
+
     async def acquire(self, keys: list[str]) -> dict[str, tuple[int, Any] | Refusal]:
         """Per key ``(version, state)`` (state None: a new series, or one reset) or the store's
         :class:`Refusal`; from this replica's copy when it holds the series, else claimed in one store
@@ -158,6 +198,14 @@ class OwnedStates:
                 out[key] = hit
             else:
                 ask.append(key)
+        if ask and self.at_quota:  # new series of a tenant at its quota: refused here
+            refused = {k: r for k in ask if k not in self.states
+                       and (r := self.quota_refusal(k.split("/", 1)[0])) is not None}
+            if refused:
+                out.update(refused)
+                ask = [k for k in ask if k not in refused]
+                self.refused_here += len(refused)
+                m.QUOTA_REFUSED.labels("series").inc(len(refused))
         if not ask:
             return out
         if any(k in self.leaving for k in ask):  # handed over a moment ago: let that sync go first
@@ -170,6 +218,7 @@ class OwnedStates:
             if isinstance(got, Refusal):
                 self._drop(key)
                 out[key] = got
+                self._remember_quota(got)
                 continue
             mine = self.states.get(key)
             if mine is not None and mine[0] >= version:  # nobody moved it on: our copy is the newest
@@ -398,4 +447,5 @@ class OwnedStates:
                 "lease_left_s": round(max(0.0, self.valid_until - time.monotonic()), 3),
                 "synced": self.synced, "handed_over": self.handed_over, "lost": self.lost,
                 "heartbeats": self.heartbeats, "heartbeat_failures": self.heartbeat_failures,
-                "failures": self.failures, "error": self.error}
+                "failures": self.failures, "error": self.error,
+                "tenants_at_quota": len(self.at_quota), "refused_here": self.refused_here}

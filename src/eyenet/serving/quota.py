@@ -19,13 +19,15 @@ enforces it (:mod:`eyenet.serving.streams`).
 
 **Pace of new series**: a third bucket per tenant, ``new_series_per_s``, holding
 only :data:`PACE_BURST_S` of its rate, counts the series a tenant brings to the
-replica (ones it does not hold: new ids, or series another replica held). It
-never refuses: a request bringing more than the bucket holds waits
+replica (ones it does not hold: new ids, or series another replica held). A
+request bringing more than the bucket holds waits
 (:meth:`RateLimits.pace`, an asyncio sleep before the store is asked for them)
 until they are paid for, and later ones queue behind that debt. A tenant that
 sends 10,000 new ids at once is admitted at the pace instead of in one burst
 that fills both cores, and one sending new ids past its live-series quota is
-slowed before each refusal too.
+slowed before each refusal too. A request that would wait longer than
+:data:`PACE_MAX_WAIT_S` behind the requests already waiting (a sender with many
+requests of new series in flight) is answered 429 with ``Retry-After`` instead.
 
 The table of buckets is bounded too (``max_tenants``, least recently used
 dropped and counted in ``eyenet_evictions_total{structure="rate_buckets"}``);
@@ -93,6 +95,8 @@ class TokenBucket:
 
 #: the pace bucket of new series holds this many seconds of its rate (a small burst: the point is pacing)
 PACE_BURST_S = 0.125
+#: a request whose new series would wait longer than this behind its tenant's pace is refused (429)
+PACE_MAX_WAIT_S = 10.0
 
 
 class RateLimits:
@@ -160,6 +164,13 @@ class RateLimits:
         if bucket is None:
             return 0.0
         bucket.refill(now)
+        if (new_series - bucket.tokens) / bucket.rate > PACE_MAX_WAIT_S and bucket.tokens < 0:
+            self.refused += 1  # behind too many others: told when the debt is paid instead of waiting
+            m.QUOTA_REFUSED.labels("new_series/s").inc()
+            behind = -bucket.tokens / bucket.rate
+            raise QuotaExceededError(f"tenant {tenant!r}: its new series wait {behind:.1f} s for its pace of "
+                                     f"{bucket.rate:g} new series a second (per router replica); retry then, or "
+                                     f"send fewer new series at once", retry_after_s=max(1.0, math.ceil(behind)))
         wait = bucket.owe(new_series)
         if wait > 0:
             self.paced += 1

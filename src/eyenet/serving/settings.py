@@ -42,8 +42,9 @@ class QuotaSettings(BaseModel):
     max_series_per_tenant: int | None = Field(10_000, ge=0, description="live stream series per tenant (app-wide)")
     new_series_per_s: float | None = Field(
         2000.0, gt=0, description="stream series a tenant brings to a router replica a second (new ids, or ones "
-        "another replica held): a burst beyond it is taken at this pace (its requests wait; nothing is refused "
-        "for it), so one tenant's cardinality explosion leaves the others their share of the CPU")
+        "another replica held): a burst beyond it is taken at this pace (its requests wait), so one tenant's "
+        "cardinality explosion leaves the others their share of the CPU; a request "
+        "that would wait more than 10 s behind the tenant's others is answered 429")
     max_inflight_per_tenant: int | None = Field(
         16, ge=1, description="requests of one tenant in progress at once per router replica (as many more may "
         "wait, hold_s; keep both under the router's max_ongoing_requests); the rest are answered 429, so one "

@@ -92,6 +92,7 @@ class Refusal:
     reason: str
     retry_after_s: float
     status: int = 429
+    tenant: str | None = None  # set when the tenant is at its live-series quota (not the store full)
 
 
 class Streams:
@@ -333,7 +334,7 @@ class Streams:
                 and self.live.get(tenant, 0) + self._reservations(tenant) >= cap:
             m.QUOTA_REFUSED.labels("series").inc()
             return Refusal(f"tenant {tenant!r}: at its quota of {cap} live series; reset or let idle series "
-                           f"expire before starting new ones", self.quota.retry_after_s)
+                           f"expire before starting new ones", self.quota.retry_after_s, tenant=tenant)
         s = self.settings
         need = state_bytes(key, state)
         extra = (1 if new_key else 0) + len(self.reserved)  # claimed new series count as stored ones
