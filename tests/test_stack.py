@@ -36,6 +36,7 @@ def test_up_serves_status_reports_and_down_leaves_nothing_running(tmp_path):
         assert up.returncode == 0, up.stderr[-3000:]
         assert f"EyeNet is up at http://127.0.0.1:{port}" in up.stdout
         assert "seasonal" in up.stdout and "ensemble" in up.stdout  # per-detector scores of the example
+        assert "alarm: YES" in up.stdout  # the example's spike is caught
         # the first `up` created an admin key, readable by its owner only; without a key: 401
         key_file = tmp_path / ".eyenet" / "admin.key"
         assert key_file.stat().st_mode & 0o777 == 0o600 and f"Bearer $(cat {key_file})" in up.stdout

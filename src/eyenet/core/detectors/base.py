@@ -207,6 +207,13 @@ class Detector:
         of an expecting detector grow with that distance), or None: no expected value."""
         return None
 
+    @property
+    def validation_error(self) -> float | None:
+        """How well the fitted detector predicts data it did not train on, in units of the series'
+        spread (a forecaster's validation RMS error over the robust standard deviation: 0.1 is a
+        miss a tenth of the usual variation), or None: this family does not predict values."""
+        return None
+
     def warm(self) -> None:
         """Build now what the real-time path would build on its first point (a compiled network):
         a serving replica calls it while loading a model, so the first request does not wait."""

@@ -21,10 +21,13 @@ from eyenet.core.errors import InvalidParameterError
 
 #: a seasonal baseline (distance from the same phase of past cycles, or from the usual level)
 #: and a one-step forecaster (distance from what the last values predict), the baseline
-#: weighted 3:1; chosen on the NAB subset in bench/RESULTS.md, where it beats each member
+#: weighted 3:1; chosen on the NAB subset in bench/RESULTS.md, where it beats each member.
+#: The forecaster alarms on its own on a series it predicts to within 0.15 of its spread
+#: (``solo_below``): there a spike or a short burst is news the baseline averages away, while on
+#: a noisy series its misses are not (measured on the NAB subset and ``eyenet demo``, RESULTS.md)
 DEFAULT_MEMBERS: tuple[dict[str, Any], ...] = (
     {"family": "seasonal", "params": {}, "weight": 3.0},
-    {"family": "lstm", "params": {}, "weight": 1.0},
+    {"family": "lstm", "params": {}, "weight": 1.0, "solo_below": 0.15},
 )
 
 
@@ -39,14 +42,16 @@ def _members_ok(v: Any) -> bool:
         and m["family"] != "ensemble"
         and _weight_ok(m.get("weight", 1.0))
         and isinstance(m.get("solo", False), bool)
+        and (m.get("solo_below") is None or _weight_ok(m["solo_below"]) and m["solo_below"] > 0)
         for m in v
     ) and sum(float(m.get("weight", 1.0)) for m in v) > 0
 
 
 _members_ok.__doc__ = (
     "None (the default members) or a non-empty list of {'family': name, 'params': {...}, 'weight': w, "
-    "'solo': false} (weight optional, default 1, non-negative with a positive sum; solo: the member may alarm "
-    "on its own; no nested ensembles)"
+    "'solo': false, 'solo_below': null} (weight optional, default 1, non-negative with a positive sum; solo: the "
+    "member may alarm on its own; solo_below: a positive number, the member may alarm on its own where its "
+    "validation error, in units of the series' spread, is below it; no nested ensembles)"
 )
 
 
@@ -187,15 +192,27 @@ class Ensemble(Detector):
 
     @property
     def solo(self) -> list[int]:
-        """The members that may alarm on their own (``"solo": true``): the combined score is at least
-        the highest of their scores, so a confident member is not averaged away by the others."""
+        """The members that may alarm on their own: the combined score is at least the highest of
+        their scores, so a confident member is not averaged away by the others. A member is solo with
+        ``"solo": true``, or once fitted with ``"solo_below": e`` where its
+        :attr:`~eyenet.core.detectors.base.Detector.validation_error` is below ``e`` (a forecaster on a
+        series it predicts closely: its misses there are news)."""
         members = self.members if self.members is not None else DEFAULT_MEMBERS
+        fitted = self.__dict__.get("members_")
         key = (id(members), len(members))
         hit = self.__dict__.get("_solo_cache")
-        if hit is None or hit[0] != key:
-            hit = (key, [j for j, m in enumerate(members) if m.get("solo")])
+        if hit is None or hit[0] != key or hit[1] is not fitted:  # the fitted members held: no id reused
+            hit = (key, fitted, [j for j, m in enumerate(members) if m.get("solo") or self._predicts_closely(j, m, fitted)])
             self._solo_cache = hit
-        return hit[1]
+        return hit[2]
+
+    @staticmethod
+    def _predicts_closely(j: int, member: dict[str, Any], fitted: list[Member] | None) -> bool:
+        below = member.get("solo_below")
+        if below is None or not fitted or j >= len(fitted):
+            return False
+        error = fitted[j].detector.validation_error
+        return error is not None and error < float(below)
 
     def combine_scores(self, s: np.ndarray) -> np.ndarray:
         """One score per row of a (points, members) matrix of [0, 1] scores."""

@@ -423,6 +423,11 @@ class TorchDetector(Detector):
             start = stop
         return out
 
+    @property
+    def validation_error(self) -> float | None:
+        """The validation RMS error in normalised units (``score_scale_``), None until fitted."""
+        return float(self.score_scale_) if self.is_fitted else None
+
     def _score(self, x: np.ndarray) -> np.ndarray:
         inputs, targets = self._pairs(self.norm_.transform(x))
         if len(inputs) == 1:  # one window: the real-time path
