@@ -4,7 +4,7 @@
     python -m bench.quality --loco [--workers 2]
 
 Prints a Markdown table: NAB scores for the three profiles at the optimised
-threshold, the standard score at the model's own alarm threshold, and the
+threshold, the standard score at each file's model's own alarm threshold, and the
 wall time to fit and score the whole corpus (files run in parallel processes).
 
 ``--loco`` (leave one category out) scores each candidate ensemble of
@@ -38,7 +38,8 @@ def run(corpus: Path, names: list[str], workers: int) -> list[dict]:
         res = {cf.key: r for cf, r in score_corpus(files, config, workers=workers)}
         seconds = time.perf_counter() - t0
         arrays = [(res[cf.key].scores, wins[cf.key], res[cf.key].probation) for cf in files]
-        rep = evaluation.score_arrays(arrays, keys=[cf.key for cf in files], own_threshold=presets.alarm_threshold())
+        rep = evaluation.score_arrays(arrays, keys=[cf.key for cf in files],
+                                      own_threshold=[res[cf.key].threshold for cf in files])
         p = rep.profiles
         rows.append({
             "detector": name,
@@ -83,7 +84,7 @@ def loco(corpus: Path, workers: int, candidates: dict[str, list[dict]] | None = 
         t0 = time.perf_counter()
         res = {cf.key: r for cf, r in score_corpus(files, config, workers=workers)}
         arrays[name] = [(res[cf.key].scores, wins[cf.key], res[cf.key].probation) for cf in files]
-        reports[name] = evaluation.score_arrays(arrays[name], own_threshold=presets.alarm_threshold())
+        reports[name] = evaluation.score_arrays(arrays[name], own_threshold=[res[cf.key].threshold for cf in files])
         print(f"{name}: standard {reports[name].score('standard'):.1f} in {time.perf_counter() - t0:.0f}s", flush=True)
     return evaluation.leave_one_group_out(arrays, groups), reports
 

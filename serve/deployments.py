@@ -709,7 +709,7 @@ class Router:
             raise UnknownNameError(f"series {id!r} of {name}: no scored points kept (stream it first; the monitor "
                                    f"keeps the last monitor.history_points of each live series)")
         try:  # the alarm threshold the points were judged against, to draw
-            threshold = (await self.models.get(name, got["version"])).alarm.threshold
+            threshold = (await self.models.get(name, got["version"])).threshold
         except Exception:  # noqa: BLE001 - a version no longer loadable: the points still show
             threshold = None
         return {**got, "threshold": threshold}

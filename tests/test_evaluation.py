@@ -268,6 +268,26 @@ def test_score_arrays_report():
     assert rep.to_dict()["profiles"]["standard"]["threshold"] == 0.3
 
 
+def test_score_arrays_with_an_own_threshold_per_file():
+    s0 = np.zeros(N)
+    s0[10] = 1.0
+    s0[50] = 0.8
+    s1 = np.zeros(40)
+    s1[25] = 0.3
+    s1[5] = 0.6
+    files = [(s0, [(10, 19)], 0), (s1, [(20, 29)], 0)]
+    same = ev.score_arrays(files, own_threshold=[0.5, 0.5]).profiles["standard"]
+    assert same.own_raw == ev.score_arrays(files, own_threshold=0.5).profiles["standard"].own_raw
+    # file 0 at 0.9 (only the hit), file 1 at 0.25 (the FP at row 5 and the hit at row 25)
+    rep = ev.score_arrays(files, own_threshold=[0.9, 0.25])
+    assert rep.profiles["standard"].own_raw == pytest.approx(1 + (-0.11 + 0.8597926), abs=1e-6)
+    assert rep.own_threshold == [0.9, 0.25] and "own thresholds 0.25-0.9" in rep.table()
+    with pytest.raises(InvalidInputError, match="1 own thresholds for 2 files"):
+        ev.score_arrays(files, own_threshold=[0.5])
+    with pytest.raises(InvalidInputError, match="own_threshold of file 1"):
+        ev.score_arrays(files, own_threshold=[0.5, "high"])
+
+
 def test_score_arrays_without_windows_is_an_error():
     with pytest.raises(InvalidInputError, match="no labelled anomaly windows"):
         ev.score_arrays([(np.zeros(10), [], 0)])

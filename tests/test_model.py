@@ -14,7 +14,7 @@ from eyenet.core.calibration import RunningRank, TailCalibrator
 from eyenet.core.detectors.ensemble import Ensemble
 from eyenet.core.detectors.iforest import IForest
 from eyenet.core.errors import InvalidParameterError, NotEnoughDataError
-from eyenet.core.model import AnomalyModel
+from eyenet.core.model import REACH_FLOOR, AnomalyModel
 
 RNG_SEED = 11
 
@@ -175,6 +175,44 @@ def test_alarm_rejects_bad_params(kw: dict) -> None:
     model = AnomalyModel(detectors.create("zscore", window=8), alarm=AlarmPolicy(**kw))
     with pytest.raises(InvalidParameterError):
         model.fit(np.sin(np.arange(300) / 5.0))
+
+
+def test_top_is_the_rank_of_a_score_beyond_everything_remembered() -> None:
+    r = RunningRank(history=5000, learning=50)
+    history = np.random.default_rng(0).normal(size=225)
+    ranks, _ = r.rank(np.array([10.0]), history)
+    assert ranks[0] == r.top(225)  # to the last bit
+    assert r.top(10**6) == 1.0 and r.top(225) == pytest.approx(np.log10(226) / np.log10(5001))
+
+
+def test_a_model_with_a_short_reference_lowers_its_threshold_to_what_a_new_maximum_ranks(tmp_path) -> None:
+    """Fitted on 600 rows, a model holds out 180: a new series' ranks start from those 180 scores, and
+    no point can rank 0.7 until some 390 are remembered, so a spike early in the stream could not
+    alarm at 0.7."""
+    rng = np.random.default_rng(5)
+    x = np.sin(np.arange(1000) / 6.0) + 0.1 * rng.normal(size=1000)
+    x[620] += 4.0  # a spike 20 points into a stream that starts after the fit rows
+    short = AnomalyModel(detectors.create("zscore", window=8)).fit(x[:600])
+    held = len(short.reference_[0])
+    assert held > REACH_FLOOR and short.threshold == pytest.approx(short.rank.top(held)) and short.threshold < 0.7
+    assert short.alarm.threshold == 0.7  # the configured threshold is unchanged
+    out = short.score(x[600:])
+    assert out.alarm[20] and out.score[20] >= short.threshold and not out.alarm[:20].any()
+    strict = AnomalyModel(detectors.create("zscore", window=8), alarm=AlarmPolicy(reachable=False)).fit(x[:600])
+    assert strict.threshold == 0.7 and not strict.score(x[600:]).alarm.any()
+    # the stream and the batch agree, and a saved model keeps its threshold
+    stream = short.stream()
+    assert [stream.score_one(v).alarm for v in x[600:]] == out.alarm.tolist()
+    # a shorter reference lowers it no further than REACH_FLOOR scores would
+    tiny = AnomalyModel(detectors.create("zscore", window=8)).fit(x[:300])
+    assert len(tiny.reference_[0]) < REACH_FLOOR and tiny.threshold == pytest.approx(tiny.rank.top(REACH_FLOOR))
+    back = AnomalyModel.load(short.save(tmp_path / "m"))
+    assert back.threshold == short.threshold and back.calibration_summary()["threshold"] == short.threshold
+    # a reference long enough to reach 0.7: the threshold as configured
+    long = AnomalyModel(detectors.create("zscore", window=8)).fit(np.tile(x[:600], 3))
+    assert len(long.reference_[0]) > 400 and long.threshold == 0.7
+    with pytest.raises(InvalidParameterError, match="reachable"):
+        AnomalyModel(detectors.create("zscore"), alarm=AlarmPolicy(reachable="yes")).fit(x[:600])
 
 
 # -- Ensemble combination -----------------------------------------------------------------------------

@@ -36,12 +36,17 @@ class AlarmState:
 @dataclass(frozen=True)
 class AlarmPolicy:
     """Alarm when at least ``k`` of the last ``n`` scores reach ``threshold``;
-    after an alarm, stay quiet for ``suppress`` points (one incident, one page)."""
+    after an alarm, stay quiet for ``suppress`` points (one incident, one page).
+
+    ``reachable``: a model whose ranks start from a reference too short for any point to rank
+    ``threshold`` lowers it to the rank of a point beyond every reference score
+    (:attr:`eyenet.core.model.AnomalyModel.threshold`), so its streams can alarm from the start."""
 
     threshold: float = 0.7
     k: int = 1
     n: int = 1
     suppress: int = 0
+    reachable: bool = True
 
     def validate(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
@@ -50,6 +55,8 @@ class AlarmPolicy:
             raise InvalidParameterError(f"alarm needs 1 <= k <= n, got k={self.k}, n={self.n}")
         if self.suppress < 0:
             raise InvalidParameterError(f"alarm suppress={self.suppress} must be >= 0")
+        if not isinstance(self.reachable, bool):
+            raise InvalidParameterError(f"alarm reachable={self.reachable!r} must be true or false")
 
     def decide(self, scores: np.ndarray, state: AlarmState | None = None) -> tuple[np.ndarray, AlarmState]:
         """Alarm flags for ``scores`` (NaN = not ready = no alarm) and the state after them."""

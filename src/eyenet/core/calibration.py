@@ -174,6 +174,12 @@ class RunningRank:
                 f"rank needs 10 <= learning <= history and suppress >= 0, got {asdict(self)}"
             )
 
+    def top(self, seen: int) -> float:
+        """The rank of a score beyond all of ``seen`` remembered scores: the highest a point can
+        rank until more are remembered (computed as :meth:`rank` does, to the last bit)."""
+        m = min(max(int(seen), 0), self.history)
+        return -math.log10((0 + 1) / (m + 1)) / math.log10(self.history + 1)
+
     def rank(self, scores: np.ndarray, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Ranks of ``scores`` given the previous finite scores ``history`` (oldest first);
         returns ``(ranks, new history)``. NaN inputs give NaN and are not remembered."""

@@ -317,11 +317,14 @@ def optimise_threshold(files: Sequence[FileArrays], profile: Profile | str) -> t
     return _sweep(events, scores_list, prof)
 
 
-def _raw_at(events: list[_FileEvents], threshold: float, prof: Profile) -> float:
+def _raw_at(events: list[_FileEvents], threshold: float | Sequence[float], prof: Profile) -> float:
+    """The raw score when every row of file ``j`` scoring at least its threshold detects (one
+    threshold for all files, or one per file)."""
     n_windows = sum(e.n_windows for e in events)
     total = -prof.fn * n_windows
-    for e in events:
-        total += float(e.deltas[e.thresholds >= threshold].sum())
+    each = [threshold] * len(events) if isinstance(threshold, float) else threshold
+    for e, t in zip(events, each):
+        total += float(e.deltas[e.thresholds >= t].sum())
     return total
 
 
@@ -355,7 +358,7 @@ class ProfileScore:
     threshold: float
     raw: float
     score: float
-    own_threshold: float
+    own_threshold: float | list[float]  # one for every file, or one per file
     own_raw: float
     own_score: float
 
@@ -381,7 +384,7 @@ class Report:
     n_files: int
     n_rows: int
     n_windows: int
-    own_threshold: float
+    own_threshold: float | list[float]  # one for every file, or one per file
     profiles: dict[str, ProfileScore]
     files: list[FileCounts] = field(default_factory=list)
 
@@ -405,7 +408,9 @@ class Report:
     def table(self) -> str:
         """The three profiles as a text table."""
         title = f"NAB scores{f' for {self.label!r}' if self.label else ''}: {self.n_files} files, {self.n_rows:,} rows, {self.n_windows} windows"
-        head = ("profile", "score (optimised)", "threshold", f"score (own threshold {self.own_threshold:g})")
+        own = self.own_threshold
+        own_text = f"threshold {own:g}" if isinstance(own, float) else f"thresholds {min(own):.3g}-{max(own):.3g}"
+        head = ("profile", "score (optimised)", "threshold", f"score (own {own_text})")
         rows = [
             (p.profile, f"{p.score:.2f}", f"{p.threshold:.6g}", f"{p.own_score:.2f}")
             for p in self.profiles.values()
@@ -457,13 +462,20 @@ def _counts(key: str, scores: np.ndarray, wins: list[tuple[int, int]], probation
 def score_arrays(
     files: Sequence[FileArrays],
     *,
-    own_threshold: float = 0.5,
+    own_threshold: float | Sequence[float] = 0.5,
     keys: Sequence[str] | None = None,
     label: str = "",
 ) -> Report:
-    """Evaluate in-memory results: ``(scores, windows as row ranges, probation)`` per file."""
-    own = _threshold(own_threshold, "own_threshold")
+    """Evaluate in-memory results: ``(scores, windows as row ranges, probation)`` per file.
+    ``own_threshold``: the detector's alarm threshold, for every file or one per file (a model
+    fitted on each file has its own, :attr:`eyenet.core.model.AnomalyModel.threshold`)."""
     files = list(files)
+    if isinstance(own_threshold, (list, tuple, np.ndarray)):
+        if len(own_threshold) != len(files):
+            raise InvalidInputError(f"{len(own_threshold)} own thresholds for {len(files)} files")
+        own: float | list[float] = [_threshold(t, f"own_threshold of file {j}") for j, t in enumerate(own_threshold)]
+    else:
+        own = _threshold(own_threshold, "own_threshold")
     if keys is None:
         keys = [f"file {j}" for j in range(len(files))]
     elif len(keys) != len(files):

@@ -127,6 +127,11 @@ class StreamState:
                    seen=int(head["seen"]), model=str(head.get("model", "")), **cls._gap_fields(head))
 
 
+#: a reference of fewer held-out scores (a model fitted on fewer than 500 rows) says too little about
+#: the tail: the threshold is lowered no further than a new maximum beyond this many ranks (0.589)
+REACH_FLOOR = 150
+
+
 class AnomalyModel:
     """Detector + calibration fitted on held-out data + running rank + alarms.
 
@@ -205,6 +210,34 @@ class AnomalyModel:
         self.reference_ = [r[np.isfinite(r)] for r in self._member_raw(x[start:])[split - start :][usual].T]
         self.fit_tail_ = x[-min(len(x), max(4 * det.context, 4 * det.min_history, 200)) :]  # probe; not saved
         return self
+
+    @property
+    def threshold(self) -> float:
+        """The alarm threshold in force: ``alarm.threshold``, or, with ``alarm.reachable`` (the default)
+        where the ranks' reference (the held-out scores a stream's ranks start from) is too short for
+        any point to rank that high, just below the rank of a point beyond every reference score.
+        A model fitted on 750 rows holds out 225: a new maximum then ranks log10(226) / log10(5001)
+        = 0.637, so at 0.7 its streams could not alarm before some 390 scores were remembered."""
+        return self.policy.threshold
+
+    @property
+    def policy(self) -> AlarmPolicy:
+        """``alarm`` with :attr:`threshold`: what decides the alarms."""
+        ref = self.__dict__.get("reference_")
+        hit = self.__dict__.get("_policy_cache")
+        if hit is None or hit[0] is not self.alarm or hit[1] is not ref or hit[2] is not self.rank:
+            hit = (self.alarm, ref, self.rank, self._reachable(ref))
+            self._policy_cache = hit
+        return hit[3]
+
+    def _reachable(self, ref: list[np.ndarray] | None) -> AlarmPolicy:
+        a = self.alarm
+        if not a.reachable or self.rank is None or not ref:
+            return a
+        seen = max(min(len(r) for r in ref), self.rank.learning, REACH_FLOOR)
+        # a hair below: a weighted mean of equal top ranks may round one ulp under them
+        top = self.rank.top(seen) - 1e-9
+        return replace(a, threshold=top) if top < a.threshold else a
 
     @property
     def members(self) -> list[Detector]:
@@ -375,7 +408,7 @@ class AnomalyModel:
             score, new_ranks = self.rank.novelty(combined, st.ranks)
         else:
             score, new_hist, new_ranks = cal, [np.empty(0) for _ in st.scores], np.empty(0)
-        alarm, alarm_state = self.alarm.decide(score, st.alarm)
+        alarm, alarm_state = self.policy.decide(score, st.alarm)
         ctx = np.concatenate((st.values, x))
         keep = max(det.context, det.min_history) - 1
         new_state = StreamState(
@@ -442,7 +475,7 @@ class AnomalyModel:
         keep = max(det.context, det.min_history) - 1
         out = []
         for i, st in enumerate(states):
-            flags, alarm_state = self.alarm.decide(score[i : i + 1], st.alarm)
+            flags, alarm_state = self.policy.decide(score[i : i + 1], st.alarm)
             alarm[i] = flags[0]
             ctx = np.concatenate((st.values, values[i : i + 1]))
             out.append(StreamState(values=ctx[max(len(ctx) - keep, 0) :] if keep else np.empty(0), scores=hists[i],
@@ -475,6 +508,7 @@ class AnomalyModel:
             "held_out_quantiles": dict(zip(map(str, q), np.quantile(cal.body_, q).tolist())),
             "rank": asdict(self.rank) if self.rank else None,
             "alarm": asdict(self.alarm),
+            "threshold": self.threshold,
             "members": [
                 {"family": d.family, "reference_scores": len(r), "reference_median": float(np.median(r)) if len(r) else None}
                 for d, r in zip(self.members, self.reference_)

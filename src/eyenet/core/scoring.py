@@ -29,6 +29,7 @@ class FileResult:
     scores: np.ndarray  # final [0, 1] score per row, 0 where not ready
     alarms: np.ndarray
     seconds: float
+    threshold: float  # the model's alarm threshold (AnomalyModel.threshold)
 
 
 def score_series(model: AnomalyModel, values: np.ndarray, train_rows: int) -> Scores:
@@ -41,9 +42,10 @@ def _score_file(cf: nab.CorpusFile, config: dict[str, Any]) -> FileResult:
     t0 = time.perf_counter()
     series = nab.load_file(cf)
     prob = nab.probation_length(len(series))
-    out = score_series(AnomalyModel.from_dict(config), series.values, prob)
+    model = AnomalyModel.from_dict(config)
+    out = score_series(model, series.values, prob)
     scores = np.nan_to_num(out.score, nan=0.0)
-    return FileResult(cf.key, len(series), prob, scores, out.alarm, time.perf_counter() - t0)
+    return FileResult(cf.key, len(series), prob, scores, out.alarm, time.perf_counter() - t0, model.threshold)
 
 
 def _init_worker() -> None:

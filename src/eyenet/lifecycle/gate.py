@@ -184,7 +184,7 @@ def evaluate(model: Any, validation: Sequence[ValidationSeries], policy: GatePol
     if len(final):
         report.score_min, report.score_max, report.score_std = float(final.min()), float(final.max()), float(final.std())
     if any(len(w) for _, w, _ in files):
-        nab = evaluation.score_arrays(files, own_threshold=float(model.alarm.threshold))
+        nab = evaluation.score_arrays(files, own_threshold=model.threshold)
         report.nab_standard = nab.score("standard")
         report.nab_standard_own = nab.profiles["standard"].own_score
     report.latency_ms = float(np.quantile(lat, policy.latency_quantile) * 1000.0)

@@ -391,7 +391,7 @@ class Pipeline:
         if len(values) != len(points):
             return
         stamps = plan.timestamps.tolist() if plan.timestamps is not None else [time.time()] * len(points)
-        items = self.incidents.observe(tenant, group, series, labels, name, version, model.alarm.threshold,
+        items = self.incidents.observe(tenant, group, series, labels, name, version, model.threshold,
                                        values, stamps, points, state.alarm)
         if items:
             self.alerts_out(items)
@@ -580,7 +580,7 @@ class Pipeline:
     def _explained(model: Any, scores: Scores, critical: float) -> dict[str, Any]:
         """What a response explains beyond the scores (see :func:`eyenet.serving.schemas.result_body`)."""
         return {"shares": None if scores.members is None else model.detector.shares(scores.members),
-                "halfwidth": model.expected_halfwidth, "threshold": model.alarm.threshold, "critical": critical}
+                "halfwidth": model.expected_halfwidth, "threshold": model.threshold, "critical": critical}
 
     @staticmethod
     def _finish_units(name: str, version: int, model: Any, raw: list[np.ndarray], units: list[Unit],
