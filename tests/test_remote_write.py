@@ -15,7 +15,6 @@ import pytest
 import requests
 import snappy
 
-from eyenet.core import presets
 from eyenet.core.prometheus import STALE_NAN_BITS, RemoteSeries, encode_write
 from servers import free_port, wait_until
 
@@ -102,7 +101,7 @@ def stack(ray_cluster, mlflow_store, prometheus, tmp_path_factory):
                           "queue_config": {"batch_send_deadline": "250ms", "min_backoff": "50ms",
                                            "max_backoff": "1s"}}],
     })
-    yield {"url": url, "key": key, "reader": reader, "prometheus": prometheus, "target": target, "model": first.version.name,
+    yield {"url": url, "key": key, "reader": reader, "prometheus": prometheus, "target": target, "model": first.version.name, "threshold": first.model.threshold,
            "headers": {"Authorization": f"Bearer {key}"}}
     prometheus.reconfigure(before)
     target.close()
@@ -162,7 +161,7 @@ def test_a_scraped_anomaly_comes_back_as_an_alarm_and_as_a_score_series(stack):
     assert labels["model"] == stack["model"] == f"{TENANT}.{GROUP}.ensemble"
     assert labels["version"] == "1" and labels["job"] == "load"
     peak = prom.query(f"max_over_time({selected}[2m])")
-    assert float(peak[0]["value"][1]) >= presets.alarm_threshold()  # the score that raised the alarm
+    assert float(peak[0]["value"][1]) >= stack["threshold"]  # the score that raised the alarm
     # the series no rule selects is not scored, and Prometheus' own series (up, ...) were counted, not scored
     assert prom.query(f'eyenet_anomaly_score{{metric="{METRIC}",host="web-2"}}') == []
     url, headers = stack["url"], stack["headers"]
