@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from eyenet.core import detectors, evaluation, nab, presets
+from eyenet.core.detectors.ensemble import DEFAULT_MEMBERS
 from eyenet.core.scoring import score_corpus
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "nab"
@@ -59,14 +60,13 @@ def run(corpus: Path, names: list[str], workers: int) -> list[dict]:
 
 #: the ensembles a leave-one-category-out run chooses among (members and weights; the default first)
 CANDIDATES: dict[str, list[dict]] = {
-    "seasonal + lstm 3:1 (default)": [{"family": "seasonal", "params": {}, "weight": 3.0},
+    "default (seasonal 3 : lstm 1, lstm solo below 0.15)": [dict(m) for m in DEFAULT_MEMBERS],
+    "seasonal + lstm 3:1, averaged": [{"family": "seasonal", "params": {}, "weight": 3.0},
                                       {"family": "lstm", "params": {}, "weight": 1.0}],
-    "seasonal + lstm 2:1": [{"family": "seasonal", "params": {}, "weight": 2.0},
-                            {"family": "lstm", "params": {}, "weight": 1.0}],
-    "seasonal + lstm 4:1": [{"family": "seasonal", "params": {}, "weight": 4.0},
-                            {"family": "lstm", "params": {}, "weight": 1.0}],
-    "seasonal + gru 3:1": [{"family": "seasonal", "params": {}, "weight": 3.0},
-                           {"family": "gru", "params": {}, "weight": 1.0}],
+    "seasonal + lstm 3:1, lstm solo below 0.3": [{"family": "seasonal", "params": {}, "weight": 3.0},
+                                                 {"family": "lstm", "params": {}, "weight": 1.0, "solo_below": 0.3}],
+    "seasonal + gru 3:1, gru solo below 0.15": [{"family": "seasonal", "params": {}, "weight": 3.0},
+                                                {"family": "gru", "params": {}, "weight": 1.0, "solo_below": 0.15}],
     "seasonal alone": [{"family": "seasonal", "params": {}, "weight": 1.0}],
 }
 

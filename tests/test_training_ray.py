@@ -127,9 +127,9 @@ def test_cli_train_with_labels_keeps_the_classifier_the_gate_finds_better(ray_cl
     monkeypatch.delenv(registry.ENV_URI, raising=False)
     t = synthetic.generate(n=4032, seed=11, anomalies_per_metric=6, kinds=("spike", "dip"), anomaly_free_prefix=0.05)
     label = np.zeros(4032, dtype=int)
-    for a in t.anomalies["packets_out"]:
+    for a in t.anomalies["latency_ms"]:  # a metric whose labelled spikes and dips the default ensemble misses
         label[a.start : a.end + 1] = 1
-    pd.DataFrame({"timestamp": t.frame["timestamp"], "value": t.frame["packets_out"], "label": label}).to_csv(
+    pd.DataFrame({"timestamp": t.frame["timestamp"], "value": t.frame["latency_ms"], "label": label}).to_csv(
         tmp_path / "packets.csv", index=False)
     assert cli.main(["train", "--detector", "ensemble", "--input", "packets.csv", "--labels", "label",
                      "--group", "packets"]) == 0
