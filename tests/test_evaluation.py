@@ -236,7 +236,7 @@ def test_optimiser_without_windows_never_fires():
 # reports
 
 
-def test_score_arrays_report():
+def _two_files() -> list:
     # file 0: window [10, 19], left-edge hit (score 1.0) and one false positive far away (score 0.8)
     s0 = np.zeros(N)
     s0[10] = 1.0
@@ -245,7 +245,11 @@ def test_score_arrays_report():
     s1 = np.zeros(40)
     s1[25] = 0.3
     s1[5] = 0.6
-    files = [(s0, [(10, 19)], 0), (s1, [(20, 29)], 0)]
+    return [(s0, [(10, 19)], 0), (s1, [(20, 29)], 0)]
+
+
+def test_score_arrays_report():
+    files = _two_files()
     rep = ev.score_arrays(files, own_threshold=0.5, keys=["a.csv", "b.csv"], label="demo")
     std = rep.profiles["standard"]
     # threshold 1.0: +1 (hit) - 1 (miss) = 0 -> 100 * (0 + 2) / 4 = 50
@@ -269,13 +273,7 @@ def test_score_arrays_report():
 
 
 def test_score_arrays_with_an_own_threshold_per_file():
-    s0 = np.zeros(N)
-    s0[10] = 1.0
-    s0[50] = 0.8
-    s1 = np.zeros(40)
-    s1[25] = 0.3
-    s1[5] = 0.6
-    files = [(s0, [(10, 19)], 0), (s1, [(20, 29)], 0)]
+    files = _two_files()
     same = ev.score_arrays(files, own_threshold=[0.5, 0.5]).profiles["standard"]
     assert same.own_raw == ev.score_arrays(files, own_threshold=0.5).profiles["standard"].own_raw
     # file 0 at 0.9 (only the hit), file 1 at 0.25 (the FP at row 5 and the hit at row 25)
