@@ -28,19 +28,29 @@ from eyenet.core.scoring import score_corpus
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "nab"
 
 
-def run(corpus: Path, names: list[str], workers: int) -> list[dict]:
+def _corpus(corpus: Path) -> tuple[list, dict]:
+    """The corpus' files and each file's labelled windows as row ranges."""
     files = nab.read_corpus(corpus)
-    loaded = {cf.key: nab.load_file(cf) for cf in files}
-    wins = {cf.key: nab.window_rows(loaded[cf.key].timestamps, cf.windows) for cf in files}
+    return files, {cf.key: nab.window_rows(nab.load_file(cf).timestamps, cf.windows) for cf in files}
+
+
+def _evaluate(files: list, wins: dict, config: dict, workers: int) -> tuple[list, evaluation.Report, float]:
+    """Fit and score every file with ``config``: the (scores, windows, probation) arrays, their NAB
+    report (own score at each file's model's threshold) and the wall time."""
+    t0 = time.perf_counter()
+    res = {cf.key: r for cf, r in score_corpus(files, config, workers=workers)}
+    seconds = time.perf_counter() - t0
+    arrays = [(res[cf.key].scores, wins[cf.key], res[cf.key].probation) for cf in files]
+    rep = evaluation.score_arrays(arrays, keys=[cf.key for cf in files],
+                                  own_threshold=[res[cf.key].threshold for cf in files])
+    return arrays, rep, seconds
+
+
+def run(corpus: Path, names: list[str], workers: int) -> list[dict]:
+    files, wins = _corpus(corpus)
     rows = []
     for name in names:
-        config = presets.model_config(name)
-        t0 = time.perf_counter()
-        res = {cf.key: r for cf, r in score_corpus(files, config, workers=workers)}
-        seconds = time.perf_counter() - t0
-        arrays = [(res[cf.key].scores, wins[cf.key], res[cf.key].probation) for cf in files]
-        rep = evaluation.score_arrays(arrays, keys=[cf.key for cf in files],
-                                      own_threshold=[res[cf.key].threshold for cf in files])
+        _, rep, seconds = _evaluate(files, wins, presets.model_config(name), workers)
         p = rep.profiles
         rows.append({
             "detector": name,
@@ -74,18 +84,13 @@ CANDIDATES: dict[str, list[dict]] = {
 def loco(corpus: Path, workers: int, candidates: dict[str, list[dict]] | None = None) -> tuple[list, dict]:
     """Leave one category out over ``candidates`` (default :data:`CANDIDATES`): the per-category
     rows (:class:`eyenet.core.evaluation.HeldOut`) and each candidate's whole-corpus report."""
-    files = nab.read_corpus(corpus)
-    loaded = {cf.key: nab.load_file(cf) for cf in files}
-    wins = {cf.key: nab.window_rows(loaded[cf.key].timestamps, cf.windows) for cf in files}
+    files, wins = _corpus(corpus)
     groups = [cf.key.split("/", 1)[0] for cf in files]
     arrays, reports = {}, {}
     for name, members in (candidates or CANDIDATES).items():
         config = presets.model_config("ensemble", {"members": members})
-        t0 = time.perf_counter()
-        res = {cf.key: r for cf, r in score_corpus(files, config, workers=workers)}
-        arrays[name] = [(res[cf.key].scores, wins[cf.key], res[cf.key].probation) for cf in files]
-        reports[name] = evaluation.score_arrays(arrays[name], own_threshold=[res[cf.key].threshold for cf in files])
-        print(f"{name}: standard {reports[name].score('standard'):.1f} in {time.perf_counter() - t0:.0f}s", flush=True)
+        arrays[name], reports[name], seconds = _evaluate(files, wins, config, workers)
+        print(f"{name}: standard {reports[name].score('standard'):.1f} in {seconds:.0f}s", flush=True)
     return evaluation.leave_one_group_out(arrays, groups), reports
 
 

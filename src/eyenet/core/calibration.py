@@ -178,7 +178,7 @@ class RunningRank:
         """The rank of a score beyond all of ``seen`` remembered scores: the highest a point can
         rank until more are remembered (computed as :meth:`rank` does, to the last bit)."""
         m = min(max(int(seen), 0), self.history)
-        return -math.log10((0 + 1) / (m + 1)) / math.log10(self.history + 1)
+        return -math.log10(1 / (m + 1)) / math.log10(self.history + 1)  # no score at least as high
 
     def rank(self, scores: np.ndarray, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Ranks of ``scores`` given the previous finite scores ``history`` (oldest first);

@@ -49,7 +49,8 @@ def model_config(detector: str, params: dict[str, Any] | None = None) -> dict[st
 
 
 def alarm_threshold() -> float:
-    """The alarm threshold of the default model: the "own threshold" of NAB evaluations."""
+    """The configured alarm threshold of the default model (a fitted model may alarm lower, see
+    :attr:`eyenet.core.model.AnomalyModel.threshold`): ``eyenet evaluate``'s own threshold."""
     from eyenet.core.model import AnomalyModel
 
     return float(AnomalyModel.from_dict(model_config(DEFAULT_SUITE[0])).alarm.threshold)
