@@ -2,6 +2,7 @@
 
     python -m bench.quality [--corpus ../shared/nab] [--detectors a,b] [--workers 2]
     python -m bench.quality --loco [--workers 2]
+    python -m bench.quality --demo 7,0,1 [--detectors a,b] [--workers 2]
 
 Prints a Markdown table: NAB scores for the three profiles at the optimised
 threshold, the standard score at each file's model's own alarm threshold, and the
@@ -12,17 +13,24 @@ wall time to fit and score the whole corpus (files run in parallel processes).
 and the thresholds on the *other* categories and scores the category with
 them, beside its score with the choice made on every category (in-sample).
 No setting depends on a file's name or category.
+
+``--demo`` scores the families on ``eyenet demo``'s labelled telemetry instead, one
+run per seed (seed 7 is what ``eyenet demo`` shows): injected anomalies found and
+false alarms per 1,000 scored points, the ensemble beside every single family.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from eyenet.cli import demo
 from eyenet.core import detectors, evaluation, nab, presets
 from eyenet.core.detectors.ensemble import DEFAULT_MEMBERS
+from eyenet.core.errors import EyenetError
 from eyenet.core.scoring import score_corpus
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "nab"
@@ -112,6 +120,46 @@ def loco_table(rows: list) -> str:
     return "\n".join(out)
 
 
+def _demo_metric(job: tuple[str, int, str]) -> tuple[str, int, int, int, int]:
+    """One (family, seed, metric) of the demo: (family, seed, anomalies found, anomalies, false alarms)."""
+    import torch
+
+    torch.set_num_threads(1)  # small networks: one thread each, a process per core
+    family, seed, metric = job
+    telemetry, first = demo.demo_telemetry(presets.UP_ROWS, seed, presets.UP_METRICS)
+    found, false, _ = demo.score_metric(presets.model_config(family), telemetry, metric, first)
+    return family, seed, sum(f.detected for f in found), len(found), len(false)
+
+
+def demo_runs(names: list[str], seeds: list[int], workers: int) -> dict[tuple[str, int], tuple[int, int, float]]:
+    """``eyenet demo``'s telemetry of each seed scored by each family: (found, anomalies, false
+    alarms per 1,000 scored points) per (family, seed)."""
+    jobs = [(f, s, m) for f in names for s in seeds for m in presets.UP_METRICS]
+    totals: dict[tuple[str, int], list[int]] = {}
+    with ProcessPoolExecutor(max_workers=max(workers, 1)) as pool:
+        for family, seed, hit, n, false in pool.map(_demo_metric, jobs):
+            t = totals.setdefault((family, seed), [0, 0, 0])
+            t[0], t[1], t[2] = t[0] + hit, t[1] + n, t[2] + false
+    first = demo.demo_telemetry(presets.UP_ROWS, seeds[0], presets.UP_METRICS)[1] if seeds else 0
+    scored = (presets.UP_ROWS - first) * len(presets.UP_METRICS)
+    return {k: (h, n, 1000.0 * f / scored) for k, (h, n, f) in totals.items()}
+
+
+def demo_table(runs: dict[tuple[str, int], tuple[int, int, float]], names: list[str], seeds: list[int]) -> str:
+    out = ["| detector | " + " | ".join(f"seed {s}: found, false alarms / 1,000" for s in seeds) + " |",
+           "|---|" + "---:|" * len(seeds)]
+    for f in names:
+        out.append(f"| {f} | " + " | ".join("{} / {} at {:.2f}".format(*runs[f, s]) for s in seeds) + " |")
+    if "ensemble" in names:  # the target: the ensemble finds as many as any single family, with no more false alarms
+        out.append("")
+        for s in seeds:
+            hit, _, fa = runs["ensemble", s]
+            better = [f for f in names if f != "ensemble" and (runs[f, s][0] > hit or runs[f, s][0] == hit and runs[f, s][2] < fa)]
+            out.append(f"seed {s}: families ahead of the ensemble (more found, or as many with fewer false alarms): "
+                       f"{', '.join(better) or 'none'}")
+    return "\n".join(out)
+
+
 def table(rows: list[dict]) -> str:
     out = [
         "| detector | standard | low FP | low FN | opt. threshold | standard @own | low FP @own | low FN @own | seconds |",
@@ -126,6 +174,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers separated by commas, got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be non-negative integers separated by commas, got {text!r}")
+    return seeds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
@@ -135,7 +193,22 @@ def main() -> None:
                          "rows, which a model learns from, hold no labelled anomalies)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--loco", action="store_true", help="leave one category out over the candidate ensembles")
+    ap.add_argument("--demo", metavar="SEEDS", type=_seeds,
+                    help="score eyenet demo's telemetry of these seeds (e.g. 7,0,1), not NAB")
     args = ap.parse_args()
+    names = [n for n in args.detectors.split(",") if n]
+    try:  # an unknown family fails here, before any work
+        for name in names:
+            presets.model_config(name)
+    except EyenetError as exc:
+        raise SystemExit(f"bench.quality: {exc}") from None
+    if args.demo:
+        seeds = args.demo
+        t0 = time.perf_counter()
+        runs = demo_runs(names, seeds, args.workers)
+        print(f"{len(names)} detectors x {len(seeds)} seeds in {time.perf_counter() - t0:.0f}s\n")
+        print(demo_table(runs, names, seeds))
+        return
     if not (args.corpus / "data").is_dir():
         raise SystemExit(f"bench.quality: no NAB corpus at {args.corpus}")
     if args.loco:
@@ -149,7 +222,7 @@ def main() -> None:
         print()
         print(loco_table(rows))
         return
-    rows = run(args.corpus, [n for n in args.detectors.split(",") if n], args.workers)
+    rows = run(args.corpus, names, args.workers)
     print()
     print(table(rows))
     ens = next((r for r in rows if r["detector"] == "ensemble"), None)

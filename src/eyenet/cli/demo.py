@@ -126,21 +126,51 @@ class _Progress:
         self.stream.flush()
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def demo_telemetry(rows: int, seed: int, metrics: Sequence[str]) -> tuple[Any, int]:
+    """``eyenet demo``'s labelled telemetry (:func:`eyenet.core.synthetic.generate`) and the first
+    scored row: every row before it is anomaly-free and is what each model is fitted on."""
     from eyenet.core import synthetic
-    from eyenet.core.model import AnomalyModel
 
-    families = args.detectors or [*presets.DEFAULT_SUITE, "ensemble"]
-    configs = {f: presets.model_config(f) for f in families}  # unknown names fail here, before any work
-    metrics = args.metrics or presets.UP_METRICS
     telemetry = synthetic.generate(
-        n=args.rows,
+        n=rows,
         metrics=metrics,
-        seed=args.seed,
+        seed=seed,
         anomalies_per_metric=presets.UP_ANOMALIES_PER_METRIC,
         anomaly_free_prefix=presets.UP_TRAIN_FRACTION,
     )
-    first = int(math.ceil(presets.UP_TRAIN_FRACTION * args.rows))
+    return telemetry, int(math.ceil(presets.UP_TRAIN_FRACTION * rows))
+
+
+def score_metric(config: dict[str, Any], telemetry: Any, metric: str, first: int,
+                 progress: _Progress | None = None) -> tuple[list[Flagged], np.ndarray, float]:
+    """Fit a model from ``config`` on ``metric``'s rows before ``first``, score the whole series from
+    a fresh stream and match its alarms with the injected anomalies: (anomalies with whether each
+    was caught, false alarm rows, fit seconds). ``progress`` hears of each epoch and the end."""
+    from eyenet.core.model import AnomalyModel
+
+    x = telemetry.frame[metric].to_numpy()
+    model = AnomalyModel.from_dict(config)
+    det = model.detector
+    if progress is not None and hasattr(type(det), "on_epoch"):  # torch families report each epoch
+        det.on_epoch = progress.epoch(getattr(det, "max_epochs", None))
+    t0 = time.perf_counter()
+    model.fit(x[:first])
+    secs = time.perf_counter() - t0
+    out = model.score(x)
+    if progress is not None:
+        epochs = getattr(det, "history_", None)
+        progress.finish(f"fit {secs:.1f} s" + (f", {len(epochs)} epochs" if epochs else ""))
+    found, false = match_alarms(
+        out.alarm, telemetry.anomalies[metric], first_row=first, tolerance=presets.UP_TOLERANCE, metric=metric
+    )
+    return found, false, secs
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    families = args.detectors or [*presets.DEFAULT_SUITE, "ensemble"]
+    configs = {f: presets.model_config(f) for f in families}  # unknown names fail here, before any work
+    metrics = args.metrics or presets.UP_METRICS
+    telemetry, first = demo_telemetry(args.rows, args.seed, metrics)
     step = telemetry.frame["timestamp"].iloc[1] - telemetry.frame["timestamp"].iloc[0]
     n_anomalies = sum(len(v) for v in telemetry.anomalies.values())
     print(
@@ -162,22 +192,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             false_rows: dict[str, np.ndarray] = {}
             fit_seconds = 0.0
             for metric in metrics:
-                x = telemetry.frame[metric].to_numpy()
-                model = AnomalyModel.from_dict(configs[family])
-                det = model.detector
                 progress.start(f"{family} on {metric}")
-                if hasattr(type(det), "on_epoch"):  # torch families report each epoch
-                    det.on_epoch = progress.epoch(getattr(det, "max_epochs", None))
-                t0 = time.perf_counter()
-                model.fit(x[:first])
-                secs = time.perf_counter() - t0
+                found, false, secs = score_metric(configs[family], telemetry, metric, first, progress)
                 fit_seconds += secs
-                out = model.score(x)
-                epochs = getattr(det, "history_", None)
-                progress.finish(f"fit {secs:.1f} s" + (f", {len(epochs)} epochs" if epochs else ""))
-                found, false = match_alarms(
-                    out.alarm, telemetry.anomalies[metric], first_row=first, tolerance=presets.UP_TOLERANCE, metric=metric
-                )
                 flagged.extend(found)
                 false_rows[metric] = false
             print(_detector_report(family, flagged, false_rows, fit_seconds), flush=True)
