@@ -120,15 +120,16 @@ def loco_table(rows: list) -> str:
     return "\n".join(out)
 
 
-def _demo_metric(job: tuple[str, int, str]) -> tuple[str, int, int, int, int]:
-    """One (family, seed, metric) of the demo: (family, seed, anomalies found, anomalies, false alarms)."""
+def _demo_metric(job: tuple[str, int, str]) -> tuple[str, int, int, int, int, int]:
+    """One (family, seed, metric) of the demo: (family, seed, anomalies found, anomalies, false
+    alarms, rows scored for false alarms)."""
     import torch
 
     torch.set_num_threads(1)  # small networks: one thread each, a process per core
     family, seed, metric = job
     telemetry, first = demo.demo_telemetry(presets.UP_ROWS, seed, presets.UP_METRICS)
     found, false, _ = demo.score_metric(presets.model_config(family), telemetry, metric, first)
-    return family, seed, sum(f.detected for f in found), len(found), len(false)
+    return family, seed, sum(f.detected for f in found), len(found), len(false), presets.UP_ROWS - first
 
 
 def demo_runs(names: list[str], seeds: list[int], workers: int) -> dict[tuple[str, int], tuple[int, int, float]]:
@@ -137,12 +138,11 @@ def demo_runs(names: list[str], seeds: list[int], workers: int) -> dict[tuple[st
     jobs = [(f, s, m) for f in names for s in seeds for m in presets.UP_METRICS]
     totals: dict[tuple[str, int], list[int]] = {}
     with ProcessPoolExecutor(max_workers=max(workers, 1)) as pool:
-        for family, seed, hit, n, false in pool.map(_demo_metric, jobs):
-            t = totals.setdefault((family, seed), [0, 0, 0])
-            t[0], t[1], t[2] = t[0] + hit, t[1] + n, t[2] + false
-    first = demo.demo_telemetry(presets.UP_ROWS, seeds[0], presets.UP_METRICS)[1] if seeds else 0
-    scored = (presets.UP_ROWS - first) * len(presets.UP_METRICS)
-    return {k: (h, n, 1000.0 * f / scored) for k, (h, n, f) in totals.items()}
+        for family, seed, *counts in pool.map(_demo_metric, jobs):
+            t = totals.setdefault((family, seed), [0, 0, 0, 0])
+            for i, c in enumerate(counts):
+                t[i] += c
+    return {k: (hit, n, 1000.0 * false / max(scored, 1)) for k, (hit, n, false, scored) in totals.items()}
 
 
 def demo_table(runs: dict[tuple[str, int], tuple[int, int, float]], names: list[str], seeds: list[int]) -> str:
