@@ -5,8 +5,9 @@
 Targets, each measured with wrk in the same run on the same machine:
   eyenet         the EyeNet Serve app as `eyenet up` deploys it, HAProxy ingress
   eyenet-fanout  the same app with every member scored by its family deployment (inline_max_points=0)
-  serve-noop     a Ray Serve deployment that returns at once, same ingress (the platform's floor)
+  serve-noop     a Ray Serve deployment that returns at once, same ingress and settings (the platform's floor)
   fastapi        one uvicorn process scoring the same model in-process (bench/fastapi_baseline.py)
+  eyenet-access-log, serve-noop-access-log  with --access-log: the same with Serve's per-request log on
 and, without HTTP, in-process scoring of the same requests. Requests: one new point of one of
 SERIES streams that already have a long history (`/v1/stream`, the server keeps the history),
 and 256-point windows (`/v1/detect`). Then the resident memory of the running system and its
@@ -144,6 +145,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--warmup", type=int, default=3, help="seconds of the same load before each measurement "
                     "(autoscaling settles, batches fill)")
+    ap.add_argument("--access-log", action="store_true", help="also measure the app with Serve's per-request "
+                    "log on (AppConfig.access_log; off by default)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench.serving needs wrk (apt-get install wrk)")
@@ -173,7 +176,8 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
 
-    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256,
+                      logging_config={"enable_access_log": False})  # as EyeNet's deployments (AppConfig.access_log)
     class Noop:
         async def __call__(self, request) -> str:
             return "ok"
@@ -201,6 +205,10 @@ def main() -> None:
     # each target runs alone on the machine while it is measured (idle replicas cost CPU too)
     rows: list[tuple[str, str, int, dict]] = []
     api = (("stream", "/v1/stream"), ("detect", "/v1/detect"))
+    if args.access_log:
+        serve.run(Noop.options(logging_config={"enable_access_log": True}).bind(), name="noop", route_prefix="/noop")
+        measure("serve-noop-access-log", f"{url}/noop", (("-", ""),))
+        serve.delete("noop")
     serve.run(Noop.bind(), name="noop", route_prefix="/noop")
     measure("serve-noop", f"{url}/noop", (("-", ""),))
     serve.delete("noop")
@@ -220,6 +228,11 @@ def main() -> None:
     finally:
         baseline.terminate()
         baseline.wait(30)
+    if args.access_log:
+        serve.run(build_app({**app_config, "name": "logged", "access_log": True}), name="logged", route_prefix="/")
+        prepare(url)
+        measure("eyenet-access-log", url, api)
+        serve.delete("logged")
     serve.run(build_app(app_config), name="eyenet", route_prefix="/")  # as `eyenet up` deploys it
     try:
         prepare(url)
@@ -241,7 +254,8 @@ def main() -> None:
         inproc_window = 1000 * float(np.median(t))
         print("\n| target | request | conc. | p50 ms | p99 ms | req/s | points/s | non-2xx |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
-        order = {"serve-noop": 0, "eyenet": 1, "eyenet-fanout": 2, "fastapi": 3}
+        order = {"serve-noop": 0, "serve-noop-access-log": 1, "eyenet": 2, "eyenet-access-log": 3,
+                 "eyenet-fanout": 4, "fastapi": 5}
         for name, kind, c, r in sorted(rows, key=lambda r: (r[2], r[1] != "-", r[1], order[r[0]])):
             pts = r["rps"] * (256 if kind == "detect" else 1)
             print(f"| {name} | {kind} | {c} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | "

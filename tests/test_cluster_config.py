@@ -220,3 +220,18 @@ def test_torch_families_fit_the_gpu_workers_and_the_rest_stays_on_cpu(config):
     gpu_capacity = sum(t["resources"].get("GPU", 0) * t["max_workers"]
                        for t in config["available_node_types"].values())
     assert 0 < gpus_needed <= gpu_capacity
+
+
+def test_serves_per_request_log_is_off_on_every_deployment_unless_configured():
+    """Serve writes its per-request lines 1,000 at a time: a pause on the replica every 1,000 requests."""
+    import yaml as _yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from eyenet.serve import app
+    from eyenet.serving.settings import AppConfig
+
+    serve_cfg = _yaml.safe_load((CLUSTER_YAML.parent / "serve" / "serve_config.yaml").read_text())
+    (deployed,) = ServeDeploySchema.model_validate(serve_cfg).applications
+    assert deployed.deployments and all(d.logging_config.enable_access_log is False for d in deployed.deployments)
+    on = app.serve_config(AppConfig(access_log=True, families=["zscore"]))
+    assert [d["logging_config"] for d in on["applications"][0]["deployments"]] == [{"enable_access_log": True}] * 2

@@ -331,6 +331,10 @@ class AppConfig(BaseModel):
     writeback: WritebackSettings = WritebackSettings()
     alerts: AlertSettings = AlertSettings()
     jobs: JobSettings = JobSettings()
+    access_log: bool = Field(
+        False, description="Ray Serve's own log line per request on every replica. Off by default: EyeNet's "
+        "request metrics and audit log cover requests, and Serve writes the lines 1,000 at a time, a pause of "
+        "20-35 ms on a replica every 1,000 requests (bench/RESULTS.md)")
     streams_cached: int = Field(50_000, ge=1, description="stream states a router replica caches (LRU, counted)")
     streams_cached_bytes: int = Field(256 << 20, ge=1024, description="estimated bytes of those states at most")
     models_cached: int = Field(32, ge=1, description="ensemble versions a router replica keeps loaded (LRU, counted)")
@@ -355,6 +359,7 @@ class AppConfig(BaseModel):
             "max_queued_requests": s.max_queued_requests,
             "backpressure_config": {"status_code": 503, "retry_after_s": s.retry_after_s},
             "autoscaling_config": s.autoscaling.model_dump(exclude_none=True),
+            "logging_config": {"enable_access_log": self.access_log},
         }
 
     def router_options(self) -> dict[str, Any]:
@@ -366,4 +371,5 @@ class AppConfig(BaseModel):
             "max_queued_requests": r.max_queued_requests,
             "backpressure_config": {"status_code": 503, "retry_after_s": r.retry_after_s},
             "autoscaling_config": r.autoscaling.model_dump(exclude_none=True),
+            "logging_config": {"enable_access_log": self.access_log},
         }
