@@ -351,25 +351,20 @@ class AppConfig(BaseModel):
         s = self.settings(family)
         use_gpu = (cluster_gpus > 0) if self.use_gpus is None else self.use_gpus
         gpus = (s.num_gpus or self.gpu_fraction) if (use_gpu and family in TORCH_FAMILIES) else 0.0
+        return self._options(f"family-{family}", s, {"num_gpus": gpus} if gpus else {})
+
+    def router_options(self) -> dict[str, Any]:
+        return self._options("router", self.router, {})
+
+    def _options(self, name: str, s: DeploymentSettings, gpus: dict[str, float]) -> dict[str, Any]:
+        """Ray Serve options of one deployment from its settings (``gpus``: its ``num_gpus``, if any)."""
         return {
-            "name": f"family-{family}",
-            "ray_actor_options": {"num_cpus": s.num_cpus, **({"num_gpus": gpus} if gpus else {}),
+            "name": name,
+            "ray_actor_options": {"num_cpus": s.num_cpus, **gpus,
                                   **({"resources": dict(s.resources)} if s.resources else {})},
             "max_ongoing_requests": s.max_ongoing_requests,
             "max_queued_requests": s.max_queued_requests,
             "backpressure_config": {"status_code": 503, "retry_after_s": s.retry_after_s},
             "autoscaling_config": s.autoscaling.model_dump(exclude_none=True),
-            "logging_config": {"enable_access_log": self.access_log},
-        }
-
-    def router_options(self) -> dict[str, Any]:
-        r = self.router
-        return {
-            "name": "router",
-            "ray_actor_options": {"num_cpus": r.num_cpus, **({"resources": dict(r.resources)} if r.resources else {})},
-            "max_ongoing_requests": r.max_ongoing_requests,
-            "max_queued_requests": r.max_queued_requests,
-            "backpressure_config": {"status_code": 503, "retry_after_s": r.retry_after_s},
-            "autoscaling_config": r.autoscaling.model_dump(exclude_none=True),
             "logging_config": {"enable_access_log": self.access_log},
         }
