@@ -325,6 +325,28 @@ def test_member_shares_sum_to_one_and_follow_the_combination(combine: str) -> No
     np.testing.assert_allclose(sh[1, [0, 2]], [0.5, 0.5])  # the rest's plain mean
 
 
+@pytest.mark.parametrize("combine", ["mean", "weighted", "max", "vote"])
+@pytest.mark.parametrize("members", [
+    [{"family": "zscore", "weight": 3.0}, {"family": "mad", "weight": 1.0, "solo": True}],
+    [{"family": "zscore"}, {"family": "mad"}, {"family": "iqr", "solo": True}],
+    [{"family": "zscore", "weight": 0.0, "solo": True}, {"family": "mad", "weight": 2.0}],
+])
+def test_one_points_shares_are_those_of_the_same_row_among_many_bit_for_bit(combine: str, members: list) -> None:
+    """A one-point request takes the shares' real-time path: the same numbers as the array path."""
+    rng = np.random.default_rng(5)
+    n = len(members)
+    ens = Ensemble(members=members, combine=combine, weights=rng.uniform(0.1, 2.0, n).tolist(), vote_threshold=0.5)
+    rows = rng.uniform(0, 1, (400, n))
+    rows[::7, 1] = np.nan  # a member left out
+    rows[::23] = np.nan  # nothing ready
+    rows[5::11] = 0.0  # nothing to share
+    rows[3::13] = rows[3::13, :1]  # ties
+    rows[9::17, 0] = 0.5  # at the vote threshold
+    many = ens.shares(rows)
+    one = np.vstack([ens.shares(r[None, :]) for r in rows])
+    assert np.array_equal(one, many, equal_nan=True)
+
+
 def test_the_band_holds_the_stated_share_of_held_out_points_around_the_expected_value() -> None:
     from eyenet.core import synthetic
     from eyenet.core.model import BAND_COVERAGE

@@ -31,6 +31,14 @@ DEFAULT_MEMBERS: tuple[dict[str, Any], ...] = (
 )
 
 
+def _in_order(values: list[float]) -> float:
+    """The sum of fewer than 8 numbers as numpy adds them along a row: in order."""
+    total = 0.0
+    for v in values:
+        total += v
+    return total
+
+
 def _weight_ok(w: Any) -> bool:
     return isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf")
 
@@ -241,6 +249,8 @@ class Ensemble(Detector):
         (NaN) share nothing and the others' plain mean is what was combined (as in
         :meth:`eyenet.core.model.AnomalyModel.finish_stream`)."""
         s = np.asarray(s, dtype=float)
+        if s.shape[0] == 1 and s.shape[1] < 8:  # one point: the real-time path, the same numbers without arrays
+            return np.array([self._share_row(s[0].tolist())])
         out = np.full(s.shape, np.nan)
         if not s.size:
             return out
@@ -270,6 +280,36 @@ class Ensemble(Detector):
         out[~present] = np.nan
         out[~present.any(axis=1)] = np.nan
         return out
+
+    def _share_row(self, s: list[float]) -> list[float]:
+        """:meth:`shares` of one row of fewer than 8 members (numpy sums those in order), bit for bit."""
+        n = len(s)
+        present = [v == v for v in s]
+        if not any(present):
+            return [math.nan] * n
+        z = [v if p else 0.0 for v, p in zip(s, present)]
+        if self.combine == "max":
+            top = max(v for v, p in zip(s, present) if p)
+            part = [1.0 if p and v >= top else 0.0 for v, p in zip(z, present)]
+        elif self.combine == "vote":
+            part = [1.0 if p and v >= self.vote_threshold else 0.0 for v, p in zip(z, present)]
+        else:
+            full = all(present)
+            w = self._unit_weights().tolist() if self.combine == "weighted" else self._mean_weights(n) or [1.0] * n
+            part = [v * x for v, x in zip(z, w)] if full else z
+            solo = self.solo
+            if solo and n == len(self.member_configs):
+                mean = _in_order(part)
+                top = max(z[j] if present[j] else -math.inf for j in solo)
+                if full and top > mean:
+                    part = [1.0 if j in solo and present[j] and z[j] >= top else 0.0 for j in range(n)]
+        total = _in_order(part)
+        if total > 0:
+            out = [v / total for v in part]
+        else:
+            k = sum(present)
+            out = [p / k for p in present]
+        return [v if p else math.nan for v, p in zip(out, present)]
 
     def _mean_weights(self, n: int) -> list[float] | None:
         """The members' weights in ``mean``, summing to 1, or None when they are all equal (a plain
