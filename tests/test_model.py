@@ -342,6 +342,7 @@ def test_one_points_shares_are_those_of_the_same_row_among_many_bit_for_bit(comb
     rows[5::11] = 0.0  # nothing to share
     rows[3::13] = rows[3::13, :1]  # ties
     rows[9::17, 0] = 0.5  # at the vote threshold
+    rows[4::19, 0] = np.inf  # not a score: left out, as NaN
     many = ens.shares(rows)
     one = np.vstack([ens.shares(r[None, :]) for r in rows])
     assert np.array_equal(one, many, equal_nan=True)

@@ -284,7 +284,7 @@ class Ensemble(Detector):
     def _share_row(self, s: list[float]) -> list[float]:
         """:meth:`shares` of one row of fewer than 8 members (numpy sums those in order), bit for bit."""
         n = len(s)
-        present = [v == v for v in s]
+        present = [math.isfinite(v) for v in s]
         if not any(present):
             return [math.nan] * n
         z = [v if p else 0.0 for v, p in zip(s, present)]
